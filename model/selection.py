@@ -1,0 +1,313 @@
+"""One active-learning round (the paper's Algorithm 1), shared by the backend and the simulation.
+
+Stage 1, coverage: in every image, MaxHerding (or k-center greedy) picks K of a fixed random set
+of candidate pixels, treating the image's labeled pixels as covered; the merged pool is herded
+again, all labeled pixels covered, keeping `keep_global` of it. Stage 2, uncertainty: the head
+scores the kept pool and the top b are queried. Without a head (round 0) or without an
+uncertainty method, the global coverage step picks the b pixels itself. A strategy without a
+coverage stage scores every candidate pixel of every image (the paper's one-stage baselines).
+
+Candidates are drawn without looking at labels: a labeling tool cannot know where void is.
+
+Per-image work depends only on the image and on which of its pixels are labeled, so it is kept
+in an `ImageRecord` and reused for as long as that labeled set is unchanged: most images need no
+UNet pass at all after round 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from model.acquisition import acquisition_scores, get_acquisition
+from model.coreset import k_center_greedy
+from model.features import REFERENCE_NOISE, FeatureMaps
+from model.head import SegmentationHead
+from model.herding import max_herding
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+COVERAGE_METHODS = ("herding", "coreset")
+
+
+class FeatureSource(Protocol):
+    """What a round needs from the images: their stable keys and their feature maps."""
+
+    resolution: int
+    draws: int
+
+    def __len__(self) -> int: ...
+
+    def key(self, image: int) -> str: ...
+
+    def maps(self, image: int, noises: Sequence[int]) -> list[FeatureMaps]: ...
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    budget: int  # b, pixels queried this round
+    candidates: int = 10_000  # random candidate pixels per image
+    local_k: int = 50  # K, picks per image
+    keep_global: float = 0.5  # share of the merged pool kept by global coverage
+    coverage: str | None = "herding"  # "herding", "coreset", or None for one-stage uncertainty
+    acquisition: str | None = "edald"  # None: coverage alone picks the b pixels
+    sigma: float | str = "auto"
+    mc_samples: int = 5  # MC-dropout passes for BALD-family methods
+    max_herding_points: int = 20_000  # larger global pools use split-and-herd
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.coverage not in (*COVERAGE_METHODS, None):
+            raise ValueError(f"coverage must be one of {COVERAGE_METHODS} or None, got {self.coverage!r}")
+        if self.coverage is None and self.acquisition is None:
+            raise ValueError("a round needs a coverage stage, an acquisition, or both")
+        if self.acquisition is not None:
+            get_acquisition(self.acquisition)
+        if self.budget < 0 or self.local_k < 1 or self.candidates < 1 or not 0 < self.keep_global <= 1:
+            raise ValueError(f"invalid round configuration: {self}")
+
+
+def budget_for(num_images: int, budget_factor: float) -> int:
+    """b = budget_factor x number of images, rounded half to even, at least 1 for a non-empty set."""
+    return max(1, round(budget_factor * num_images)) if num_images else 0
+
+
+def candidate_pixels(key: str, resolution: int, count: int, seed: int) -> np.ndarray:
+    """The image's fixed random candidate pixels (sorted flat indices), drawn once per run seed."""
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    rng = np.random.default_rng([seed, digest])
+    total = resolution * resolution
+    return np.sort(rng.choice(total, size=min(count, total), replace=False)).astype(np.int64)
+
+
+def labeled_digest(pixels: np.ndarray) -> str:
+    return hashlib.sha1(np.unique(np.asarray(pixels, dtype=np.int64)).tobytes()).hexdigest()
+
+
+@dataclass
+class ImageRecord:
+    """An image's stage-1 result for one labeled set: its local picks and the features they need."""
+
+    digest: str
+    picks: np.ndarray  # [K] flat pixel indices, in selection order
+    reference: np.ndarray  # [K, D] float16 features (reference noise)
+    labeled: np.ndarray  # [L] the labeled pixels, sorted
+    labeled_reference: np.ndarray  # [L, D] float16 features of the labeled pixels
+    draws: np.ndarray | None = None  # [K, M, D] float16 features under the noise draws
+
+
+class RecordCache:
+    """ImageRecords by image key, in memory and optionally in a directory that survives restarts.
+    A fingerprint of everything the records depend on guards against reusing stale ones."""
+
+    def __init__(self, fingerprint: Mapping, directory: str | Path | None = None):
+        self.fingerprint = json.dumps(fingerprint, sort_keys=True, default=str)
+        self.directory = Path(directory) if directory else None
+        self._memory: dict[str, ImageRecord] = {}
+        if self.directory:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            stamp = self.directory / "fingerprint.json"
+            if not stamp.exists() or stamp.read_text() != self.fingerprint:
+                for old in self.directory.glob("*.npz"):
+                    old.unlink()
+                stamp.write_text(self.fingerprint)
+
+    def _path(self, key: str) -> Path:
+        assert self.directory is not None
+        return self.directory / (hashlib.sha1(key.encode()).hexdigest() + ".npz")
+
+    def get(self, key: str, digest: str) -> ImageRecord | None:
+        rec = self._memory.get(key)
+        if rec is None and self.directory and self._path(key).exists():
+            try:
+                with np.load(self._path(key)) as z:
+                    rec = ImageRecord(str(z["digest"]), z["picks"], z["reference"], z["labeled"],
+                                      z["labeled_reference"], z["draws"] if "draws" in z else None)
+            except (OSError, ValueError, KeyError) as exc:  # a torn write: recompute
+                log.warning("ignoring unreadable cache entry for %s: %s", key, exc)
+                rec = None
+            if rec is not None:
+                self._memory[key] = rec
+        return rec if rec is not None and rec.digest == digest else None
+
+    def put(self, key: str, rec: ImageRecord) -> None:
+        self._memory[key] = rec
+        if self.directory:
+            arrays = {k: v for k, v in asdict(rec).items() if v is not None}
+            tmp = self._path(key).with_suffix(".tmp.npz")
+            np.savez(tmp, **arrays)
+            tmp.replace(self._path(key))
+
+
+@dataclass
+class RoundResult:
+    queries: list[tuple[int, int]]  # (image index, flat pixel index), most wanted first
+    scores: list[float] | None  # acquisition score per query, when one was used
+    pool_size: int = 0
+    kept_size: int = 0
+    images_recomputed: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _half(t: torch.Tensor) -> np.ndarray:
+    return t.to(torch.float16).cpu().numpy()
+
+
+def _select(method: str, features: torch.Tensor, budget: int, covered: torch.Tensor, sigma, seed: int,
+            max_points: int) -> np.ndarray:
+    if method == "coreset":
+        return k_center_greedy(features, budget, covered, seed=seed)
+    return max_herding(features, budget, covered, sigma=sigma, seed=seed, max_points=max_points)
+
+
+def _uncertainty_inputs(head: SegmentationHead, acquisition: str, reference: torch.Tensor,
+                        draws: torch.Tensor | None, mc_samples: int, generator: torch.Generator):
+    """Log-probabilities of the reference pass and of the stochastic samples the method needs."""
+    method = get_acquisition(acquisition)
+    ref = head.log_probs(reference)
+    samples = None
+    if method.samples == "noise":
+        assert draws is not None
+        p, m, d = draws.shape
+        samples = head.log_probs(draws.reshape(p * m, d)).reshape(p, m, -1)
+    elif method.samples == "dropout":
+        samples = head.mc_dropout_log_probs(reference, mc_samples, generator)
+    return ref, samples
+
+
+def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: SegmentationHead | None,
+              config: RoundConfig, cache: RecordCache | None = None,
+              progress: Progress | None = None, round_index: int = 0) -> RoundResult:
+    """Select `config.budget` unlabeled pixels. `labeled` maps image index -> labeled flat pixels.
+    `round_index` varies the random draws (random scores, PowerBALD noise) from round to round."""
+    started = time.perf_counter()
+    progress = progress or (lambda stage, done, total: None)
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + round_index)
+    if config.acquisition == "random" and config.coverage is None:
+        return _random_round(source, labeled, config, generator)
+    acquisition = config.acquisition if head is not None else None
+    coverage = config.coverage or "herding"  # one-stage strategies have no model at round 0: cover
+    if config.coverage is None and acquisition is not None:
+        return _one_stage_round(source, labeled, head, config, acquisition, generator, progress)
+
+    method = get_acquisition(acquisition) if acquisition else None
+    need_draws = method is not None and method.samples == "noise"
+    draw_noises = tuple(range(1, source.draws + 1))
+    pool_pixels, pool_images, pool_ref, pool_draws, covered = [], [], [], [], []
+    recomputed = 0
+    n = len(source)
+    for i in range(n):
+        key = source.key(i)
+        lab = np.unique(np.asarray(labeled.get(i, ()), dtype=np.int64))
+        digest = labeled_digest(lab)
+        rec = cache.get(key, digest) if cache else None
+        if rec is None:
+            cands = np.setdiff1d(candidate_pixels(key, source.resolution, config.candidates, config.seed), lab)
+            noises = (REFERENCE_NOISE, *draw_noises) if need_draws else (REFERENCE_NOISE,)
+            maps = source.maps(i, noises)
+            ref = torch.from_numpy(_half(maps[0].at(np.concatenate([cands, lab])))).float()
+            local = _select(coverage, ref[: len(cands)], config.local_k, ref[len(cands):], config.sigma,
+                            config.seed, config.max_herding_points)
+            picks = cands[local]
+            draws = np.stack([_half(m.at(picks)) for m in maps[1:]], axis=1) if need_draws else None
+            rec = ImageRecord(digest, picks, ref[local].numpy().astype(np.float16), lab,
+                              ref[len(cands):].numpy().astype(np.float16), draws)
+            recomputed += 1
+        elif need_draws and rec.draws is None:
+            maps = source.maps(i, draw_noises)
+            rec.draws = np.stack([_half(m.at(rec.picks)) for m in maps], axis=1)
+            recomputed += 1
+        if cache:
+            cache.put(key, rec)
+        pool_pixels.append(rec.picks)
+        pool_images.append(np.full(len(rec.picks), i, dtype=np.int64))
+        pool_ref.append(rec.reference)
+        covered.append(rec.labeled_reference)
+        if need_draws:
+            pool_draws.append(rec.draws)
+        progress("local", i + 1, n)
+    local_done = time.perf_counter()
+
+    pixels, images = np.concatenate(pool_pixels), np.concatenate(pool_images)
+    ref_all = torch.from_numpy(np.concatenate(pool_ref)).float()
+    cov_all = torch.from_numpy(np.concatenate(covered)).float()
+    keep = config.budget if acquisition is None else max(config.budget, round(config.keep_global * len(pixels)))
+    progress("global", 0, 1)
+    kept = _select(coverage, ref_all, keep, cov_all, config.sigma, config.seed, config.max_herding_points)
+    progress("global", 1, 1)
+    global_done = time.perf_counter()
+
+    scores = None
+    if acquisition is None:
+        order = kept[: config.budget]
+    else:
+        draws_kept = torch.from_numpy(np.concatenate(pool_draws)[kept]).float() if need_draws else None
+        ref, samples = _uncertainty_inputs(head, acquisition, ref_all[kept], draws_kept, config.mc_samples,
+                                           generator)
+        s = acquisition_scores(acquisition, ref, samples, generator)
+        rank = torch.argsort(s, descending=True, stable=True)[: config.budget].numpy()
+        order, scores = kept[rank], s[rank].tolist()
+        progress("uncertainty", 1, 1)
+    done = time.perf_counter()
+    return RoundResult(
+        queries=[(int(images[j]), int(pixels[j])) for j in order], scores=scores,
+        pool_size=len(pixels), kept_size=len(kept), images_recomputed=recomputed,
+        seconds={"local": local_done - started, "global": global_done - local_done,
+                 "uncertainty": done - global_done, "total": done - started},
+    )
+
+
+def _one_stage_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: SegmentationHead,
+                     config: RoundConfig, acquisition: str, generator: torch.Generator,
+                     progress: Progress) -> RoundResult:
+    """Score every candidate pixel of every image and take the top b."""
+    started = time.perf_counter()
+    method = get_acquisition(acquisition)
+    draw_noises = tuple(range(1, source.draws + 1)) if method.samples == "noise" else ()
+    all_scores, all_images, all_pixels = [], [], []
+    n = len(source)
+    for i in range(n):
+        key = source.key(i)
+        lab = np.asarray(labeled.get(i, ()), dtype=np.int64)
+        cands = np.setdiff1d(candidate_pixels(key, source.resolution, config.candidates, config.seed), lab)
+        maps = source.maps(i, (REFERENCE_NOISE, *draw_noises))
+        for part in np.array_split(cands, max(1, len(cands) // 4096)):
+            ref = maps[0].at(part)
+            draws = torch.stack([m.at(part) for m in maps[1:]], dim=1) if draw_noises else None
+            ref_lp, samples = _uncertainty_inputs(head, acquisition, ref, draws, config.mc_samples, generator)
+            all_scores.append(acquisition_scores(acquisition, ref_lp, samples, generator))
+            all_images.append(np.full(len(part), i, dtype=np.int64))
+            all_pixels.append(part)
+        progress("uncertainty", i + 1, n)
+    s = torch.cat(all_scores)
+    rank = torch.argsort(s, descending=True, stable=True)[: config.budget].numpy()
+    images, pixels = np.concatenate(all_images), np.concatenate(all_pixels)
+    return RoundResult([(int(images[j]), int(pixels[j])) for j in rank], s[rank].tolist(),
+                       pool_size=len(s), kept_size=len(s), images_recomputed=n,
+                       seconds={"uncertainty": time.perf_counter() - started,
+                                "total": time.perf_counter() - started})
+
+
+def _random_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], config: RoundConfig,
+                  generator: torch.Generator) -> RoundResult:
+    """b pixels drawn uniformly from the unlabeled candidates of all images (no features needed)."""
+    images, pixels = [], []
+    for i in range(len(source)):
+        lab = np.asarray(labeled.get(i, ()), dtype=np.int64)
+        cands = np.setdiff1d(candidate_pixels(source.key(i), source.resolution, config.candidates, config.seed), lab)
+        images.append(np.full(len(cands), i, dtype=np.int64))
+        pixels.append(cands)
+    images_all, pixels_all = np.concatenate(images), np.concatenate(pixels)
+    pick = torch.randperm(len(pixels_all), generator=generator)[: config.budget].numpy()
+    return RoundResult([(int(images_all[j]), int(pixels_all[j])) for j in pick], None,
+                       pool_size=len(pixels_all), kept_size=len(pixels_all))

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.coreset import k_center_greedy
+from model.herding import auto_sigma, coverage, max_herding, split_and_herd
+
+
+def naive_greedy(x: np.ndarray, budget: int, covered: np.ndarray | None, sigma: float) -> tuple[list[int], bool]:
+    """Textbook greedy: every step recomputes every candidate's coverage gain over the full kernel.
+    Also says whether some step had several candidates sharing the best gain (a tie)."""
+    d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    k = np.exp(-d2 / sigma ** 2)
+    cur = np.zeros(len(x))
+    if covered is not None and len(covered):
+        cur = np.exp(-((x[:, None, :] - covered[None, :, :]) ** 2).sum(-1) / sigma ** 2).max(1)
+    chosen: list[int] = []
+    tie = False
+    for _ in range(min(budget, len(x))):
+        gain = np.maximum(k - cur[:, None], 0).mean(0)
+        gain[chosen] = -np.inf
+        j = int(np.argmax(gain))
+        tie |= int(np.sum(gain >= gain[j] - 1e-12)) > 1
+        chosen.append(j)
+        cur = np.maximum(cur, k[:, j])
+    return chosen, tie
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 60), dim=st.integers(1, 6), budget=st.integers(0, 70), n_cov=st.integers(0, 8),
+       seed=st.integers(0, 2**16), duplicate=st.booleans())
+def test_max_herding_equals_naive_greedy(n, dim, budget, n_cov, seed, duplicate):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim))
+    if duplicate and n > 2:
+        x[1] = x[0]  # exact ties
+    covered = rng.normal(size=(n_cov, dim)) if n_cov else None
+    sigma = float(rng.uniform(0.5, 3.0))
+    ours = max_herding(x, budget, covered, sigma=sigma, dtype=torch.float64)
+    ref, tie = naive_greedy(x, budget, covered, sigma)
+    assert len(ours) == len(ref) == min(budget, n) and len(set(ours.tolist())) == len(ours)
+    assert coverage(x, ours, covered, sigma) == pytest.approx(coverage(x, ref, covered, sigma), rel=1e-9, abs=1e-12)
+    if not tie:
+        assert ours.tolist() == ref  # without ties the selection order is the same too
+
+
+def test_covered_points_steer_the_selection():
+    rng = np.random.default_rng(0)
+    left = rng.normal(size=(50, 2)) - 5
+    right = rng.normal(size=(50, 2)) + 5
+    x = np.concatenate([left, right])
+    first_free = max_herding(x, 1, None, sigma=2.0)[0]
+    first_covered_left = max_herding(x, 1, left[:10], sigma=2.0)[0]
+    assert first_covered_left >= 50  # the left cluster is covered already: pick on the right
+    assert 0 <= first_free < 100
+
+
+def test_first_pick_without_coverage_is_the_most_central_point():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(80, 3))
+    d2 = ((x[:, None] - x[None]) ** 2).sum(-1)
+    assert max_herding(x, 1, sigma=1.5)[0] == int(np.exp(-d2 / 1.5 ** 2).mean(0).argmax())
+
+
+def test_auto_sigma_is_twice_the_median_distance_of_a_subsample():
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.normal(size=(500, 4)))
+    idx = torch.randperm(500, generator=torch.Generator().manual_seed(7))[:10]
+    sub = x[idx]
+    d = torch.cdist(sub, sub)[torch.triu_indices(10, 10, 1).unbind()]
+    assert auto_sigma(x, seed=7) == pytest.approx(2 * float(d.median()))
+    assert auto_sigma(torch.zeros(20, 3)) == 2.0  # all points equal: the reference's fallback
+
+
+def test_split_and_herd_stays_close_to_the_exact_objective():
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(20, 16)) * 4
+    x = (centers[rng.integers(20, size=1500)] + rng.normal(size=(1500, 16))).astype(np.float32)
+    sigma = auto_sigma(torch.from_numpy(x))
+    exact = coverage(x, max_herding(x, 150, sigma=sigma), None, sigma)
+    split = split_and_herd(x, 150, None, sigma, split_size=400)
+    assert len(split) == 150 and len(set(split.tolist())) == 150
+    assert coverage(x, split, None, sigma) >= 0.97 * exact
+    # max_herding switches to split-and-herd by itself above max_points
+    auto = max_herding(x, 150, sigma=sigma, max_points=400)
+    assert coverage(x, auto, None, sigma) >= 0.97 * exact
+
+
+def test_k_center_greedy_picks_far_points_and_respects_centers():
+    x = np.array([[0.0], [1.0], [10.0], [11.0], [5.0]])
+    order = k_center_greedy(x, 2, covered=np.array([[0.0]]))
+    assert order.tolist() == [3, 4]
+    assert len(set(k_center_greedy(x, 5).tolist())) == 5

@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+
+from model.datasets import IGNORE_INDEX, load_camvid
+from model.features import DiffusionFeatureExtractor, FeatureConfig, ImageFeatureSource
+from model.head import TrainConfig, train_head
+from model.selection import RecordCache, RoundConfig, budget_for, candidate_pixels, run_round
+
+R = 64
+
+
+class CountingSource(ImageFeatureSource):
+    """Records which noises each UNet pass was asked for."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.requests: list[tuple[int, tuple[int, ...]]] = []
+
+    def maps(self, image, noises):
+        self.requests.append((image, tuple(noises)))
+        return super().maps(image, noises)
+
+
+@pytest.fixture(scope="module")
+def camvid4(camvid_root):
+    return load_camvid(camvid_root, "val").head(4)
+
+
+@pytest.fixture(scope="module")
+def extractor(tiny_unet):
+    return DiffusionFeatureExtractor(tiny_unet, FeatureConfig(resolution=R))
+
+
+def _source(ds, extractor):
+    return CountingSource(extractor, lambda i: ds.image(i, R), [ds.key(i) for i in range(len(ds))])
+
+
+def _head_for(ds, source, labeled):
+    feats, labels = [], []
+    for i, px in labeled.items():
+        feats.append(source.maps(i, (0,))[0].at(px))
+        labels.append(torch.from_numpy(ds.labels(i, R).ravel()[px].astype(np.int64)))
+    head, _ = train_head(torch.cat(feats), torch.cat(labels), ds.num_classes, TrainConfig(max_epochs=5))
+    return head
+
+
+def _check(queries, labeled, b):
+    assert len(queries) == b and len(set(queries)) == b
+    for i, p in queries:
+        assert 0 <= p < R * R and p not in set(labeled.get(i, []))
+
+
+def test_two_stage_rounds_on_camvid_return_b_distinct_unlabeled_pixels(camvid4, extractor):
+    b = budget_for(len(camvid4), 2.0)
+    source = _source(camvid4, extractor)
+    cfg = RoundConfig(budget=b, candidates=800, local_k=10)
+    r0 = run_round(source, {}, None, cfg)
+    _check(r0.queries, {}, b)
+    assert r0.pool_size == 40 and r0.scores is None
+    # round 0 used the reference features only, with every timestep (same features as later rounds)
+    assert {noises for _, noises in source.requests} == {(0,)}
+    labeled = {}
+    for i, p in r0.queries:
+        labeled.setdefault(i, []).append(p)
+    labeled = {i: np.array(v) for i, v in labeled.items()}
+    head = _head_for(camvid4, source, labeled)
+    r1 = run_round(source, labeled, head, cfg, round_index=1)
+    _check(r1.queries, labeled, b)
+    assert r1.scores == sorted(r1.scores, reverse=True) and r1.kept_size == 20
+    assert any(len(noises) == 1 + extractor.config.draws for _, noises in source.requests)
+
+
+@pytest.mark.parametrize("coverage,acquisition", [(None, "margin"), (None, "edald"), ("coreset", "edald"),
+                                                  ("herding", "ebald"), (None, "random"), ("herding", None)])
+def test_every_strategy_shape_returns_b_distinct_unlabeled_pixels(camvid4, extractor, coverage, acquisition):
+    source = _source(camvid4, extractor)
+    labeled = {0: np.array([5, 6, 7]), 2: np.array([100])}
+    head = _head_for(camvid4, source, labeled)
+    if acquisition == "ebald":
+        feats = torch.cat([source.maps(i, (0,))[0].at(px) for i, px in labeled.items()])
+        labels = torch.tensor([0, 1, 0, 1])
+        head, _ = train_head(feats, labels, 11, TrainConfig(max_epochs=2, mc_dropout=0.2))
+    cfg = RoundConfig(budget=6, candidates=500, local_k=8, coverage=coverage, acquisition=acquisition)
+    result = run_round(source, labeled, head, cfg, round_index=2)
+    _check(result.queries, labeled, 6)
+
+
+def test_record_cache_skips_unchanged_images_and_survives_restart(camvid4, extractor, tmp_path):
+    cfg = RoundConfig(budget=4, candidates=500, local_k=8, acquisition=None)
+    fp = {"test": 1}
+    first = run_round(_source(camvid4, extractor), {}, None, cfg, cache=RecordCache(fp, tmp_path))
+    source = _source(camvid4, extractor)
+    again = run_round(source, {}, None, cfg, cache=RecordCache(fp, tmp_path))
+    assert again.queries == first.queries and again.images_recomputed == 0 and source.requests == []
+    changed = run_round(source, {1: np.array([3])}, None, cfg, cache=RecordCache(fp, tmp_path))
+    assert changed.images_recomputed == 1 and [i for i, _ in source.requests] == [1]
+    stale = run_round(_source(camvid4, extractor), {}, None, cfg, cache=RecordCache({"test": 2}, tmp_path))
+    assert stale.images_recomputed == 4
+
+
+def test_candidates_are_fixed_per_image_and_blind_to_void(camvid4):
+    a = candidate_pixels(camvid4.key(0), R, 1000, seed=0)
+    assert np.array_equal(a, candidate_pixels(camvid4.key(0), R, 1000, seed=0))
+    assert not np.array_equal(a, candidate_pixels(camvid4.key(1), R, 1000, seed=0))
+    assert not np.array_equal(a, candidate_pixels(camvid4.key(0), R, 1000, seed=1))
+    void = np.concatenate([np.flatnonzero(camvid4.labels(i, R) == IGNORE_INDEX) for i in range(4)])
+    assert void.size > 0
+    hits = sum(np.isin(candidate_pixels(camvid4.key(i), R, 1000, 0),
+                       np.flatnonzero(camvid4.labels(i, R) == IGNORE_INDEX)).sum() for i in range(4))
+    assert hits > 0  # void pixels stay candidates: selection cannot see labels
+
+
+def test_round_config_validation():
+    with pytest.raises(ValueError):
+        RoundConfig(budget=1, coverage=None, acquisition=None)
+    with pytest.raises(ValueError):
+        RoundConfig(budget=1, coverage="kmeans")
+    with pytest.raises(ValueError):
+        RoundConfig(budget=1, acquisition="edal")
+    assert budget_for(367, 0.1) == 37 and budget_for(8, 0.1) == 1 and budget_for(0, 0.1) == 0
