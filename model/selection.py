@@ -185,6 +185,63 @@ def _uncertainty_inputs(head: SegmentationHead, acquisition: str, reference: tor
     return ref, samples
 
 
+def needs_noise_draws(acquisition: str | None) -> bool:
+    return acquisition is not None and get_acquisition(acquisition).samples == "noise"
+
+
+def image_record(source: FeatureSource, image: int, labeled_pixels, config: RoundConfig, need_draws: bool,
+                 cache: RecordCache | None = None) -> tuple[ImageRecord, bool]:
+    """The image's stage-1 record for its current labeled pixels, from the cache when it is there.
+    Returns (record, whether a UNet pass was needed)."""
+    key = source.key(image)
+    lab = np.unique(np.asarray(labeled_pixels, dtype=np.int64))
+    digest = labeled_digest(lab)
+    rec = cache.get(key, digest) if cache else None
+    draw_noises = tuple(range(1, source.draws + 1))
+    coverage = config.coverage or "herding"
+    fresh = False
+    if rec is None:
+        cands = np.setdiff1d(candidate_pixels(key, source.resolution, config.candidates, config.seed), lab)
+        maps = source.maps(image, (REFERENCE_NOISE, *draw_noises) if need_draws else (REFERENCE_NOISE,))
+        ref = torch.from_numpy(_half(maps[0].at(np.concatenate([cands, lab])))).float()
+        local = _select(coverage, ref[: len(cands)], config.local_k, ref[len(cands):], config.sigma,
+                        config.seed, config.max_herding_points)
+        picks = cands[local]
+        draws = np.stack([_half(m.at(picks)) for m in maps[1:]], axis=1) if need_draws else None
+        rec = ImageRecord(digest, picks, ref[local].numpy().astype(np.float16), lab,
+                          ref[len(cands):].numpy().astype(np.float16), draws)
+        fresh = True
+    elif need_draws and rec.draws is None:
+        maps = source.maps(image, draw_noises)
+        rec.draws = np.stack([_half(m.at(rec.picks)) for m in maps], axis=1)
+        fresh = True
+    if cache and fresh:
+        cache.put(key, rec)
+    return rec, fresh
+
+
+def labeled_features(source: FeatureSource, labeled: Mapping[int, tuple[np.ndarray, np.ndarray]],
+                     config: RoundConfig, cache: RecordCache | None = None,
+                     progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training set: reference features [N, D] and classes [N] of every labeled pixel, taken from the
+    images' records so that the round that follows needs no second UNet pass for these images.
+    `labeled` maps image index -> (pixels, classes)."""
+    need_draws = needs_noise_draws(config.acquisition)
+    feats, classes = [], []
+    items = sorted(labeled.items())
+    for n, (i, (pixels, cls)) in enumerate(items):
+        pixels, cls = np.asarray(pixels, dtype=np.int64), np.asarray(cls, dtype=np.int64)
+        rec, _ = image_record(source, i, pixels, config, need_draws, cache)
+        order = np.searchsorted(rec.labeled, pixels)
+        feats.append(torch.from_numpy(rec.labeled_reference[order]).float())
+        classes.append(torch.from_numpy(cls))
+        if progress:
+            progress("features", n + 1, len(items))
+    if not feats:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(classes)
+
+
 def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: SegmentationHead | None,
               config: RoundConfig, cache: RecordCache | None = None,
               progress: Progress | None = None, round_index: int = 0) -> RoundResult:
@@ -200,35 +257,13 @@ def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: Se
     if config.coverage is None and acquisition is not None:
         return _one_stage_round(source, labeled, head, config, acquisition, generator, progress)
 
-    method = get_acquisition(acquisition) if acquisition else None
-    need_draws = method is not None and method.samples == "noise"
-    draw_noises = tuple(range(1, source.draws + 1))
+    need_draws = needs_noise_draws(acquisition)
     pool_pixels, pool_images, pool_ref, pool_draws, covered = [], [], [], [], []
     recomputed = 0
     n = len(source)
     for i in range(n):
-        key = source.key(i)
-        lab = np.unique(np.asarray(labeled.get(i, ()), dtype=np.int64))
-        digest = labeled_digest(lab)
-        rec = cache.get(key, digest) if cache else None
-        if rec is None:
-            cands = np.setdiff1d(candidate_pixels(key, source.resolution, config.candidates, config.seed), lab)
-            noises = (REFERENCE_NOISE, *draw_noises) if need_draws else (REFERENCE_NOISE,)
-            maps = source.maps(i, noises)
-            ref = torch.from_numpy(_half(maps[0].at(np.concatenate([cands, lab])))).float()
-            local = _select(coverage, ref[: len(cands)], config.local_k, ref[len(cands):], config.sigma,
-                            config.seed, config.max_herding_points)
-            picks = cands[local]
-            draws = np.stack([_half(m.at(picks)) for m in maps[1:]], axis=1) if need_draws else None
-            rec = ImageRecord(digest, picks, ref[local].numpy().astype(np.float16), lab,
-                              ref[len(cands):].numpy().astype(np.float16), draws)
-            recomputed += 1
-        elif need_draws and rec.draws is None:
-            maps = source.maps(i, draw_noises)
-            rec.draws = np.stack([_half(m.at(rec.picks)) for m in maps], axis=1)
-            recomputed += 1
-        if cache:
-            cache.put(key, rec)
+        rec, fresh = image_record(source, i, labeled.get(i, ()), config, need_draws, cache)
+        recomputed += fresh
         pool_pixels.append(rec.picks)
         pool_images.append(np.full(len(rec.picks), i, dtype=np.int64))
         pool_ref.append(rec.reference)

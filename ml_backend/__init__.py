@@ -1,0 +1,1 @@
+"""Label Studio ML backend for two-stage eDALD pixel-level active learning."""

@@ -1,0 +1,228 @@
+"""The model class Label Studio talks to, in the familiar shape of label-studio-ml's
+LabelStudioMLBase: `setup`, `predict(tasks, context)` and `fit(event, data)`.
+
+HTTP handlers stay thin and call these; long work is handed to the job runner so that every
+request answers within Label Studio's timeouts (1 s for /health, 3 s for /setup).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict
+
+import numpy as np
+from PIL import Image
+
+from ml_backend.jobs import InProcessRunner
+from ml_backend.label_config import LabelConfigError, LabelSchema, parse_label_config
+from ml_backend.loop import original_image
+from ml_backend.regions import RegionError, brush_region, labels_from_result, pixel_from_percent
+from ml_backend.services import Services
+
+log = logging.getLogger(__name__)
+
+HANDLED_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
+                  "TASKS_CREATED", "TASKS_DELETED", "START_TRAINING", "PROJECT_UPDATED")
+SYNC_INTERVAL = 30.0  # seconds between task-list syncs triggered by /setup
+
+
+class RequestError(ValueError):
+    """A request the backend cannot act on; the message says why (answered with 400)."""
+
+
+def project_id(value) -> int:
+    """Label Studio names projects as "<id>.<created timestamp>" in /setup and /predict, as an object
+    with an "id" in webhooks, or as a bare id."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    try:
+        return int(str(value).split(".", 1)[0])
+    except (TypeError, ValueError):
+        raise RequestError(f"cannot read a project id from {value!r}") from None
+
+
+class ActiveLearningBackend:
+    def __init__(self, services: Services, runner: InProcessRunner):
+        self.services = services
+        self.runner = runner
+        self._last_sync: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self.started = time.time()
+
+    # setup ---------------------------------------------------------------------------------------
+    def setup(self, project_uid, label_config: str | None, hostname: str | None = None,
+              access_token: str | None = None) -> dict:
+        project = project_id(project_uid)
+        schema = parse_label_config(label_config)
+        problem = self.services.engine.checkpoint_problem()
+        if problem:
+            raise RequestError(problem)
+        self.services.store.save_project(project, label_config, asdict(schema))
+        self.services.remember_setup_credentials(project, hostname, access_token)
+        with self._lock:
+            due = time.time() - self._last_sync.get(project, 0.0) > SYNC_INTERVAL
+            if due:
+                self._last_sync[project] = time.time()
+        if due:
+            self.runner.submit(project, "sync")
+        return {"model_version": self.model_version(project)}
+
+    def model_version(self, project: int) -> str:
+        head = self.services.store.current_head(project)
+        return head["version"] if head else "none"
+
+    def _schema(self, project: int, label_config: str | None) -> LabelSchema:
+        if label_config:
+            return parse_label_config(label_config)
+        return self.services.schema(project)
+
+    # predict -------------------------------------------------------------------------------------
+    def predict(self, tasks: list, context: dict | None = None, project_uid=None,
+                label_config: str | None = None) -> list[dict]:
+        if not isinstance(tasks, list) or not tasks:
+            raise RequestError("'tasks' must be a non-empty list of Label Studio tasks")
+        for task in tasks:
+            if not isinstance(task, dict) or "id" not in task:
+                raise RequestError("every task needs an 'id'")
+        project = project_id(project_uid if project_uid is not None else tasks[0].get("project"))
+        schema = self._schema(project, label_config)
+        if context and isinstance(context, dict) and context.get("result"):
+            return [self._expand_click(project, schema, tasks[0], context["result"])]
+        return [self._segmentation(project, schema, task) for task in tasks]
+
+    def _expand_click(self, project: int, schema: LabelSchema, task: dict, result: list) -> dict:
+        clicks = [r for r in result if isinstance(r, dict) and r.get("type") == "keypointlabels"]
+        if not clicks:
+            raise RequestError("interactive context holds no keypoint click")
+        value = clicks[-1].get("value") or {}
+        names = value.get("keypointlabels") or []
+        if not names:
+            raise RequestError("the click has no class: pick a label before clicking")
+        try:
+            cls = schema.class_index(names[0])
+            x, y = float(value["x"]), float(value["y"])
+            pixel_from_percent(x, y, 100)  # range check
+        except (KeyError, TypeError, ValueError, RegionError, LabelConfigError) as exc:
+            raise RequestError(f"unusable click: {exc}") from None
+        image = original_image(self.services, project, int(task["id"]), (task.get("data") or {}).get(schema.image_key))
+        h, w = image.shape[:2]
+        row, col = min(h - 1, int(y / 100 * h)), min(w - 1, int(x / 100 * w))
+        expander = self.services.engine.expander()
+        mask, confidence, expanded = expander.region(image, row, col)
+        regions = [brush_region(f"click-{row}-{col}", mask, cls, schema, confidence)] if expanded else []
+        log.info("task %s: click (%d, %d) -> %s region of %d pixels, confidence %.3f (tau %.2f)", task["id"], row, col,
+                 expander.name, int(mask.sum()) if expanded else 0, confidence, expander.tau)
+        return {"result": regions, "score": confidence, "model_version": f"expander-{expander.name}"}
+
+    def _segmentation(self, project: int, schema: LabelSchema, task: dict) -> dict:
+        head_row = self.services.store.current_head(project)
+        if head_row is None:
+            log.info("task %s: no prediction yet: no head has been trained in project %s (it trains after round 0 "
+                     "is answered)", task["id"], project)
+            return {"result": [], "score": 0.0, "model_version": "none"}
+        head = self.services.engine.head(project, head_row["version"], head_row["path"])
+        original = original_image(self.services, project, int(task["id"]), (task.get("data") or {}).get(schema.image_key))
+        r = self.services.settings.resolution
+        classes, confidence = self.services.engine.segment(
+            head, np.asarray(Image.fromarray(original).resize((r, r), Image.BILINEAR)))
+        h, w = original.shape[:2]
+        full = np.asarray(Image.fromarray(classes.astype(np.uint8)).resize((w, h), Image.NEAREST))
+        regions = [brush_region(f"seg-{c}", full == c, int(c), schema) for c in np.unique(full)]
+        return {"result": regions, "score": float(confidence.mean()), "model_version": head_row["version"]}
+
+    # fit (webhooks) ------------------------------------------------------------------------------
+    def fit(self, event: str, data: dict) -> dict:
+        if event not in HANDLED_EVENTS:
+            log.info("webhook %s ignored: this backend does not use it", event)
+            return {"status": "ignored", "reason": f"action {event} is not used by this backend"}
+        project = project_id(data.get("project"))
+        store = self.services.store
+        if event == "PROJECT_UPDATED":
+            config = (data.get("project") or {}).get("label_config")
+            try:
+                schema = parse_label_config(config)
+            except LabelConfigError as exc:
+                log.warning("project %s: new label config not usable, keeping the old one: %s", project, exc)
+                return {"status": "ignored", "reason": str(exc)}
+            store.save_project(project, config, asdict(schema))
+            return {"status": "ok"}
+        if event == "START_TRAINING":
+            return {"status": "ok", "job": self.runner.submit(project, "train")}
+        if event == "TASKS_CREATED":
+            return {"status": "ok", "job": self.runner.submit(project, "sync")}
+        if event == "TASKS_DELETED":
+            store.delete_tasks(project, [int(t["id"]) for t in _items(data, "tasks")])
+            return {"status": "ok"}
+        if event == "ANNOTATIONS_DELETED":
+            store.delete_annotations(project, [int(a["id"]) for a in _items(data, "annotations")])
+            return {"status": "ok"}
+        annotations = _items(data, "annotation")
+        schema = self._schema(project, (data.get("project") or {}).get("label_config"))
+        outcomes, problems = [], []
+        for annotation in annotations:
+            task = annotation.get("task")
+            task_id = int(task["id"] if isinstance(task, dict) else task if task is not None
+                          else (data.get("task") or {}).get("id"))
+            result = [] if annotation.get("was_cancelled") else annotation.get("result") or []
+            parsed = labels_from_result(result, schema, task_id, self.services.settings.resolution,
+                                        self.services.settings.region_pixel_cap)
+            problems += parsed.problems
+            outcomes.append(store.apply_annotation(project, int(annotation["id"]), task_id,
+                                                   annotation.get("updated_at"), result, parsed.labels))
+        advanced = False
+        current = store.current_round(project)
+        if current and current["status"] == "open" and self.services.settings.auto_advance:
+            if store.round_progress(project, current["round"])["open"] == 0:
+                self.runner.submit(project, "advance")
+                advanced = True
+        return {"status": "ok", "annotations": outcomes, "skipped_regions": problems, "advance": advanced}
+
+    # introspection -------------------------------------------------------------------------------
+    def versions(self, project: int | None = None) -> list[str]:
+        store = self.services.store
+        projects = [project] if project is not None else store.projects()
+        return [h["version"] for p in projects for h in store.heads(p)]
+
+    def projects_status(self) -> dict:
+        store, out = self.services.store, {}
+        for project in store.projects():
+            current = store.current_round(project)
+            head = store.current_head(project)
+            out[str(project)] = {
+                "tasks": len(store.tasks(project)), "images_ready": len(store.tasks(project, "ready")),
+                "images_failed": len(store.tasks(project, "failed")),
+                "labeled_pixels": len(store.labels(project)), "annotations": store.annotation_count(project),
+                "round": current["round"] if current else None, "round_status": current["status"] if current else None,
+                "queries": store.round_progress(project, current["round"]) if current else None,
+                "model_version": head["version"] if head else None,
+            }
+        return out
+
+    def health(self) -> dict:
+        engine = self.services.engine.status()
+        return {
+            "status": "UP", "model_class": type(self).__name__, "uptime_s": round(time.time() - self.started, 1),
+            "backbone": engine, "jobs": self.runner.describe(), "progress": self.services.progress.snapshot(),
+            "settings": self.services.settings.public(),
+        }
+
+    def metrics(self) -> dict:
+        store = self.services.store
+        return {
+            "projects": self.projects_status(),
+            "heads": {str(p): [{k: h[k] for k in ("version", "round", "labeled", "created", "current")}
+                               for h in store.heads(p)] for p in store.projects()},
+            "recent_jobs": store.recent_jobs(20),
+        }
+
+
+def _items(data: dict, key: str) -> list[dict]:
+    value = data.get(key)
+    if value is None:
+        raise RequestError(f"webhook payload lacks '{key}'")
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, dict) and "id" in v for v in items):
+        raise RequestError(f"every entry of '{key}' needs an 'id'")
+    return items

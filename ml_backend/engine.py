@@ -1,0 +1,141 @@
+"""The backend's ML side: one frozen backbone shared by all projects, heads per project, expander.
+
+The backbone loads on first use, not at import or /setup (Label Studio gives /setup 3 seconds and
+the ImageNet checkpoint is 2.2 GB); a checkpoint problem is kept and shown by /health and /setup.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ml_backend.config import Settings
+from model.acquisition import get_acquisition
+from model.backbones import CheckpointError, get_backbone, load_unet
+from model.expansion import Expander, LRUCache, build_expander
+from model.features import DiffusionFeatureExtractor, FeatureConfig, ImageFeatureSource
+from model.head import SegmentationHead, TrainConfig
+from model.prediction import segment
+from model.selection import RecordCache, RoundConfig, budget_for
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Engine:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.backbone = get_backbone(settings.backbone)
+        self._lock = threading.RLock()
+        self._extractor: DiffusionFeatureExtractor | None = None
+        self._expander: Expander | None = None
+        self.backbone_error: str | None = None
+        self.expander_error: str | None = None
+        self._heads = LRUCache(16)
+
+    # configuration ------------------------------------------------------------------------------
+    def feature_config(self) -> FeatureConfig:
+        return FeatureConfig(resolution=self.settings.resolution, draws=self.settings.draws, seed=self.settings.seed)
+
+    def round_config(self, num_images: int) -> RoundConfig:
+        s = self.settings
+        return RoundConfig(budget=budget_for(num_images, s.budget_factor), candidates=s.candidates, local_k=s.local_k,
+                           keep_global=s.keep_global, coverage=s.coverage, acquisition=s.acquisition, seed=s.seed)
+
+    def train_config(self) -> TrainConfig:
+        dropout = 0.2 if get_acquisition(self.settings.acquisition).samples == "dropout" else 0.0
+        return TrainConfig(batch_size=self.settings.train_batch_size, max_epochs=self.settings.train_max_epochs,
+                           mc_dropout=dropout, seed=self.settings.seed)
+
+    def checkpoint_path(self) -> Path | None:
+        return self.settings.diffusion_checkpoint
+
+    def checkpoint_problem(self) -> str | None:
+        """A cheap check fit for /setup: is the checkpoint file there at all?"""
+        if self.backbone_error:
+            return self.backbone_error
+        path = self.checkpoint_path()
+        if self.backbone.pretrained and (path is None or not path.is_file()):
+            return (f"diffusion checkpoint {path} not found for BACKBONE={self.backbone.name}: download "
+                    f"{self.backbone.checkpoint_file} from {self.backbone.url} and set DIFFUSION_CHECKPOINT")
+        return None
+
+    def record_fingerprint(self) -> dict:
+        path = self.checkpoint_path()
+        stat = path.stat() if path and path.is_file() else None
+        return {"backbone": self.backbone.name, "checkpoint": str(path), "size": stat.st_size if stat else None,
+                "mtime": stat.st_mtime if stat else None, "features": self.feature_config().__dict__,
+                "candidates": self.settings.candidates, "local_k": self.settings.local_k,
+                "coverage": self.settings.coverage, "seed": self.settings.seed}
+
+    # components ---------------------------------------------------------------------------------
+    def extractor(self) -> DiffusionFeatureExtractor:
+        with self._lock:
+            if self._extractor is None:
+                try:
+                    unet = load_unet(self.backbone, self.checkpoint_path(), device=self.device, seed=self.settings.seed)
+                except CheckpointError as exc:
+                    self.backbone_error = str(exc)
+                    raise
+                self.backbone_error = None
+                self._extractor = DiffusionFeatureExtractor(unet, self.feature_config())
+                log.info("backbone %s loaded on %s (feature dim %d)", self.backbone.name, self.device, self._extractor.dim)
+            return self._extractor
+
+    def source(self, load_image, keys: list[str]) -> ImageFeatureSource:
+        return ImageFeatureSource(self.extractor(), load_image, keys)
+
+    def records(self, directory: Path) -> RecordCache:
+        return RecordCache(self.record_fingerprint(), directory)
+
+    def expander(self) -> Expander:
+        with self._lock:
+            if self._expander is None:
+                s = self.settings
+                tau = s.sam_tau if s.expander == "sam" else s.superpixel_tau
+                try:
+                    self._expander = build_expander(s.expander, tau=tau, sam_checkpoint=s.sam_checkpoint,
+                                                    sam_model_type=s.sam_model_type, device=str(self.device))
+                except (FileNotFoundError, ValueError, ImportError) as exc:
+                    self.expander_error = str(exc)
+                    raise
+                self.expander_error = None
+            return self._expander
+
+    def head(self, project: int, version: str, path: str) -> SegmentationHead:
+        key = (project, version)
+        head = self._heads.get(key)
+        if head is None:
+            head = SegmentationHead.from_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
+            self._heads.put(key, head)
+        return head
+
+    def remember_head(self, project: int, version: str, head: SegmentationHead) -> None:
+        self._heads.put((project, version), head)
+
+    def segment(self, head: SegmentationHead, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps = self.extractor().maps(image)[0]
+        return segment(head, maps)
+
+    def status(self) -> dict:
+        loaded = self._extractor is not None
+        problem = self.checkpoint_problem()
+        expander = {"name": self.settings.expander, "loaded": self._expander is not None,
+                    "error": self.expander_error}
+        if self._expander is not None:
+            expander.update(self._expander.describe())
+        return {
+            "backbone": self.backbone.name, "pretrained": self.backbone.pretrained, "loaded": loaded,
+            "device": str(self.device), "checkpoint": str(self.checkpoint_path()) if self.checkpoint_path() else None,
+            "error": problem, "feature_dim": self._extractor.dim if loaded else None, "expander": expander,
+        }

@@ -1,0 +1,89 @@
+"""Reading a project's labeling configuration: which controls the backend writes to and the classes.
+
+The backend needs an Image, a KeyPointLabels control on it (queries and clicks) and a BrushLabels
+control on it (regions) with the same labels; class i is the i-th label, in config order.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+SHIPPED_CONFIG = Path(__file__).with_name("label_config.xml")
+
+
+class LabelConfigError(ValueError):
+    """The project's labeling configuration cannot drive this backend."""
+
+
+@dataclass(frozen=True)
+class LabelSchema:
+    image_name: str  # the Image tag's name (to_name of every region)
+    image_key: str  # the task data field holding the image URL ("image" for value="$image")
+    keypoint_name: str
+    brush_name: str
+    classes: tuple[str, ...]
+    smart_keypoints: bool
+
+    def class_index(self, name: str) -> int:
+        try:
+            return self.classes.index(name)
+        except ValueError:
+            raise LabelConfigError(f"unknown class {name!r}; the config defines {', '.join(self.classes)}") from None
+
+
+def _labels(control: ET.Element) -> list[str]:
+    return [label.get("value", "") for label in control.iter("Label") if label.get("value")]
+
+
+def parse_label_config(xml: str | None) -> LabelSchema:
+    if not xml or not xml.strip():
+        raise LabelConfigError("the project has no labeling configuration; use ml_backend/label_config.xml")
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise LabelConfigError(f"the labeling configuration is not valid XML: {exc}") from None
+    images = {el.get("name"): el for el in root.iter("Image") if el.get("name")}
+    if not images:
+        raise LabelConfigError("the labeling configuration has no <Image name=... value=\"$...\"/> tag")
+    keypoints = [el for el in root.iter("KeyPointLabels") if el.get("toName") in images]
+    brushes = [el for el in root.iter("BrushLabels") if el.get("toName") in images]
+    missing = []
+    if not keypoints:
+        missing.append("a <KeyPointLabels> control whose toName is the image (the backend's queries)")
+    if not brushes:
+        missing.append("a <BrushLabels> control whose toName is the image (expanded regions and predictions)")
+    if missing:
+        raise LabelConfigError("the labeling configuration lacks " + " and ".join(missing)
+                               + "; see ml_backend/label_config.xml")
+    kp = keypoints[0]
+    brush = next((b for b in brushes if b.get("toName") == kp.get("toName")), None)
+    if brush is None:
+        raise LabelConfigError("KeyPointLabels and BrushLabels must label the same <Image>")
+    kp_labels, brush_labels = _labels(kp), _labels(brush)
+    if not kp_labels:
+        raise LabelConfigError(f"KeyPointLabels '{kp.get('name')}' has no <Label value=...> children")
+    if kp_labels != brush_labels:
+        only_kp = sorted(set(kp_labels) - set(brush_labels))
+        only_brush = sorted(set(brush_labels) - set(kp_labels))
+        detail = []
+        if only_kp:
+            detail.append(f"only in KeyPointLabels: {', '.join(only_kp)}")
+        if only_brush:
+            detail.append(f"only in BrushLabels: {', '.join(only_brush)}")
+        if not detail:
+            detail.append("same labels in a different order")
+        raise LabelConfigError("KeyPointLabels and BrushLabels need the same labels in the same order ("
+                               + "; ".join(detail) + ")")
+    if len(set(kp_labels)) != len(kp_labels):
+        raise LabelConfigError("a label appears twice in KeyPointLabels")
+    image = images[kp.get("toName")]
+    value = image.get("value", "")
+    if not value.startswith("$") or len(value) < 2:
+        raise LabelConfigError(f"<Image name='{image.get('name')}'> needs value=\"$field\" naming the task's image field")
+    return LabelSchema(
+        image_name=image.get("name"), image_key=value[1:], keypoint_name=kp.get("name"),
+        brush_name=brush.get("name"), classes=tuple(kp_labels),
+        smart_keypoints=kp.get("smart", "").lower() in ("true", "1"),
+    )

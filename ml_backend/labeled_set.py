@@ -1,0 +1,75 @@
+"""From stored labels to the training set: annotators' pixels, plus their clicks expanded to regions.
+
+Priority: an annotator's own label on a pixel (keypoint or brush stroke) always wins; where
+several annotations label one pixel the newest wins. A keypoint is expanded by the expander
+(SAM, superpixel or none) when its confidence passes tau; the region joins the training set with
+the click's class, subsampled to REGION_PIXEL_CAP pixels, the clicked pixel always included.
+Pixels claimed by expansions of different classes, and not by an annotator, are left out.
+Expansions are cached on disk by (image, click, expander) so each is computed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ml_backend.regions import subsample
+from model.expansion import Expander
+
+log = logging.getLogger(__name__)
+
+
+class ExpansionCache:
+    def __init__(self, directory: Path, expander: Expander):
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        desc = {k: v for k, v in expander.describe().items() if "cache" not in k}
+        self.tag = hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:12]
+        self.expander = expander
+
+    def region(self, task: int, image: np.ndarray, pixel: int) -> np.ndarray:
+        """Flat pixel indices of the click's region (the pixel alone when not confident)."""
+        path = self.directory / f"{task}_{pixel}_{self.tag}.npy"
+        if path.exists():
+            try:
+                return np.load(path)
+            except (OSError, ValueError):
+                log.warning("recomputing unreadable expansion %s", path.name)
+        r = image.shape[1]
+        mask, _, _ = self.expander.region(image, pixel // r, pixel % r)
+        pixels = np.flatnonzero(mask).astype(np.int64)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, pixels)
+        tmp.replace(path)
+        return pixels
+
+
+def build_labeled_set(rows: list[dict], load_image, expansions: ExpansionCache | None,
+                      region_cap: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """task -> (pixels, classes), pixels sorted and unique. `rows` come from Store.labels (ordered so
+    that a newer annotation's row for a pixel comes after an older one)."""
+    annotator: dict[int, dict[int, int]] = defaultdict(dict)
+    for row in rows:
+        annotator[row["task"]][row["pixel"]] = row["class"]
+    expanded: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    if expansions is not None:
+        for row in rows:
+            if row["source"] != "keypoint":
+                continue
+            task, pixel, cls = row["task"], row["pixel"], row["class"]
+            region = expansions.region(task, load_image(task), pixel)
+            region = subsample(region[region != pixel], max(0, region_cap - 1), f"{task}:{pixel}")
+            for p in region:
+                expanded[task][int(p)].add(cls)
+    out = {}
+    for task in set(annotator) | set(expanded):
+        merged = {p: next(iter(c)) for p, c in expanded[task].items() if len(c) == 1}
+        merged.update(annotator[task])
+        pixels = np.array(sorted(merged), dtype=np.int64)
+        out[task] = (pixels, np.array([merged[p] for p in pixels], dtype=np.int64))
+    return out

@@ -1,0 +1,243 @@
+"""The active-learning loop of one project, run by background jobs.
+
+sync:    fetch the task list and the images not seen yet; if the project has no round, run round 0.
+advance: when every query of the open round is answered (or on START_TRAINING), train a head on
+         all labeled pixels, swap it in, run the next round and push its queries.
+
+Each step is safe to repeat: a round is recorded before its queries are pushed and a query is
+marked pushed once its prediction exists, so a job that died half-way resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import defaultdict
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ml_backend.labeled_set import ExpansionCache, build_labeled_set
+from ml_backend.regions import keypoint_region
+from ml_backend.services import Services
+from model.head import train_head
+from model.preprocessing import MAX_IMAGE_PIXELS, resize_image
+from model.selection import labeled_features, run_round
+
+log = logging.getLogger(__name__)
+
+
+def round_version(round_index: int) -> str:
+    return f"round-{round_index}"
+
+
+def handle_job(services: Services, project: int, kind: str) -> None:
+    if kind == "sync":
+        sync_project(services, project)
+    elif kind in ("advance", "train"):
+        advance_project(services, project, force=kind == "train")
+    else:
+        raise ValueError(f"unknown job kind {kind!r}")
+
+
+# images ----------------------------------------------------------------------------------------
+def decode_image(data: bytes) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise ValueError(f"image of {image.width}x{image.height} pixels is too large")
+        image.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"not a readable image ({exc})") from None
+    return image.convert("RGB")
+
+
+def fetch_image(services: Services, project: int, task: int, url: str) -> None:
+    """Download, decode and store the task's image (original and model-resolution copies)."""
+    files = services.files(project)
+    try:
+        if not url:
+            raise ValueError(f"task has no '{services.schema(project).image_key}' field")
+        image = decode_image(services.client(project).download(url))
+    except ValueError as exc:
+        log.warning("project %s task %s: image unusable, skipped: %s", project, task, exc)
+        services.store.set_task_image(project, task, None, None, "failed", str(exc))
+        return
+    originals = files.root / "originals"
+    originals.mkdir(exist_ok=True)
+    tmp = originals / f".{task}.tmp.png"
+    image.save(tmp)
+    tmp.replace(originals / f"{task}.png")
+    files.save_image(task, resize_image(image, services.settings.resolution))
+    services.store.set_task_image(project, task, image.width, image.height, "ready")
+
+
+def original_image(services: Services, project: int, task: int, url: str | None = None) -> np.ndarray:
+    path = services.files(project).root / "originals" / f"{task}.png"
+    if not path.exists():
+        row = services.store.task(project, task)
+        if row is None or row["status"] != "ready":
+            services.store.upsert_tasks(project, [(task, url or (row or {}).get("image_url", ""))])
+            fetch_image(services, project, task, url or (row or {}).get("image_url", ""))
+        row = services.store.task(project, task)
+        if row is None or row["status"] != "ready":
+            raise ValueError(f"task {task}: {row['error'] if row else 'unknown task'}")
+    with Image.open(path) as im:
+        return np.array(im.convert("RGB"))
+
+
+def sync_tasks(services: Services, project: int) -> int:
+    """Bring the task list up to date and fetch new images; returns the number of usable images."""
+    store, schema = services.store, services.schema(project)
+    services.progress.update(project, "listing tasks")
+    tasks = services.client(project).tasks(project)
+    store.upsert_tasks(project, [(t["id"], str(t["data"].get(schema.image_key, ""))) for t in tasks])
+    pending = store.tasks(project, "pending")
+    for n, row in enumerate(pending):
+        fetch_image(services, project, row["task"], row["image_url"])
+        services.progress.update(project, "fetching images", n + 1, len(pending))
+    return len(store.tasks(project, "ready"))
+
+
+# rounds ----------------------------------------------------------------------------------------
+def sync_project(services: Services, project: int) -> None:
+    ready = sync_tasks(services, project)
+    current = services.store.current_round(project)
+    if current is None:
+        if ready:
+            start_round(services, project, 0)
+        else:
+            services.progress.update(project, "waiting for tasks", message="no usable images in the project yet")
+    elif current["status"] == "selected":
+        push_round(services, project, current["round"])
+    else:
+        maybe_advance(services, project)
+
+
+def maybe_advance(services: Services, project: int) -> bool:
+    """Queue nothing, just decide: is the open round fully answered (and auto-advance on)?"""
+    current = services.store.current_round(project)
+    if current is None or current["status"] != "open":
+        return False
+    counts = services.store.round_progress(project, current["round"])
+    if counts["open"] == 0 and services.settings.auto_advance:
+        advance_project(services, project, force=False)
+        return True
+    services.progress.update(project, f"round {current['round']} open",
+                             counts["answered"] + counts["dismissed"], sum(counts.values()))
+    return False
+
+
+def advance_project(services: Services, project: int, force: bool) -> None:
+    store = services.store
+    current = store.current_round(project)
+    if current is None:
+        sync_project(services, project)
+        return
+    if current["status"] == "selected":
+        push_round(services, project, current["round"])
+        return
+    counts = store.round_progress(project, current["round"])
+    if counts["open"] and not force:
+        log.info("project %s: round %s still has %d open queries", project, current["round"], counts["open"])
+        return
+    sync_tasks(services, project)
+    store.complete_round(project, current["round"])
+    start_round(services, project, current["round"] + 1)
+
+
+def start_round(services: Services, project: int, round_index: int) -> None:
+    """Train on everything labeled so far (if anything is), select the round's pixels, push them."""
+    s, store, engine = services.settings, services.store, services.engine
+    schema, files = services.schema(project), services.files(project)
+    tasks = [row["task"] for row in store.tasks(project, "ready")]
+    if not tasks:
+        services.progress.update(project, "waiting for tasks", message="no usable images")
+        return
+    index = {t: i for i, t in enumerate(tasks)}
+    services.progress.update(project, "loading backbone")
+    source = engine.source(lambda i: files.load_image(tasks[i]), [f"project-{project}/task-{t}" for t in tasks])
+    cache = engine.records(files.records)
+    config = engine.round_config(len(tasks))
+    expansions = None
+    if s.expander != "none":
+        expansions = ExpansionCache(files.root / "expansions", engine.expander())
+    services.progress.update(project, "expanding clicks")
+    labeled = build_labeled_set(store.labels(project), files.load_image, expansions, s.region_pixel_cap)
+    labeled = {index[t]: v for t, v in labeled.items() if t in index}
+
+    head, version = None, None
+    if labeled:
+        feats, classes = labeled_features(source, labeled, config, cache, services.progress.reporter(project, "training features "))
+        services.progress.update(project, "training head", message=f"{len(classes)} labeled pixels")
+        head, report = train_head(feats, classes, len(schema.classes), engine.train_config())
+        version = f"head-{len(store.heads(project)) + 1}"
+        path = files.head_path(version)
+        tmp = path.with_suffix(".tmp")
+        torch.save(head.checkpoint(), tmp)
+        tmp.replace(path)
+        engine.remember_head(project, version, head)
+        store.add_head(project, version, round_index, str(path), len(classes), report.as_dict())
+        log.info("project %s: %s trained on %d pixels (%s)", project, version, len(classes), report.as_dict())
+
+    result = run_round(source, {i: px for i, (px, _) in labeled.items()}, head, config, cache,
+                       services.progress.reporter(project, f"round {round_index} "), round_index=round_index)
+    suggested = [None] * len(result.queries)
+    if head is not None:
+        by_image = defaultdict(list)
+        for k, (i, p) in enumerate(result.queries):
+            by_image[i].append((k, p))
+        for i, items in by_image.items():
+            feats = source.maps(i, (0,))[0].at(np.array([p for _, p in items]))
+            for (k, _), c in zip(items, head.log_probs(feats).argmax(1).tolist()):
+                suggested[k] = c
+    queries = [{"task": tasks[i], "pixel": p, "rank": k, "score": result.scores[k] if result.scores else None,
+                "suggested": suggested[k], "region": f"q{round_index}-{tasks[i]}-{p}"}
+               for k, (i, p) in enumerate(result.queries)]
+    store.save_round(project, round_index, version, queries)
+    log.info("project %s: round %d selected %d pixels on %d images (%s)", project, round_index, len(queries),
+             len({q['task'] for q in queries}), {k: round(v, 2) for k, v in result.seconds.items()})
+    push_round(services, project, round_index)
+
+
+def push_round(services: Services, project: int, round_index: int) -> None:
+    store, schema, client = services.store, services.schema(project), services.client(project)
+    version = round_version(round_index)
+    by_task = defaultdict(list)
+    for q in store.queries(project, round_index):
+        if q["prediction"] is None:
+            by_task[q["task"]].append(q)
+    for n, (task, qs) in enumerate(sorted(by_task.items())):
+        row = store.task(project, task)
+        regions = [keypoint_region(q["region"], q["pixel"], services.settings.resolution, schema, row["width"],
+                                   row["height"], q["suggested"]) for q in qs]
+        scores = [q["score"] for q in qs if q["score"] is not None]
+        prediction = client.find_prediction(task, version)  # pushed before a crash cut this job short?
+        if prediction is None:
+            prediction = client.create_prediction(task, regions, version, max(scores) if scores else None)
+        store.mark_pushed(project, round_index, task, prediction)
+        services.progress.update(project, f"pushing round {round_index}", n + 1, len(by_task))
+    client.show_round(project, version)
+    store.open_round(project, round_index)
+    queried = store.queries(project, round_index)
+    prefetch_expansions(services, project, sorted({q["task"] for q in queried}))
+    services.progress.update(project, f"round {round_index} open", 0, len(queried))
+
+
+def prefetch_expansions(services: Services, project: int, tasks: list[int]) -> None:
+    """Compute the expander's per-image work (SAM embeddings) for the queried images now, so that an
+    annotator's first click on them is fast."""
+    if services.settings.expander == "none":
+        return
+    try:
+        expander = services.engine.expander()
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        log.warning("project %s: expander unavailable, no prefetch: %s", project, exc)
+        return
+    for n, task in enumerate(tasks):
+        try:
+            expander.prefetch(original_image(services, project, task))
+        except ValueError as exc:
+            log.warning("project %s task %s: no prefetch: %s", project, task, exc)
+        services.progress.update(project, "prefetching click expansion", n + 1, len(tasks))

@@ -1,0 +1,134 @@
+"""Label Studio regions <-> pixels at the model resolution.
+
+Keypoints are stored by Label Studio in percent of the image size; the model works on the image
+squashed to R x R, so a keypoint at (x%, y%) is pixel (floor(y/100 R), floor(x/100 R)) and a
+query pixel is sent back at its centre. Brush regions travel as Label Studio's RLE of an RGBA
+image of the original size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
+from PIL import Image
+
+from ml_backend.label_config import LabelConfigError, LabelSchema
+from ml_backend.store import Label
+
+log = logging.getLogger(__name__)
+
+
+class RegionError(ValueError):
+    """One region of an annotation that cannot be used (the rest of the annotation still is)."""
+
+
+def pixel_from_percent(x: float, y: float, resolution: int) -> int:
+    if not (0 <= x <= 100 and 0 <= y <= 100):
+        raise RegionError(f"keypoint at ({x}%, {y}%) lies outside the image")
+    col = min(resolution - 1, int(x / 100 * resolution))
+    row = min(resolution - 1, int(y / 100 * resolution))
+    return row * resolution + col
+
+
+def percent_from_pixel(pixel: int, resolution: int) -> tuple[float, float]:
+    row, col = divmod(int(pixel), resolution)
+    return (col + 0.5) / resolution * 100, (row + 0.5) / resolution * 100
+
+
+def keypoint_region(region_id: str, pixel: int, resolution: int, schema: LabelSchema, width: int, height: int,
+                    cls: int | None = None) -> dict:
+    x, y = percent_from_pixel(pixel, resolution)
+    return {
+        "id": region_id, "from_name": schema.keypoint_name, "to_name": schema.image_name, "type": "keypointlabels",
+        "original_width": width, "original_height": height, "image_rotation": 0,
+        "value": {"x": x, "y": y, "width": 0.6, "keypointlabels": [schema.classes[cls]] if cls is not None else []},
+    }
+
+
+def brush_region(region_id: str, mask: np.ndarray, cls: int, schema: LabelSchema, score: float | None = None,
+                 from_name: str | None = None) -> dict:
+    """A BrushLabels region of a boolean mask at the original image size."""
+    h, w = mask.shape
+    region = {
+        "id": region_id, "from_name": from_name or schema.brush_name, "to_name": schema.image_name,
+        "type": "brushlabels", "original_width": int(w), "original_height": int(h), "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [schema.classes[cls]]},
+    }
+    if score is not None:
+        region["score"] = float(score)
+    return region
+
+
+def mask_from_brush(value: dict, width: int, height: int) -> np.ndarray:
+    rle = value.get("rle")
+    if not isinstance(rle, list) or not rle:
+        raise RegionError("brush region without RLE data")
+    if not (0 < width <= 20000 and 0 < height <= 20000):
+        raise RegionError(f"brush region of implausible size {width}x{height}")
+    try:
+        flat = decode_rle(rle)
+    except Exception as exc:  # the decoder raises IndexError/ValueError on damaged data
+        raise RegionError(f"brush RLE cannot be decoded: {exc}") from None
+    if flat.size != width * height * 4:
+        raise RegionError(f"brush RLE holds {flat.size} values, expected {width}x{height}x4")
+    return flat.reshape(height, width, 4)[:, :, 3] > 0
+
+
+def resize_mask(mask: np.ndarray, resolution: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((resolution, resolution), Image.NEAREST)) > 0
+
+
+def subsample(pixels: np.ndarray, cap: int, salt: str) -> np.ndarray:
+    """At most `cap` pixels, chosen reproducibly from the region's identity."""
+    if len(pixels) <= cap:
+        return pixels
+    seed = int.from_bytes(hashlib.sha256(salt.encode()).digest()[:8], "little")
+    return np.sort(np.random.default_rng(seed).choice(pixels, cap, replace=False))
+
+
+@dataclass
+class ParsedAnnotation:
+    labels: list[Label]
+    problems: list[str]  # regions skipped, each with its reason
+
+
+def labels_from_result(result: list, schema: LabelSchema, task: int, resolution: int, region_cap: int) -> ParsedAnnotation:
+    """Labeled pixels of an annotation's regions. Keypoints give one pixel; annotators' brush strokes
+    give their pixels (at most `region_cap` per region); brush regions an annotator accepted from a
+    model prediction unchanged are not ground truth and are skipped."""
+    labels: list[Label] = []
+    problems: list[str] = []
+    if not isinstance(result, list):
+        return ParsedAnnotation([], ["annotation result is not a list"])
+    for n, region in enumerate(result):
+        if not isinstance(region, dict):
+            problems.append(f"region {n} is not an object")
+            continue
+        rid = str(region.get("id") or f"r{n}")
+        kind, value = region.get("type"), region.get("value") or {}
+        try:
+            if kind == "keypointlabels" and region.get("from_name") == schema.keypoint_name:
+                names = value.get("keypointlabels") or []
+                if not names:
+                    raise RegionError("keypoint without a class")
+                pixel = pixel_from_percent(float(value["x"]), float(value["y"]), resolution)
+                labels.append(Label(task, rid, pixel, schema.class_index(names[0]), "keypoint"))
+            elif kind == "brushlabels" and region.get("from_name") == schema.brush_name:
+                if region.get("origin") == "prediction":
+                    continue
+                names = value.get("brushlabels") or []
+                if not names:
+                    raise RegionError("brush region without a class")
+                cls = schema.class_index(names[0])
+                mask = mask_from_brush(value, int(region.get("original_width", 0)), int(region.get("original_height", 0)))
+                pixels = np.flatnonzero(resize_mask(mask, resolution))
+                labels.extend(Label(task, rid, int(p), cls, "brush") for p in subsample(pixels, region_cap, rid))
+        except (RegionError, LabelConfigError, KeyError, TypeError, ValueError) as exc:
+            problems.append(f"region {rid}: {exc}")
+    for problem in problems:
+        log.warning("task %s: skipped %s", task, problem)
+    return ParsedAnnotation(labels, problems)

@@ -1,0 +1,149 @@
+"""Label Studio's ML backend protocol over HTTP (Flask 3).
+
+We implement the protocol ourselves rather than depend on label-studio-ml: its last PyPI release
+(1.0.9, 2023) pins Flask 1.1.2, werkzeug 2.0.2 and Jinja2 3.0.3, which conflict with
+label-studio-sdk 2.x and are past their security support. The routes and payloads follow what
+Label Studio 1.23 sends (ml/api_connector.py) and the model class keeps label-studio-ml's shape.
+
+Routes: GET /health (and /), POST /setup, POST /predict, POST /webhook, POST /train (older Label
+Studio), GET|POST /versions, GET /metrics. Bad requests get a 4xx with a JSON message.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from ml_backend.backend import ActiveLearningBackend, RequestError, project_id
+from ml_backend.config import Settings
+from ml_backend.jobs import InProcessRunner
+from ml_backend.label_config import LabelConfigError
+from ml_backend.label_studio import LabelStudioUnavailable
+from ml_backend.loop import handle_job
+from ml_backend.services import Services
+from model.backbones import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def _json_body() -> dict:
+    data = request.get_json(silent=True)
+    if data is None:
+        raise RequestError("the request body must be JSON (Content-Type: application/json)")
+    if not isinstance(data, dict):
+        raise RequestError("the request body must be a JSON object")
+    return data
+
+
+def create_backend(settings: Settings) -> ActiveLearningBackend:
+    services = Services.create(settings)
+    if settings.redis_url:
+        from ml_backend.queue import RedisRunner  # imported only when scaling out
+
+        runner = RedisRunner(services.store, settings.redis_url)
+    else:
+        runner = InProcessRunner(services.store, lambda project, kind: handle_job(services, project, kind))
+    backend = ActiveLearningBackend(services, runner)
+    runner.resume()
+    return backend
+
+
+def create_app(settings: Settings | None = None, backend: ActiveLearningBackend | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    backend = backend or create_backend(settings)
+    app = Flask("ml_backend")
+    app.config["backend"] = backend
+
+    @app.before_request
+    def basic_auth():
+        if not settings.basic_auth_user or request.path in ("/health", "/"):
+            return None
+        auth = request.authorization
+        ok = auth is not None and auth.type == "basic" and \
+            hmac.compare_digest(auth.username or "", settings.basic_auth_user) and \
+            hmac.compare_digest(auth.password or "", settings.basic_auth_pass)
+        if not ok:
+            return Response('{"error": "authentication required"}', 401, {
+                "WWW-Authenticate": 'Basic realm="ml-backend"', "Content-Type": "application/json"})
+        return None
+
+    @app.errorhandler(RequestError)
+    @app.errorhandler(LabelConfigError)
+    def bad_request(exc):
+        log.warning("%s %s: 400 %s", request.method, request.path, exc)
+        return jsonify({"error": str(exc)}), 400
+
+    @app.errorhandler(CheckpointError)
+    @app.errorhandler(LabelStudioUnavailable)
+    def unavailable(exc):
+        log.error("%s %s: 503 %s", request.method, request.path, exc)
+        return jsonify({"error": str(exc)}), 503
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        return jsonify({"error": exc.description}), exc.code
+
+    @app.errorhandler(Exception)
+    def crash(exc):
+        log.exception("%s %s failed", request.method, request.path)
+        return jsonify({"error": f"internal error: {type(exc).__name__}: {exc}"}), 500
+
+    @app.get("/")
+    @app.get("/health")
+    def health():
+        return jsonify(backend.health())
+
+    @app.post("/setup")
+    def setup():
+        data = _json_body()
+        if "project" not in data:
+            raise RequestError("/setup needs 'project'")
+        return jsonify(backend.setup(data["project"], data.get("schema") or data.get("label_config"),
+                                     data.get("hostname"), data.get("access_token")))
+
+    @app.post("/predict")
+    def predict():
+        data = _json_body()
+        params = data.get("params") or {}
+        if not isinstance(params, dict):
+            raise RequestError("'params' must be an object")
+        results = backend.predict(data.get("tasks"), params.get("context"), data.get("project"),
+                                  data.get("label_config"))
+        return jsonify({"results": results, "model_version": results[0].get("model_version") if results else None})
+
+    @app.post("/webhook")
+    def webhook():
+        data = _json_body()
+        action = data.get("action")
+        if not isinstance(action, str) or not action:
+            raise RequestError("webhook payload needs an 'action'")
+        result = backend.fit(action, data)
+        return jsonify({"result": result, "status": result.get("status", "ok")}), 201
+
+    @app.post("/train")
+    def train():
+        """Older Label Studio versions post training requests here instead of a START_TRAINING webhook."""
+        data = _json_body()
+        if "project" not in data:
+            raise RequestError("/train needs 'project'")
+        result = backend.fit("START_TRAINING", {"project": data["project"]})
+        return jsonify({"result": result, "job": result.get("job")}), 201
+
+    @app.route("/versions", methods=["GET", "POST"])
+    def versions():
+        data = request.get_json(silent=True) or {}
+        project = data.get("project") or request.args.get("project")
+        return jsonify({"versions": backend.versions(project_id(project) if project else None)})
+
+    @app.get("/metrics")
+    def metrics():
+        return jsonify(backend.metrics())
+
+    @app.errorhandler(BadRequest)
+    def malformed(exc):
+        return jsonify({"error": f"malformed request: {exc.description}"}), 400
+
+    return app

@@ -1,0 +1,309 @@
+"""The backend's durable state: one SQLite file in MODEL_DIR, in WAL mode.
+
+Every annotation Label Studio sends is kept verbatim; the labeled pixels derived from it are
+replaced only by a newer version of the same annotation (by Label Studio's `updated_at`), and a
+deleted annotation leaves a tombstone so that a late or repeated delivery cannot bring it back.
+The labeled set therefore depends only on which annotations exist and their latest versions,
+whatever order or how often the webhooks arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS projects (
+    project INTEGER PRIMARY KEY, label_config TEXT NOT NULL, schema TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    project INTEGER NOT NULL, task INTEGER NOT NULL, image_url TEXT NOT NULL,
+    width INTEGER, height INTEGER, status TEXT NOT NULL DEFAULT 'pending', error TEXT,
+    deleted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (project, task));
+CREATE TABLE IF NOT EXISTS annotations (
+    project INTEGER NOT NULL, annotation INTEGER NOT NULL, task INTEGER NOT NULL,
+    updated_at TEXT NOT NULL, received REAL NOT NULL, deleted INTEGER NOT NULL DEFAULT 0,
+    result TEXT NOT NULL, PRIMARY KEY (project, annotation));
+CREATE TABLE IF NOT EXISTS labels (
+    project INTEGER NOT NULL, task INTEGER NOT NULL, annotation INTEGER NOT NULL, region TEXT NOT NULL,
+    pixel INTEGER NOT NULL, class INTEGER NOT NULL, source TEXT NOT NULL,
+    PRIMARY KEY (project, annotation, region, pixel));
+CREATE INDEX IF NOT EXISTS labels_by_task ON labels (project, task);
+CREATE TABLE IF NOT EXISTS rounds (
+    project INTEGER NOT NULL, round INTEGER NOT NULL, status TEXT NOT NULL, head_version TEXT,
+    created REAL NOT NULL, pushed REAL, PRIMARY KEY (project, round));
+CREATE TABLE IF NOT EXISTS queries (
+    project INTEGER NOT NULL, round INTEGER NOT NULL, task INTEGER NOT NULL, pixel INTEGER NOT NULL,
+    rank INTEGER NOT NULL, score REAL, suggested INTEGER, region TEXT NOT NULL, prediction INTEGER,
+    status TEXT NOT NULL DEFAULT 'open', PRIMARY KEY (project, round, task, pixel));
+CREATE TABLE IF NOT EXISTS heads (
+    project INTEGER NOT NULL, version TEXT NOT NULL, round INTEGER NOT NULL, path TEXT NOT NULL,
+    labeled INTEGER NOT NULL, report TEXT NOT NULL, created REAL NOT NULL, current INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (project, version));
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, project INTEGER NOT NULL, kind TEXT NOT NULL,
+    status TEXT NOT NULL, error TEXT, created REAL NOT NULL, started REAL, finished REAL);
+"""
+
+
+@dataclass(frozen=True)
+class Label:
+    task: int
+    region: str
+    pixel: int  # flat index at the model resolution
+    cls: int
+    source: str  # "keypoint", "brush" or "expansion"
+
+
+def parse_timestamp(value: str | None) -> str:
+    """Label Studio's ISO timestamps normalised to sortable UTC text (now, if absent or unreadable)."""
+    try:
+        stamp = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=timezone.utc)
+    except ValueError:
+        stamp = datetime.now(timezone.utc)
+    return stamp.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _all(self, sql: str, args: Iterable = ()) -> list[dict]:
+        with self._lock:
+            return [dict(r) for r in self._db.execute(sql, tuple(args)).fetchall()]
+
+    def _one(self, sql: str, args: Iterable = ()) -> dict | None:
+        rows = self._all(sql, args)
+        return rows[0] if rows else None
+
+    # projects ---------------------------------------------------------------------------------
+    def save_project(self, project: int, label_config: str, schema: dict) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO projects VALUES (?,?,?,?) ON CONFLICT(project) DO UPDATE SET "
+                       "label_config=excluded.label_config, schema=excluded.schema, updated=excluded.updated",
+                       (project, label_config, json.dumps(schema), time.time()))
+
+    def project(self, project: int) -> dict | None:
+        row = self._one("SELECT * FROM projects WHERE project=?", (project,))
+        if row:
+            row["schema"] = json.loads(row["schema"])
+        return row
+
+    def projects(self) -> list[int]:
+        return [r["project"] for r in self._all("SELECT project FROM projects ORDER BY project")]
+
+    # tasks ------------------------------------------------------------------------------------
+    def upsert_tasks(self, project: int, tasks: Iterable[tuple[int, str]]) -> int:
+        """Add tasks (id, image URL) not seen before; a changed URL resets the task to pending."""
+        added = 0
+        with self.transaction() as db:
+            for task, url in tasks:
+                old = db.execute("SELECT image_url FROM tasks WHERE project=? AND task=?", (project, task)).fetchone()
+                if old is None:
+                    db.execute("INSERT INTO tasks (project, task, image_url) VALUES (?,?,?)", (project, task, url))
+                    added += 1
+                elif old["image_url"] != url:
+                    db.execute("UPDATE tasks SET image_url=?, status='pending', error=NULL WHERE project=? AND task=?",
+                               (url, project, task))
+        return added
+
+    def set_task_image(self, project: int, task: int, width: int | None, height: int | None,
+                       status: str, error: str | None = None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE tasks SET width=?, height=?, status=?, error=? WHERE project=? AND task=?",
+                       (width, height, status, error, project, task))
+
+    def delete_tasks(self, project: int, tasks: Iterable[int]) -> None:
+        with self.transaction() as db:
+            for task in tasks:
+                db.execute("INSERT INTO tasks (project, task, image_url, deleted) VALUES (?,?,'',1) "
+                           "ON CONFLICT(project, task) DO UPDATE SET deleted=1", (project, task))
+
+    def tasks(self, project: int, status: str | None = None) -> list[dict]:
+        sql = "SELECT * FROM tasks WHERE project=? AND deleted=0"
+        args: list = [project]
+        if status:
+            sql += " AND status=?"
+            args.append(status)
+        return self._all(sql + " ORDER BY task", args)
+
+    def task(self, project: int, task: int) -> dict | None:
+        return self._one("SELECT * FROM tasks WHERE project=? AND task=?", (project, task))
+
+    # annotations and labels -------------------------------------------------------------------
+    def apply_annotation(self, project: int, annotation: int, task: int, updated_at: str, result: list,
+                         labels: list[Label]) -> str:
+        """Store an annotation version; returns 'applied', 'stale' or 'deleted' (tombstoned)."""
+        stamp = parse_timestamp(updated_at)
+        with self.transaction() as db:
+            old = db.execute("SELECT updated_at, deleted FROM annotations WHERE project=? AND annotation=?",
+                             (project, annotation)).fetchone()
+            if old is not None and old["deleted"]:
+                return "deleted"
+            if old is not None and old["updated_at"] > stamp:
+                return "stale"
+            db.execute("INSERT INTO annotations VALUES (?,?,?,?,?,0,?) ON CONFLICT(project, annotation) DO UPDATE "
+                       "SET task=excluded.task, updated_at=excluded.updated_at, received=excluded.received, "
+                       "result=excluded.result",
+                       (project, annotation, task, stamp, time.time(), json.dumps(result)))
+            db.execute("DELETE FROM labels WHERE project=? AND annotation=?", (project, annotation))
+            db.executemany("INSERT OR REPLACE INTO labels VALUES (?,?,?,?,?,?,?)",
+                           [(project, lb.task, annotation, lb.region, lb.pixel, lb.cls, lb.source) for lb in labels])
+            self._refresh_queries(db, project, task)
+        return "applied"
+
+    def delete_annotations(self, project: int, annotations: Iterable[int]) -> None:
+        with self.transaction() as db:
+            for annotation in annotations:
+                row = db.execute("SELECT task FROM annotations WHERE project=? AND annotation=?",
+                                 (project, annotation)).fetchone()
+                db.execute("INSERT INTO annotations VALUES (?,?,?,?,?,1,'[]') ON CONFLICT(project, annotation) "
+                           "DO UPDATE SET deleted=1",
+                           (project, annotation, row["task"] if row else -1, parse_timestamp(None), time.time()))
+                db.execute("DELETE FROM labels WHERE project=? AND annotation=?", (project, annotation))
+                if row:
+                    self._refresh_queries(db, project, row["task"])
+
+    def labels(self, project: int) -> list[dict]:
+        """Labeled pixels of every task not deleted (synced or not yet), oldest annotation first per
+        pixel, so that a consumer keeping the last value per pixel keeps the newest."""
+        return self._all(
+            "SELECT l.task, l.pixel, l.class, l.source, l.region, l.annotation FROM labels l "
+            "JOIN annotations a ON a.project=l.project AND a.annotation=l.annotation "
+            "LEFT JOIN tasks t ON t.project=l.project AND t.task=l.task "
+            "WHERE l.project=? AND COALESCE(t.deleted, 0)=0 AND a.deleted=0 ORDER BY l.task, l.pixel, a.updated_at",
+            (project,))
+
+    def annotation_count(self, project: int) -> int:
+        row = self._one("SELECT COUNT(*) AS n FROM annotations WHERE project=? AND deleted=0", (project,))
+        return int(row["n"]) if row else 0
+
+    # rounds and queries -----------------------------------------------------------------------
+    def current_round(self, project: int) -> dict | None:
+        return self._one("SELECT * FROM rounds WHERE project=? ORDER BY round DESC LIMIT 1", (project,))
+
+    def save_round(self, project: int, round_index: int, head_version: str | None,
+                   queries: list[dict]) -> None:
+        """Record a round's queries (status 'selected': chosen, not yet in Label Studio)."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?,NULL)",
+                       (project, round_index, "selected", head_version, time.time()))
+            db.execute("DELETE FROM queries WHERE project=? AND round=?", (project, round_index))
+            db.executemany(
+                "INSERT INTO queries (project, round, task, pixel, rank, score, suggested, region) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                [(project, round_index, q["task"], q["pixel"], q["rank"], q.get("score"), q.get("suggested"),
+                  q["region"]) for q in queries])
+
+    def mark_pushed(self, project: int, round_index: int, task: int, prediction: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE queries SET prediction=? WHERE project=? AND round=? AND task=?",
+                       (prediction, project, round_index, task))
+
+    def open_round(self, project: int, round_index: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE rounds SET status='open', pushed=? WHERE project=? AND round=?",
+                       (time.time(), project, round_index))
+            for row in db.execute("SELECT DISTINCT task FROM queries WHERE project=? AND round=?",
+                                  (project, round_index)).fetchall():
+                self._refresh_queries(db, project, row["task"])
+
+    def queries(self, project: int, round_index: int) -> list[dict]:
+        return self._all("SELECT * FROM queries WHERE project=? AND round=? ORDER BY rank", (project, round_index))
+
+    def _refresh_queries(self, db: sqlite3.Connection, project: int, task: int) -> None:
+        """A query is answered once a live label sits on its pixel or carries its region id, dismissed
+        once the task has a live annotation sent after the round opened without one, else open."""
+        for q in db.execute("SELECT q.round, q.pixel, q.region, r.pushed FROM queries q JOIN rounds r "
+                            "ON r.project=q.project AND r.round=q.round WHERE q.project=? AND q.task=? "
+                            "AND r.status IN ('open', 'complete')", (project, task)).fetchall():
+            hit = db.execute(
+                "SELECT 1 FROM labels l JOIN annotations a ON a.project=l.project AND a.annotation=l.annotation "
+                "WHERE l.project=? AND l.task=? AND a.deleted=0 AND l.source='keypoint' AND (l.pixel=? OR l.region=?) "
+                "LIMIT 1", (project, task, q["pixel"], q["region"])).fetchone()
+            later = db.execute("SELECT 1 FROM annotations WHERE project=? AND task=? AND deleted=0 AND received>=? "
+                               "LIMIT 1", (project, task, q["pushed"] or 0)).fetchone()
+            status = "answered" if hit else ("dismissed" if later else "open")
+            db.execute("UPDATE queries SET status=? WHERE project=? AND round=? AND task=? AND pixel=?",
+                       (status, project, q["round"], task, q["pixel"]))
+
+    def round_progress(self, project: int, round_index: int) -> dict:
+        rows = self._all("SELECT status, COUNT(*) AS n FROM queries WHERE project=? AND round=? GROUP BY status",
+                         (project, round_index))
+        counts = {r["status"]: r["n"] for r in rows}
+        return {"open": counts.get("open", 0), "answered": counts.get("answered", 0),
+                "dismissed": counts.get("dismissed", 0)}
+
+    def complete_round(self, project: int, round_index: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE rounds SET status='complete' WHERE project=? AND round=?", (project, round_index))
+
+    # head versions ----------------------------------------------------------------------------
+    def add_head(self, project: int, version: str, round_index: int, path: str, labeled: int, report: dict) -> None:
+        """Register a trained head and make it the one that serves, in one transaction."""
+        with self.transaction() as db:
+            db.execute("UPDATE heads SET current=0 WHERE project=?", (project,))
+            db.execute("INSERT OR REPLACE INTO heads VALUES (?,?,?,?,?,?,?,1)",
+                       (project, version, round_index, path, labeled, json.dumps(report), time.time()))
+
+    def current_head(self, project: int) -> dict | None:
+        return self._one("SELECT * FROM heads WHERE project=? AND current=1", (project,))
+
+    def heads(self, project: int) -> list[dict]:
+        return self._all("SELECT * FROM heads WHERE project=? ORDER BY created", (project,))
+
+    # jobs -------------------------------------------------------------------------------------
+    def add_job(self, project: int, kind: str) -> int:
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO jobs (project, kind, status, created) VALUES (?,?,'queued',?)",
+                             (project, kind, time.time()))
+            return int(cur.lastrowid)
+
+    def pending_job(self, project: int, kind: str) -> dict | None:
+        return self._one("SELECT * FROM jobs WHERE project=? AND kind=? AND status IN ('queued','running') "
+                         "ORDER BY id LIMIT 1", (project, kind))
+
+    def start_job(self, job: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET status='running', started=? WHERE id=?", (time.time(), job))
+
+    def finish_job(self, job: int, error: str | None = None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET status=?, error=?, finished=? WHERE id=?",
+                       ("failed" if error else "done", error, time.time(), job))
+
+    def interrupted_jobs(self) -> list[dict]:
+        """Jobs a previous process left queued or running (it died): they must run again."""
+        return self._all("SELECT * FROM jobs WHERE status IN ('queued','running') ORDER BY id")
+
+    def job(self, job: int) -> dict | None:
+        return self._one("SELECT * FROM jobs WHERE id=?", (job,))
+
+    def recent_jobs(self, limit: int = 10) -> list[dict]:
+        return self._all("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))

@@ -1,0 +1,135 @@
+"""Real servers for the integration tests: Label Studio 1.23.2 in its own virtualenv, and the backend
+as a separate process, both on loopback ports picked at random."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from tests.conftest import REPO
+
+LS_VERSION = "1.23.2"
+LS_VENV = REPO / ".ls-venv"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{what} not up after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def ensure_label_studio() -> Path:
+    """label-studio==1.23.2 in .ls-venv (git-ignored), installed once and reused by later runs."""
+    exe = LS_VENV / "bin" / "label-studio"
+    marker = LS_VENV / f".installed-{LS_VERSION}"
+    LS_VENV.parent.mkdir(exist_ok=True)
+    with open(REPO / ".ls-venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not marker.exists():
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(LS_VENV)], check=True)
+            subprocess.run([str(LS_VENV / "bin" / "pip"), "install", "-q", f"label-studio=={LS_VERSION}"], check=True,
+                           timeout=1800)
+            marker.touch()
+    return exe
+
+
+@dataclass
+class LabelStudio:
+    url: str
+    token: str
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Token {self.token}"}
+
+    def api(self, method: str, path: str, **kw) -> requests.Response:
+        r = requests.request(method, self.url + path, headers=self.headers, timeout=60, **kw)
+        if r.status_code >= 400:
+            raise AssertionError(f"{method} {path}: {r.status_code} {r.text[:500]}")
+        return r
+
+
+@contextmanager
+def label_studio_server(data_dir: Path):
+    exe = ensure_label_studio()
+    port, token = free_port(), secrets.token_hex(20)
+    log = data_dir / "label-studio.log"
+    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "LABEL_STUDIO_USERNAME": "admin@example.com",
+           "LABEL_STUDIO_PASSWORD": secrets.token_hex(8), "LABEL_STUDIO_USER_TOKEN": token,
+           "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "ML_BLOCK_LOCAL_IP": "false",
+           "SSRF_PROTECTION_ENABLED": "false", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
+    env.pop("LABEL_STUDIO_API_KEY", None)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(exe), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", proc, log, 600, "Label Studio")
+        yield LabelStudio(f"http://127.0.0.1:{port}", token, proc, log)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+@dataclass
+class Backend:
+    url: str
+    process: subprocess.Popen
+    log: Path
+    env: dict
+
+
+def start_backend(model_dir: Path, env: dict, port: int | None = None) -> Backend:
+    port = port or free_port()
+    full = {**os.environ, "BACKBONE": "tiny", "RESOLUTION": "64", "CANDIDATES": "500", "LOCAL_K": "10",
+            "MODEL_DIR": str(model_dir), "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1", **env}
+    log = model_dir.parent / f"backend-{port}.log"
+    with open(log, "a") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ml_backend"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                env=full, start_new_session=True)
+    backend = Backend(f"http://127.0.0.1:{port}", proc, log, full)
+    wait_for(backend.url + "/health", proc, log, 120, "backend")
+    return backend
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        process.wait(30)
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

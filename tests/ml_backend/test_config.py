@@ -1,0 +1,26 @@
+import pytest
+
+from ml_backend.config import Settings, SettingsError
+
+
+def test_defaults_and_checkpoint_location(monkeypatch, tmp_path):
+    for name in ("BACKBONE", "DIFFUSION_CHECKPOINT", "LABEL_STUDIO_API_KEY", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    s = Settings.from_env()
+    assert s.backbone == "imagenet256" and s.budget_factor == 0.1 and s.local_k == 50 and s.keep_global == 0.5
+    assert s.acquisition == "edald" and s.expander == "superpixel" and s.port == 9090
+    assert s.diffusion_checkpoint == tmp_path / "checkpoints" / "256x256_diffusion_uncond.pt"
+    assert s.public()["queue"] == "in-process" and "label_studio_api_key" not in s.public()
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("BACKBONE", "resnet", "BACKBONE"), ("ACQUISITION", "edal", "ACQUISITION"), ("BUDGET_FACTOR", "lots", "float"),
+    ("RESOLUTION", "100", "multiple of 32"), ("KEEP_GLOBAL", "1.5", "KEEP_GLOBAL"), ("AUTO_ADVANCE", "maybe", "boolean"),
+    ("EXPANDER", "magic", "EXPANDER"), ("SAM_MODEL_TYPE", "vit_x", "SAM_MODEL_TYPE"), ("COVERAGE", "kmeans", "COVERAGE"),
+    ("BASIC_AUTH_USER", "only-user", "BASIC_AUTH"),
+])
+def test_bad_values_are_named(monkeypatch, name, value, fragment):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=fragment):
+        Settings.from_env()

@@ -1,0 +1,127 @@
+"""The whole loop against a real Label Studio 1.23.2: connect, round 0, answers by webhook, retrain,
+round 1, segmentation and interactive clicks. The backend runs the tiny backbone at 64x64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import requests
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.converter.brush import decode_rle
+from PIL import Image
+
+from ml_backend.label_config import SHIPPED_CONFIG
+from ml_backend.label_studio import QUERY_VIEW_TITLE, LabelStudioClient
+from model.datasets import CAMVID_CLASSES
+from tests.ml_backend.servers import label_studio_server, start_backend, stop, wait_until
+
+N_IMAGES, BUDGET_FACTOR = 8, 0.5
+B = round(N_IMAGES * BUDGET_FACTOR)
+
+
+@pytest.fixture(scope="module")
+def ls(tmp_path_factory):
+    with label_studio_server(tmp_path_factory.mktemp("label-studio")) as server:
+        yield server
+
+
+def import_camvid(ls, project: int, root, count: int) -> dict[int, str]:
+    names = sorted(p.name for p in (root / "val").glob("*.png"))[:count]
+    files = [(f"file{i}", (n, open(root / "val" / n, "rb"), "image/png")) for i, n in enumerate(names)]
+    ls.api("POST", f"/api/projects/{project}/import", files=files)
+    tasks = ls.api("GET", f"/api/tasks?project={project}&page_size=100").json()["tasks"]
+    # uploads are stored as "<prefix>-<original name>"
+    return {t["id"]: t["data"]["image"].rsplit("/", 1)[1].split("-", 1)[1] for t in tasks}
+
+
+def predictions(ls, project: int, version: str) -> list[dict]:
+    return [p for p in ls.api("GET", f"/api/predictions/?project={project}").json() if p["model_version"] == version]
+
+
+def keypoints(preds: list[dict]) -> list[tuple[int, float, float]]:
+    return [(p["task"], r["value"]["x"], r["value"]["y"]) for p in preds for r in p["result"]
+            if r["type"] == "keypointlabels"]
+
+
+def answer_with_ground_truth(client: LabelStudio, preds: list[dict], names: dict[int, str], root) -> int:
+    """Annotate like a careful annotator: the true class at each keypoint; void points are removed."""
+    answered = 0
+    for p in preds:
+        truth = np.asarray(Image.open(root / "valannot" / names[p["task"]]))
+        h, w = truth.shape
+        result = []
+        for r in p["result"]:
+            v = r["value"]
+            cls = int(truth[min(h - 1, int(v["y"] / 100 * h)), min(w - 1, int(v["x"] / 100 * w))])
+            if cls == 11:
+                continue
+            result.append({**r, "value": {**v, "keypointlabels": [CAMVID_CLASSES[cls]]}})
+            answered += 1
+        client.annotations.create(id=p["task"], result=result)
+    return answered
+
+
+def test_active_learning_loop_with_real_label_studio(ls, camvid_root, tmp_path):
+    backend = start_backend(tmp_path / "model", {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token,
+                                                 "BUDGET_FACTOR": str(BUDGET_FACTOR)})
+    try:
+        config = SHIPPED_CONFIG.read_text()
+        project = ls.api("POST", "/api/projects", json={"title": "eDALD loop", "label_config": config}).json()["id"]
+        names = import_camvid(ls, project, camvid_root, N_IMAGES)
+        ml = ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "two-stage eDALD",
+                                              "is_interactive": True}).json()
+
+        round0 = wait_until(lambda: (p := predictions(ls, project, "round-0")) and len(keypoints(p)) == B and p,
+                            300, "round-0 queries in Label Studio")
+        points0 = keypoints(round0)
+        assert len(set(points0)) == B and all(0 < x < 100 and 0 < y < 100 for _, x, y in points0)
+        assert ls.api("GET", f"/api/projects/{project}").json()["model_version"] == "round-0"
+        views = ls.api("GET", f"/api/dm/views/?project={project}").json()
+        assert any(v["data"].get("title") == QUERY_VIEW_TITLE for v in views)
+
+        client = LabelStudio(base_url=ls.url, api_key=ls.token)
+        answered = answer_with_ground_truth(client, round0, names, camvid_root)
+
+        round1 = wait_until(lambda: (p := predictions(ls, project, "round-1")) and len(keypoints(p)) == B and p,
+                            300, "round-1 queries after retraining")
+        points1 = keypoints(round1)
+        assert len(set(points1)) == B and not set(points1) & set(points0)  # new pixels
+        assert all(r["value"]["keypointlabels"] for p in round1 for r in p["result"])  # the head suggests classes
+        assert "head-1" in requests.get(backend.url + "/versions", timeout=10).json()["versions"]
+        status = requests.get(backend.url + "/metrics", timeout=10).json()["projects"][str(project)]
+        assert status["annotations"] == len(round0) and status["labeled_pixels"] >= answered
+        assert status["round"] == 1 and status["model_version"] == "head-1"
+
+        # segmentation as Label Studio asks for it: RLE masks of the original image size
+        task = ls.api("GET", f"/api/tasks/{round0[0]['task']}").json()
+        r = requests.post(backend.url + "/predict", timeout=120, json={
+            "tasks": [task], "project": f"{project}.0", "label_config": config, "params": {"context": None}})
+        assert r.status_code == 200, r.text
+        result = r.json()["results"][0]
+        assert result["model_version"] == "head-1" and 0 < result["score"] <= 1
+        covered = np.zeros((360, 480), dtype=int)
+        for region in result["result"]:
+            assert region["type"] == "brushlabels" and region["value"]["brushlabels"][0] in CAMVID_CLASSES
+            assert (region["original_width"], region["original_height"]) == (480, 360)
+            covered += decode_rle(region["value"]["rle"]).reshape(360, 480, 4)[:, :, 3] > 0
+        assert (covered == 1).all()  # every pixel gets exactly one class
+
+        # an interactive click through Label Studio comes back as a brush region (or nothing below tau)
+        click = {"id": "c1", "from_name": "query", "to_name": "image", "type": "keypointlabels",
+                 "original_width": 480, "original_height": 360, "image_rotation": 0,
+                 "value": {"x": 50.0, "y": 85.0, "width": 0.6, "keypointlabels": ["Road"]}}
+        data = ls.api("POST", f"/api/ml/{ml['id']}/interactive-annotating",
+                      json={"task": task["id"], "context": {"result": [click]}}).json()["data"]
+        assert data["model_version"] == "expander-superpixel"
+        for region in data["result"]:
+            mask = decode_rle(region["value"]["rle"]).reshape(360, 480, 4)[:, :, 3] > 0
+            assert region["value"]["brushlabels"] == ["Road"] and mask[int(0.85 * 360), 240]
+
+        # a personal access token works as well as the legacy token
+        pat = ls.api("POST", "/api/token/").json()["token"]
+        with_pat = LabelStudioClient(ls.url, pat)
+        assert {t["id"] for t in with_pat.tasks(project)} == set(names)
+        assert with_pat.download(task["data"]["image"])[:8] == b"\x89PNG\r\n\x1a\n"
+        assert ls.token not in backend.log.read_text() and pat not in backend.log.read_text()
+    finally:
+        stop(backend.process)

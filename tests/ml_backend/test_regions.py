@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ml_backend.label_config import SHIPPED_CONFIG, parse_label_config
+from ml_backend.regions import (RegionError, brush_region, keypoint_region, labels_from_result, mask_from_brush,
+                                percent_from_pixel, pixel_from_percent)
+
+SCHEMA = parse_label_config(SHIPPED_CONFIG.read_text())
+
+
+@given(pixel=st.integers(0, 64 * 64 - 1))
+def test_query_pixels_survive_the_round_trip_through_percent(pixel):
+    x, y = percent_from_pixel(pixel, 64)
+    assert pixel_from_percent(x, y, 64) == pixel
+
+
+def test_percent_edges_and_outside():
+    assert pixel_from_percent(100, 100, 64) == 64 * 64 - 1 and pixel_from_percent(0, 0, 64) == 0
+    with pytest.raises(RegionError):
+        pixel_from_percent(-0.1, 5, 64)
+
+
+def test_brush_region_round_trip_at_original_size():
+    mask = np.zeros((36, 48), dtype=bool)
+    mask[5:20, 10:30] = True
+    region = brush_region("r1", mask, 3, SCHEMA, 0.9)
+    assert region["value"]["brushlabels"] == ["Road"] and region["to_name"] == "image" and region["score"] == 0.9
+    assert np.array_equal(mask_from_brush(region["value"], 48, 36), mask)
+    with pytest.raises(RegionError):
+        mask_from_brush(region["value"], 40, 36)
+    with pytest.raises(RegionError):
+        mask_from_brush({"rle": [1, 2, 3]}, 48, 36)
+
+
+def test_annotation_results_to_labels():
+    mask = np.zeros((360, 480), dtype=bool)
+    mask[:180, :] = True  # top half of the image
+    brush = brush_region("b1", mask, 0, SCHEMA)
+    accepted = {**brush_region("b2", mask, 1, SCHEMA), "origin": "prediction"}  # model output, unchanged
+    kp = keypoint_region("k1", 65, 16, SCHEMA, 480, 360, cls=8)
+    parsed = labels_from_result([kp, brush, accepted, "junk"], SCHEMA, task=3, resolution=16, region_cap=50)
+    assert parsed.problems == ["region 3 is not an object"]
+    kps = [lb for lb in parsed.labels if lb.source == "keypoint"]
+    strokes = [lb for lb in parsed.labels if lb.source == "brush"]
+    assert [(lb.pixel, lb.cls, lb.region) for lb in kps] == [(65, 8, "k1")]
+    assert len(strokes) == 50 and all(lb.pixel < 8 * 16 and lb.cls == 0 for lb in strokes)  # capped, top half
+
+
+def test_config_errors_name_what_is_missing():
+    from ml_backend.label_config import LabelConfigError
+
+    with pytest.raises(LabelConfigError, match="not valid XML"):
+        parse_label_config("<View><Image")
+    with pytest.raises(LabelConfigError, match="KeyPointLabels"):
+        parse_label_config('<View><Image name="i" value="$image"/></View>')
+    text = SHIPPED_CONFIG.read_text()
+    last = text.rindex('<Label value="Bicyclist"')
+    mismatch = text[:last] + text[last:].replace('<Label value="Bicyclist" background="#0080C0"/>', "", 1)
+    with pytest.raises(LabelConfigError, match="only in KeyPointLabels: Bicyclist"):
+        parse_label_config(mismatch)
+    assert SCHEMA.classes[3] == "Road" and SCHEMA.image_key == "image" and SCHEMA.smart_keypoints

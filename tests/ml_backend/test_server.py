@@ -1,0 +1,171 @@
+"""Protocol handlers through Flask's test client. Label Studio itself is not needed here: the job
+runner only records what the handlers ask for (the integration tests run real jobs)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from dataclasses import replace
+
+import pytest
+
+from ml_backend.backend import ActiveLearningBackend
+from ml_backend.config import Settings
+from ml_backend.label_config import SHIPPED_CONFIG
+from ml_backend.server import create_app
+from ml_backend.services import Services
+
+CONFIG = SHIPPED_CONFIG.read_text()
+
+
+class RecordingRunner:
+    def __init__(self):
+        self.jobs: list[tuple[int, str]] = []
+
+    def submit(self, project, kind):
+        self.jobs.append((project, kind))
+        return len(self.jobs)
+
+    def resume(self):
+        return []
+
+    def describe(self):
+        return {"kind": "recording", "submitted": len(self.jobs)}
+
+
+def make_client(tmp_path, **overrides):
+    settings = replace(Settings(model_dir=tmp_path, backbone="tiny", resolution=64,
+                                label_studio_api_key="secret-key-123"), **overrides)
+    services = Services.create(settings)
+    runner = RecordingRunner()
+    backend = ActiveLearningBackend(services, runner)
+    app = create_app(settings, backend)
+    return app.test_client(), backend, runner
+
+
+def keypoint(rid, x, y, label):
+    return {"id": rid, "from_name": "query", "to_name": "image", "type": "keypointlabels", "original_width": 480,
+            "original_height": 360, "value": {"x": x, "y": y, "width": 0.6, "keypointlabels": [label] if label else []}}
+
+
+def annotation_event(annotation_id, task, result, updated="2026-01-01T00:00:00Z", action="ANNOTATION_CREATED"):
+    return {"action": action, "project": {"id": 7, "label_config": CONFIG},
+            "annotation": {"id": annotation_id, "task": task, "result": result, "updated_at": updated},
+            "task": {"id": task, "data": {"image": "/data/upload/7/x.png"}}}
+
+
+@pytest.fixture
+def client(tmp_path):
+    return make_client(tmp_path)
+
+
+def test_health_reports_backbone_jobs_and_hides_secrets(client):
+    c, _, _ = client
+    r = c.get("/health")
+    assert r.status_code == 200 and r.json["status"] == "UP"
+    assert r.json["backbone"]["backbone"] == "tiny" and not r.json["backbone"]["pretrained"]
+    assert "secret-key-123" not in r.get_data(as_text=True) and r.json["settings"]["label_studio_api_key_set"]
+
+
+def test_setup_validates_the_config_and_starts_a_sync(client):
+    c, backend, runner = client
+    r = c.post("/setup", json={"project": "7.1700000000", "schema": CONFIG, "hostname": "http://ls", "access_token": "t"})
+    assert r.status_code == 200 and r.json == {"model_version": "none"}
+    assert runner.jobs == [(7, "sync")]
+    c.post("/setup", json={"project": "7.1700000000", "schema": CONFIG})
+    assert runner.jobs == [(7, "sync")]  # Label Studio calls /setup often: syncs are throttled
+    bad = CONFIG.replace("BrushLabels", "PolygonLabels")
+    r = c.post("/setup", json={"project": "8.1", "schema": bad})
+    assert r.status_code == 400 and "BrushLabels" in r.json["error"]
+
+
+def test_setup_with_a_missing_checkpoint_names_file_and_url(tmp_path):
+    c, _, _ = make_client(tmp_path, backbone="imagenet256", diffusion_checkpoint=tmp_path / "none.pt")
+    r = c.post("/setup", json={"project": "1.1", "schema": CONFIG})
+    assert r.status_code == 400 and "256x256_diffusion_uncond.pt" in r.json["error"]
+    assert "openaipublic" in r.json["error"] and "none.pt" in c.get("/health").json["backbone"]["error"]
+
+
+@pytest.mark.parametrize("path,body,fragment", [
+    ("/setup", "{not json", "JSON"),
+    ("/setup", "[1, 2]", "object"),
+    ("/setup", "{}", "project"),
+    ("/predict", "{}", "tasks"),
+    ("/predict", '{"tasks": [{"data": {}}]}', "id"),
+    ("/predict", '{"tasks": [{"id": 1}], "project": "x.1"}', "project id"),
+    ("/webhook", '{"project": {"id": 1}}', "action"),
+    ("/webhook", '{"action": "ANNOTATIONS_DELETED", "project": {"id": 1}}', "annotations"),
+    ("/webhook", '{"action": "ANNOTATION_CREATED", "project": {"id": 1}, "annotation": {"result": []}}', "id"),
+    ("/train", "{}", "project"),
+])
+def test_malformed_requests_get_a_400_with_a_message(client, path, body, fragment):
+    c, _, _ = client
+    r = c.post(path, data=body, content_type="application/json")
+    assert r.status_code == 400 and fragment in r.json["error"]
+
+
+def test_unknown_webhook_actions_are_acknowledged_and_ignored(client):
+    c, _, runner = client
+    r = c.post("/webhook", json={"action": "LABEL_LINK_CREATED", "project": {"id": 1}})
+    assert r.status_code == 201 and r.json["status"] == "ignored" and runner.jobs == []
+
+
+def test_annotation_webhooks_become_labeled_pixels(client):
+    c, backend, _ = client
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    result = [keypoint("a", 10.0, 20.0, "Road"), keypoint("b", 150.0, 20.0, "Road"),
+              keypoint("c", 50.0, 50.0, "Dragon"), keypoint("d", 60.0, 60.0, None)]
+    r = c.post("/webhook", json=annotation_event(1, 5, result))
+    assert r.status_code == 201 and r.json["result"]["annotations"] == ["applied"]
+    skipped = r.json["result"]["skipped_regions"]
+    assert len(skipped) == 3 and any("outside" in s for s in skipped) and any("Dragon" in s for s in skipped)
+    labels = backend.services.store.labels(7)
+    assert [(lb["task"], lb["pixel"], lb["class"]) for lb in labels] == [(5, 12 * 64 + 6, 3)]
+
+
+def test_start_training_train_endpoint_and_new_tasks_queue_jobs(client):
+    c, _, runner = client
+    c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
+    c.post("/train", json={"project": "3.17"})
+    c.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": [{"id": 1}]})
+    assert runner.jobs == [(3, "train"), (3, "train"), (3, "sync")]
+
+
+def test_predict_before_any_head_returns_no_regions(client, caplog):
+    caplog.set_level(logging.INFO)
+    c, _, _ = client
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    r = c.post("/predict", json={"tasks": [{"id": 1, "data": {"image": "/x.png"}}, {"id": 2, "data": {}}],
+                                 "project": "7.1", "label_config": CONFIG})
+    assert r.status_code == 200
+    assert r.json["results"] == [{"result": [], "score": 0.0, "model_version": "none"}] * 2
+    assert "no head has been trained" in caplog.text
+
+
+def test_interactive_click_without_class_is_refused(client):
+    c, _, _ = client
+    r = c.post("/predict", json={"tasks": [{"id": 1, "data": {}}], "project": "7.1", "label_config": CONFIG,
+                                 "params": {"context": {"result": [keypoint("k", 5, 5, None)]}}})
+    assert r.status_code == 400 and "class" in r.json["error"]
+
+
+def test_versions_and_metrics(client):
+    c, _, _ = client
+    assert c.get("/versions").json == {"versions": []}
+    assert c.post("/versions", json={"project": "7.1"}).json == {"versions": []}
+    m = c.get("/metrics").json
+    assert set(m) == {"projects", "heads", "recent_jobs"}
+
+
+def test_basic_auth_guards_everything_but_health(tmp_path):
+    c, _, _ = make_client(tmp_path, basic_auth_user="ann", basic_auth_pass="pw-123")
+    assert c.get("/health").status_code == 200
+    for method, path in [("post", "/setup"), ("post", "/predict"), ("post", "/webhook"), ("get", "/metrics"),
+                         ("get", "/versions"), ("post", "/train")]:
+        assert getattr(c, method)(path, json={}).status_code == 401
+    bad = base64.b64encode(b"ann:wrong").decode()
+    assert c.get("/metrics", headers={"Authorization": f"Basic {bad}"}).status_code == 401
+    good = base64.b64encode(b"ann:pw-123").decode()
+    assert c.get("/metrics", headers={"Authorization": f"Basic {good}"}).status_code == 200
+    assert "pw-123" not in json.dumps(c.get("/health").json)

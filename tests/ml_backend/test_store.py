@@ -1,0 +1,76 @@
+import pytest
+
+from ml_backend.store import Label, Store, parse_timestamp
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "state.sqlite3")
+    s.upsert_tasks(1, [(10, "/a.png"), (11, "/b.png")])
+    return s
+
+
+def pixels(store, project=1):
+    return sorted((r["task"], r["pixel"], r["class"]) for r in store.labels(project))
+
+
+def test_newer_version_replaces_older_and_stale_or_repeated_ones_change_nothing(store):
+    v1 = [Label(10, "a", 5, 1, "keypoint")]
+    v2 = [Label(10, "a", 6, 2, "keypoint")]
+    assert store.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], v1) == "applied"
+    assert store.apply_annotation(1, 100, 10, "2026-01-01T00:00:02Z", [], v2) == "applied"
+    assert store.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], v1) == "stale"
+    assert store.apply_annotation(1, 100, 10, "2026-01-01T00:00:02Z", [], v2) == "applied"  # repeat: same result
+    assert pixels(store) == [(10, 6, 2)]
+
+
+def test_deleted_annotations_stay_deleted(store):
+    store.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], [Label(10, "a", 5, 1, "keypoint")])
+    store.delete_annotations(1, [100])
+    assert pixels(store) == []
+    assert store.apply_annotation(1, 100, 10, "2026-01-01T00:00:09Z", [], [Label(10, "a", 5, 1, "keypoint")]) == "deleted"
+    store.delete_annotations(1, [200])  # deletion before creation (out of order)
+    assert store.apply_annotation(1, 200, 11, "2026-01-01T00:00:01Z", [], [Label(11, "b", 1, 0, "keypoint")]) == "deleted"
+    assert pixels(store) == []
+
+
+def test_deleted_tasks_drop_out_of_the_labeled_set_but_keep_their_rows(store):
+    store.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], [Label(10, "a", 5, 1, "keypoint")])
+    store.apply_annotation(1, 101, 11, "2026-01-01T00:00:01Z", [], [Label(11, "a", 7, 2, "keypoint")])
+    store.delete_tasks(1, [10])
+    assert pixels(store) == [(11, 7, 2)] and [t["task"] for t in store.tasks(1)] == [11]
+
+
+def test_queries_are_answered_dismissed_or_open(store):
+    store.save_round(1, 0, None, [
+        {"task": 10, "pixel": 5, "rank": 0, "region": "q0-10-5"},
+        {"task": 10, "pixel": 9, "rank": 1, "region": "q0-10-9"},
+        {"task": 11, "pixel": 3, "rank": 2, "region": "q0-11-3"}])
+    assert store.round_progress(1, 0) == {"open": 3, "answered": 0, "dismissed": 0}
+    store.open_round(1, 0)
+    store.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], [Label(10, "q0-10-5", 5, 1, "keypoint")])
+    assert {(q["task"], q["pixel"]): q["status"] for q in store.queries(1, 0)} == {
+        (10, 5): "answered", (10, 9): "dismissed", (11, 3): "open"}
+    store.apply_annotation(1, 101, 11, "2026-01-01T00:00:01Z", [], [Label(11, "q0-11-3", 4, 0, "keypoint")])
+    assert store.round_progress(1, 0) == {"open": 0, "answered": 2, "dismissed": 1}  # matched by region id
+    store.delete_annotations(1, [101])
+    assert store.round_progress(1, 0)["open"] == 1  # deleting the answer reopens the query
+
+
+def test_heads_swap_atomically_and_jobs_survive_a_restart(tmp_path):
+    s = Store(tmp_path / "s.db")
+    s.add_head(1, "head-1", 0, "/h1", 3, {})
+    s.add_head(1, "head-2", 1, "/h2", 9, {})
+    assert s.current_head(1)["version"] == "head-2" and [h["version"] for h in s.heads(1)] == ["head-1", "head-2"]
+    job = s.add_job(1, "advance")
+    s.start_job(job)
+    again = Store(tmp_path / "s.db")  # a new process
+    assert [j["id"] for j in again.interrupted_jobs()] == [job]
+    again.finish_job(job)
+    assert again.interrupted_jobs() == []
+
+
+def test_timestamps_are_normalised():
+    assert parse_timestamp("2026-11-24T22:10:00.5+01:00") == "2026-11-24T21:10:00.500000Z"
+    assert parse_timestamp("2026-11-24T22:10:00Z") < parse_timestamp("2026-11-24T22:10:00.000001Z")
+    assert parse_timestamp("garbage").endswith("Z")
