@@ -160,14 +160,16 @@ class DiffusionFeatureExtractor:
 
 class ImageFeatureSource:
     """Feature maps of a list of images, keeping the last image's maps so that the reference pass
-    and the noise draws of one image are each computed once per round."""
+    and the noise draws of one image are each computed once per round, and reading and writing an
+    optional on-disk `FeatureMapCache`."""
 
-    def __init__(self, extractor: DiffusionFeatureExtractor, load_image, keys: Sequence[str]):
+    def __init__(self, extractor: DiffusionFeatureExtractor, load_image, keys: Sequence[str], map_cache=None):
         self.extractor = extractor
         self.load_image = load_image  # index -> HxWx3 uint8 at the extractor's resolution
         self._keys = list(keys)
         self.resolution = extractor.config.resolution
         self.draws = extractor.config.draws
+        self.map_cache = map_cache
         self._last: tuple[int, dict[int, FeatureMaps]] | None = None
 
     def __len__(self) -> int:
@@ -180,7 +182,18 @@ class ImageFeatureSource:
         if self._last is None or self._last[0] != image:
             self._last = (image, {})
         have = self._last[1]
+        key, cfg = self._keys[image], self.extractor.config
+        if self.map_cache is not None:
+            for n in noises:
+                if n not in have:
+                    cached = self.map_cache.get(key, n, cfg.resolution, cfg.normalize)
+                    if cached is not None:
+                        have[n] = cached
         missing = [n for n in noises if n not in have]
         if missing:
-            have.update(zip(missing, self.extractor.maps(self.load_image(image), missing)))
+            computed = self.extractor.maps(self.load_image(image), missing)
+            have.update(zip(missing, computed))
+            if self.map_cache is not None:
+                for n, m in zip(missing, computed):
+                    self.map_cache.put(key, n, m)
         return [have[n] for n in noises]

@@ -166,6 +166,6 @@ def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
                 break
     head.eval()
     report = TrainReport(int(keep.sum()), epoch + 1, iterations, loss_value, accuracy, stopped)
-    log.info("head trained: %s", report.as_dict())
+    log.debug("head trained: %s", report.as_dict())
     return head, report
 

@@ -2,25 +2,46 @@
 
     C(S) = mean over points x of  max( c(x), max_{s in S} k(x, s) ),   k(x, s) = exp(-|x - s|^2 / sigma^2)
 
-where c(x) = max over already-labeled ("covered") points l of k(x, l), 0 if there are none. The
-mean runs over the candidate points only, as the eDALD reference computes it. C is a facility
-location function, monotone and submodular, so a candidate's marginal gain never grows as the
-selection does: lazy greedy (re-evaluating only the candidates whose stale gain could still win)
-returns exactly the greedy selection while evaluating a small fraction of the gains.
+c(x) is the best coverage of x by already-labeled ("covered") points, 0 if there are none; the
+mean runs over the candidate points only, as the eDALD reference computes it. Greedy takes the
+candidate with the largest gain g(c) = sum_x max(0, k(x, c) - cur(x)) each step.
+
+The reference recomputes every gain over the full kernel at each step: O(N^2) per pick. Here every
+gain is kept exact and only updated where the coverage of a point improves: when s is picked,
+the points x with k(x, s) > cur(x) change, and each contributes
+    max(0, k(x, c) - new) - max(0, k(x, c) - old)
+to every candidate c. Few points improve after the first picks (in total about N log B rows for
+B picks), so a run costs a few kernel passes instead of B. Gains are accumulated in float64 and
+ties go to the lowest index, as in the textbook greedy.
+
+Where the N x N kernel does not fit in memory, only its useful entries are kept: k(x, c) can
+still raise the coverage of x only while it exceeds cur(x), and once a few points are selected
+(or labeled points cover the pool) such entries are a small fraction. The first picks are made
+with gains computed column by column from the features; then one pass over the kernel keeps the
+entries above cur(x) in sparse row and column indices and the exact greedy continues on those.
 
 `split_and_herd` is the paper's memory-bounded variant (appendix C.8): the pool is split, each
 split gets a proportional share of the budget and is herded in turn, conditioned on what earlier
-splits selected.
+splits selected. It is an approximation; the exact paths above make it a fallback.
+
+`sketch_dim` replaces features by a seeded Gaussian random projection (Johnson-Lindenstrauss)
+before the kernel is formed: an approximation for per-image herding, where it buys a 10x speed-up
+on 6144-d features; the benchmark reports its objective against the exact greedy.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 ArrayLike = np.ndarray | torch.Tensor
+DENSE_KERNEL_BYTES = 2 * 2**30  # kernels up to this size are kept whole (N = 23,170 in float32)
+SPARSE_SWITCH_DENSITY = 0.02  # build the sparse kernel once at most this share of entries is useful
+LAZY_BUDGET_SHARE = 20  # lazy greedy when the budget is at most 1/20 of the pool
 
 
 def _as_float_tensor(x: ArrayLike, device: torch.device | None = None,
@@ -44,6 +65,14 @@ def auto_sigma(features: torch.Tensor, seed: int = 0, sample_ratio: float = 0.01
     return max(median, 1e-6) * scale
 
 
+def sketch(features: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
+    """Seeded Gaussian random projection to `dim` dimensions that preserves squared distances in
+    expectation (entries N(0, 1/dim))."""
+    g = torch.Generator().manual_seed(seed + 7919)
+    proj = torch.randn(features.shape[1], dim, generator=g, dtype=torch.float32) / math.sqrt(dim)
+    return features.float() @ proj.to(features.device)
+
+
 class RBFKernel:
     """k(x, y) = exp(-|x - y|^2 / sigma^2), evaluated block by block from squared norms."""
 
@@ -56,8 +85,10 @@ class RBFKernel:
                  y_sq: torch.Tensor | None = None) -> torch.Tensor:
         x_sq = (x * x).sum(1) if x_sq is None else x_sq
         y_sq = (y * y).sum(1) if y_sq is None else y_sq
-        d2 = (x_sq[:, None] + y_sq[None, :] - 2.0 * (x @ y.T)).clamp_(min=0)
-        return d2.mul_(-1.0 / self.sigma ** 2).exp_()
+        inv = 1.0 / self.sigma ** 2
+        # exponent -|x - y|^2 / sigma^2 = (2 x.y - |x|^2 - |y|^2) / sigma^2, built in place after one GEMM
+        e = torch.addmm((y_sq * -inv)[None, :], x, y.T, alpha=2.0 * inv)
+        return e.sub_(x_sq[:, None] * inv).clamp_(max=0.0).exp_()
 
     def max_over(self, x: torch.Tensor, y: torch.Tensor, block: int = 2048) -> torch.Tensor:
         """max_j k(x_i, y_j) for every row of x; zeros when y is empty."""
@@ -89,56 +120,242 @@ def coverage(features: ArrayLike, selected: ArrayLike, covered: ArrayLike | None
     return float(best.mean())
 
 
-def greedy_on_kernel(kernel: torch.Tensor, base: torch.Tensor, budget: int, probe: int = 16) -> list[int]:
-    """Lazy greedy on a precomputed kernel: columns are candidates, rows the points to cover,
-    `base` the starting per-point coverage. Evaluates `probe` stale leaders at a time and accepts
-    the best exact gain once no stale bound can beat it, so the result is the exact greedy one."""
-    n = kernel.shape[1]
-    budget = min(budget, n)
-    cur = base.clone()
-    bounds = torch.empty(n, dtype=kernel.dtype, device=kernel.device)
-    for s in range(0, n, 4096):  # initial exact gains, in column blocks to bound memory
-        bounds[s:s + 4096] = (kernel[:, s:s + 4096] - cur[:, None]).clamp_(min=0).sum(0)
+def _pick(gains: torch.Tensor, taken: torch.Tensor) -> int:
+    return int(torch.where(taken, torch.full_like(gains, -math.inf), gains).argmax())
+
+
+def _column_gains(kernel: torch.Tensor, cur: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Exact gains of some candidates, from their rows of the candidates x points kernel."""
+    rows = kernel[cols]
+    return (rows - cur.to(rows.dtype)[None, :]).clamp_(min=0).sum(1, dtype=torch.float64)
+
+
+def lazy_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int, probe: int = 32) -> tuple[list[int], torch.Tensor]:
+    """Exact greedy for budgets small against the pool: gains never grow (submodularity), so stale
+    gains are upper bounds; the leaders are re-evaluated in batches until the best fresh gain beats
+    every stale one. `kernel` is candidates x points (a symmetric kernel serves as it is), `base`
+    the points' starting coverage."""
+    n = kernel.shape[0]
+    cur = base.to(kernel.dtype).clone()
+    bounds = torch.cat([_column_gains(kernel, cur, torch.arange(a, min(a + 1024, n), device=kernel.device))
+                        for a in range(0, n, 1024)])
     taken = torch.zeros(n, dtype=torch.bool, device=kernel.device)
     order: list[int] = []
-    neg_inf = torch.tensor(-math.inf, dtype=kernel.dtype, device=kernel.device)
-    while len(order) < budget:
-        masked = torch.where(taken, neg_inf, bounds)
+    while len(order) < min(budget, n):
+        masked = torch.where(taken, torch.full_like(bounds, -math.inf), bounds)
         remaining = n - len(order)
         k = min(probe, remaining)
         top_vals, top_idx = masked.topk(min(k + 1, remaining))
         cand = top_idx[:k]
-        exact = (kernel[:, cand] - cur[:, None]).clamp_(min=0).sum(0)
-        bounds[cand] = exact
-        best = int(exact.argmax())
-        rival = top_vals[k] if len(top_vals) > k else neg_inf
-        if exact[best] >= rival:
+        fresh = _column_gains(kernel, cur, cand)
+        bounds[cand] = fresh
+        best = int(fresh.argmax())
+        rival = top_vals[k] if len(top_vals) > k else -math.inf
+        if fresh[best] >= rival:
             j = int(cand[best])
             order.append(j)
             taken[j] = True
-            cur = torch.maximum(cur, kernel[:, j])
-    return order
+            cur = torch.maximum(cur, kernel[j])
+    return order, cur
 
 
-def max_herding(features: ArrayLike, budget: int, covered: ArrayLike | None = None,
-                sigma: float | str = "auto", *, seed: int = 0, max_points: int = 20000,
-                dtype: torch.dtype = torch.float32) -> np.ndarray:
-    """Indices of `budget` rows of `features` chosen greedily for coverage, in selection order.
+def dense_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int,
+                 row_block: int = 1024) -> tuple[list[int], torch.Tensor]:
+    """Exact greedy on a whole symmetric kernel (rows: points, columns: candidates), `base` the
+    starting per-point coverage, with gains updated only where coverage improves. Arithmetic in
+    the kernel's dtype, gains accumulated in float64."""
+    n = kernel.shape[0]
+    cur = base.to(kernel.dtype).clone()
+    gains = torch.zeros(n, dtype=torch.float64, device=kernel.device)
+    for s in range(0, n, row_block):
+        gains += (kernel[s:s + row_block] - cur[s:s + row_block, None]).clamp_(min=0).sum(0, dtype=torch.float64)
+    taken = torch.zeros(n, dtype=torch.bool, device=kernel.device)
+    order: list[int] = []
+    for _ in range(min(budget, n)):
+        j = _pick(gains, taken)
+        order.append(j)
+        taken[j] = True
+        col = kernel[j]  # = column j, the kernel being symmetric
+        improved = torch.nonzero(col > cur).flatten()
+        for s in range(0, len(improved), row_block):
+            rows = improved[s:s + row_block]
+            block = kernel[rows]
+            delta = (block - cur[rows, None]).clamp_(min=0) - (block - col[rows, None]).clamp_(min=0)
+            gains -= delta.sum(0, dtype=torch.float64)
+        cur[improved] = col[improved]
+    return order, cur
 
-    Rows of `covered` (already-labeled points) start the running maximum and are never selected.
-    Pools larger than `max_points` are herded with `split_and_herd` to bound memory.
-    """
+
+def greedy_on_kernel(kernel: torch.Tensor, base: torch.Tensor, budget: int) -> tuple[list[int], torch.Tensor]:
+    """The faster exact greedy for this budget: lazy for a few picks, incremental for many."""
+    if budget * LAZY_BUDGET_SHARE <= kernel.shape[0]:
+        return lazy_greedy(kernel, base, budget)
+    return dense_greedy(kernel, base, budget)
+
+
+class _SparseUseful:
+    """The kernel entries k(x, c) > cur(x), indexed by row (point) and by column (candidate)."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int):
+        order = torch.argsort(rows, stable=True)
+        self.r_cols, self.r_vals = cols[order], vals[order]
+        self.r_ptr = torch.zeros(n + 1, dtype=torch.long, device=rows.device)
+        self.r_ptr[1:] = torch.cumsum(torch.bincount(rows.long(), minlength=n), 0)
+        order = torch.argsort(cols, stable=True)
+        self.c_rows, self.c_vals = rows[order], vals[order]
+        self.c_ptr = torch.zeros(n + 1, dtype=torch.long, device=rows.device)
+        self.c_ptr[1:] = torch.cumsum(torch.bincount(cols.long(), minlength=n), 0)
+        self.nnz = len(vals)
+
+    @staticmethod
+    def _ranges(ptr: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions of the entries of rows `idx` and, for each, which of `idx` it belongs to."""
+        starts, ends = ptr[idx], ptr[idx + 1]
+        counts = ends - starts
+        owner = torch.repeat_interleave(torch.arange(len(idx), device=idx.device), counts)
+        offsets = torch.arange(int(counts.sum()), device=idx.device) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts)
+        return starts[owner] + offsets, owner
+
+    def column(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = int(self.c_ptr[j]), int(self.c_ptr[j + 1])
+        return self.c_rows[a:b], self.c_vals[a:b]
+
+    def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pos, owner = self._ranges(self.r_ptr, idx)
+        return owner, self.r_cols[pos], self.r_vals[pos]
+
+
+def sparse_greedy(x: torch.Tensor, kern: RBFKernel, base: torch.Tensor, budget: int, block: int = 512,
+                  progress: Callable[[str, int, int], None] | None = None) -> tuple[list[int], torch.Tensor]:
+    """Exact greedy without the whole kernel in memory (see the module docstring)."""
+    n = len(x)
+    progress = progress or (lambda stage, done, total: None)
+    x_sq = (x * x).sum(1)
+    cur = base.double().clone()
+    taken = torch.zeros(n, dtype=torch.bool, device=x.device)
+    order: list[int] = []
+
+    def kernel_rows(a: int, b: int) -> torch.Tensor:
+        return kern(x[a:b], x, x_sq[a:b], x_sq)
+
+    # One pass over the kernel gives the exact gains; while the useful entries stay few (labeled
+    # points cover most of the pool) it also keeps them, and the sparse phase starts at once.
+    cap = int(SPARSE_SWITCH_DENSITY * n * n)
+    gains = torch.zeros(n, dtype=torch.float64, device=x.device)
+    kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = []
+    useful = 0
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        k = kernel_rows(a, b).double()
+        over = k - cur[a:b, None]
+        if kept is not None:
+            rr, cc = torch.nonzero(over > 0, as_tuple=True)
+            kept.append(((rr + a).int(), cc.int(), k[rr, cc].float()))
+        del k
+        useful += int((over > 0).sum())
+        gains += over.clamp_(min=0).sum(0)
+        if kept is not None and useful > cap:
+            kept = None  # too dense to keep: pick column by column first
+        progress("kernel pass", b, n)
+    if kept is None:
+        # Phase A: picks with gains kept exact from kernel columns, until few entries stay useful.
+        probe = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:256].to(x.device)
+        probe_rows = kern(x[probe], x, x_sq[probe], x_sq).double()
+        density = useful / (n * n)
+        while len(order) < min(budget, n) and density > SPARSE_SWITCH_DENSITY:
+            j = _pick(gains, taken)
+            order.append(j)
+            taken[j] = True
+            col = kern(x, x[j:j + 1], x_sq, x_sq[j:j + 1])[:, 0].double()
+            improved = torch.nonzero(col > cur).flatten()
+            for s in range(0, len(improved), block):
+                rows = improved[s:s + block]
+                k = kern(x[rows], x, x_sq[rows], x_sq).double()
+                gains -= ((k - cur[rows, None]).clamp_(min=0) - (k - col[rows, None]).clamp_(min=0)).sum(0)
+            cur[improved] = col[improved]
+            density = float((probe_rows > cur[probe, None]).double().mean())
+        if len(order) >= min(budget, n):
+            return order, cur
+        # Phase B starts with one more pass keeping the entries that are still useful.
+        kept = []
+        for a in range(0, n, block):
+            b = min(a + block, n)
+            k = kernel_rows(a, b).double()
+            rr, cc = torch.nonzero(k > cur[a:b, None], as_tuple=True)
+            kept.append(((rr + a).int(), cc.int(), k[rr, cc].float()))
+            progress("sparse kernel", b, n)
+    rows_k, cols_k, vals_k = (torch.cat([k[i] for k in kept]) for i in range(3))
+    del kept
+    useful_k = _SparseUseful(rows_k, cols_k, vals_k, n)
+    del rows_k, cols_k, vals_k
+    gains = torch.zeros(n, dtype=torch.float64, device=x.device)
+    rows_all = torch.arange(n, device=x.device)
+    owner, cols, vals = useful_k.rows(rows_all)
+    gains.index_add_(0, cols, (vals - cur[owner]).clamp(min=0))
+    while len(order) < min(budget, n):
+        j = _pick(gains, taken)
+        order.append(j)
+        taken[j] = True
+        pts, kv = useful_k.column(j)
+        kv = kv.double()
+        better = kv > cur[pts]
+        pts, new = pts[better], kv[better]
+        if len(pts):
+            owner, cols, vals = useful_k.rows(pts)
+            old_o, new_o = cur[pts][owner], new[owner]
+            delta = (vals - old_o).clamp(min=0) - (vals - new_o).clamp(min=0)
+            gains.index_add_(0, cols, -delta)
+            cur[pts] = new
+        progress("greedy", len(order), budget)
+    return order, cur
+
+
+@dataclass
+class HerdingResult:
+    order: np.ndarray  # selected rows, in selection order
+    objective: float  # C(S) as the algorithm computed it (in the sketch's space when sketched)
+    sigma: float
+    path: str  # "dense", "sparse", with "sketch-" in front when sketched
+
+
+def herd(features: ArrayLike, budget: int, covered: ArrayLike | None = None, sigma: float | str = "auto", *,
+         seed: int = 0, sketch_dim: int | None = None, dense_bytes: int = DENSE_KERNEL_BYTES,
+         dtype: torch.dtype = torch.float32, progress: Callable[[str, int, int], None] | None = None) -> HerdingResult:
+    """MaxHerding with its diagnostics; `max_herding` returns just the indices."""
     x = _as_float_tensor(features, dtype=dtype)
     n = len(x)
     budget = max(0, min(int(budget), n))
-    if budget == 0:
-        return np.empty(0, dtype=np.int64)
     s = auto_sigma(x, seed) if sigma == "auto" else float(sigma)
     cov = _as_float_tensor(covered, x.device, dtype) if covered is not None else x[:0]
-    if n > max_points:
-        return split_and_herd(x, budget, cov, s, split_size=max_points, seed=seed, dtype=dtype)
+    prefix = ""
+    if sketch_dim is not None and x.shape[1] > sketch_dim:
+        x, cov = sketch(x, sketch_dim, seed).to(dtype), sketch(cov, sketch_dim, seed).to(dtype)
+        prefix = "sketch-"
     kern = RBFKernel(s)
-    return np.asarray(greedy_on_kernel(kern.matrix(x), kern.max_over(x, cov), budget), dtype=np.int64)
+    base = kern.max_over(x, cov)
+    if budget == 0:
+        return HerdingResult(np.empty(0, dtype=np.int64), float(base.double().mean()) if n else 0.0, s, prefix + "none")
+    if n * n * x.element_size() <= dense_bytes:
+        order, cur = greedy_on_kernel(kern.matrix(x), base, budget)
+        path = "dense"
+    else:
+        order, cur = sparse_greedy(x, kern, base, budget, progress=progress)
+        path = "sparse"
+    return HerdingResult(np.asarray(order, dtype=np.int64), float(cur.mean()), s, prefix + path)
+
+
+def max_herding(features: ArrayLike, budget: int, covered: ArrayLike | None = None,
+                sigma: float | str = "auto", *, seed: int = 0, sketch_dim: int | None = None,
+                dense_bytes: int = DENSE_KERNEL_BYTES, dtype: torch.dtype = torch.float32,
+                progress: Callable[[str, int, int], None] | None = None) -> np.ndarray:
+    """Indices of `budget` rows of `features` chosen greedily for coverage, in selection order.
+
+    Rows of `covered` (already-labeled points) start the running maximum and are never selected.
+    The result is the exact greedy selection (ties aside) unless `sketch_dim` is given.
+    """
+    return herd(features, budget, covered, sigma, seed=seed, sketch_dim=sketch_dim, dense_bytes=dense_bytes,
+                dtype=dtype, progress=progress).order
 
 
 def split_and_herd(features: ArrayLike, budget: int, covered: ArrayLike | None, sigma: float, *,
@@ -162,7 +379,7 @@ def split_and_herd(features: ArrayLike, budget: int, covered: ArrayLike | None, 
         base = kern.max_over(part, cov)
         if chosen:
             base = torch.maximum(base, kern.max_over(part, x[torch.cat(chosen)]))
-        picks = greedy_on_kernel(kern.matrix(part), base, share)
+        picks, _ = greedy_on_kernel(kern.matrix(part), base, share)
         chosen.append(idx[torch.as_tensor(picks, dtype=torch.long, device=x.device)])
         remaining -= len(picks)
     return torch.cat(chosen).cpu().numpy().astype(np.int64) if chosen else np.empty(0, dtype=np.int64)

@@ -63,7 +63,7 @@ class RoundConfig:
     acquisition: str | None = "edald"  # None: coverage alone picks the b pixels
     sigma: float | str = "auto"
     mc_samples: int = 5  # MC-dropout passes for BALD-family methods
-    max_herding_points: int = 20_000  # larger global pools use split-and-herd
+    local_sketch_dim: int | None = None  # random-projection sketch for per-image herding (None: exact)
     seed: int = 0
 
     def __post_init__(self):
@@ -164,10 +164,10 @@ def _half(t: torch.Tensor) -> np.ndarray:
 
 
 def _select(method: str, features: torch.Tensor, budget: int, covered: torch.Tensor, sigma, seed: int,
-            max_points: int) -> np.ndarray:
+            sketch_dim: int | None = None) -> np.ndarray:
     if method == "coreset":
         return k_center_greedy(features, budget, covered, seed=seed)
-    return max_herding(features, budget, covered, sigma=sigma, seed=seed, max_points=max_points)
+    return max_herding(features, budget, covered, sigma=sigma, seed=seed, sketch_dim=sketch_dim)
 
 
 def _uncertainty_inputs(head: SegmentationHead, acquisition: str, reference: torch.Tensor,
@@ -205,7 +205,7 @@ def image_record(source: FeatureSource, image: int, labeled_pixels, config: Roun
         maps = source.maps(image, (REFERENCE_NOISE, *draw_noises) if need_draws else (REFERENCE_NOISE,))
         ref = torch.from_numpy(_half(maps[0].at(np.concatenate([cands, lab])))).float()
         local = _select(coverage, ref[: len(cands)], config.local_k, ref[len(cands):], config.sigma,
-                        config.seed, config.max_herding_points)
+                        config.seed, config.local_sketch_dim)
         picks = cands[local]
         draws = np.stack([_half(m.at(picks)) for m in maps[1:]], axis=1) if need_draws else None
         rec = ImageRecord(digest, picks, ref[local].numpy().astype(np.float16), lab,
@@ -257,7 +257,9 @@ def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: Se
     if config.coverage is None and acquisition is not None:
         return _one_stage_round(source, labeled, head, config, acquisition, generator, progress)
 
-    need_draws = needs_noise_draws(acquisition)
+    # Draw features are computed with each image's record as soon as the configured method will need
+    # them (round 0 included), so that later rounds find them there.
+    need_draws = needs_noise_draws(config.acquisition)
     pool_pixels, pool_images, pool_ref, pool_draws, covered = [], [], [], [], []
     recomputed = 0
     n = len(source)
@@ -278,7 +280,7 @@ def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: Se
     cov_all = torch.from_numpy(np.concatenate(covered)).float()
     keep = config.budget if acquisition is None else max(config.budget, round(config.keep_global * len(pixels)))
     progress("global", 0, 1)
-    kept = _select(coverage, ref_all, keep, cov_all, config.sigma, config.seed, config.max_herding_points)
+    kept = _select(coverage, ref_all, keep, cov_all, config.sigma, config.seed)
     progress("global", 1, 1)
     global_done = time.perf_counter()
 
@@ -286,7 +288,7 @@ def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: Se
     if acquisition is None:
         order = kept[: config.budget]
     else:
-        draws_kept = torch.from_numpy(np.concatenate(pool_draws)[kept]).float() if need_draws else None
+        draws_kept = torch.from_numpy(np.concatenate(pool_draws)[kept]).float() if needs_noise_draws(acquisition) else None
         ref, samples = _uncertainty_inputs(head, acquisition, ref_all[kept], draws_kept, config.mc_samples,
                                            generator)
         s = acquisition_scores(acquisition, ref, samples, generator)

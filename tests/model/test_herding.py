@@ -83,9 +83,33 @@ def test_split_and_herd_stays_close_to_the_exact_objective():
     split = split_and_herd(x, 150, None, sigma, split_size=400)
     assert len(split) == 150 and len(set(split.tolist())) == 150
     assert coverage(x, split, None, sigma) >= 0.97 * exact
-    # max_herding switches to split-and-herd by itself above max_points
-    auto = max_herding(x, 150, sigma=sigma, max_points=400)
-    assert coverage(x, auto, None, sigma) >= 0.97 * exact
+
+
+@pytest.mark.parametrize("n_cov", [0, 5, 300])
+def test_sparse_path_selects_exactly_what_the_dense_path_does(n_cov):
+    """Without room for the whole kernel (dense_bytes=0) the useful-entries path takes over: first
+    column-by-column picks, then the sparse kernel; the selection must not change."""
+    rng = np.random.default_rng(4)
+    centers = rng.normal(size=(15, 12)) * 3
+    x = centers[rng.integers(15, size=900)] + rng.normal(size=(900, 12))
+    cov = x[rng.choice(900, n_cov, replace=False)] + 0.1 if n_cov else None
+    dense = max_herding(x, 200, cov, dtype=torch.float64)
+    sparse = max_herding(x, 200, cov, dtype=torch.float64, dense_bytes=0)
+    sigma = auto_sigma(torch.from_numpy(x))
+    # the same greedy; summation order differs, so exact near-ties may swap places
+    assert coverage(x, sparse, cov, sigma) == pytest.approx(coverage(x, dense, cov, sigma), rel=1e-12)
+    assert len(set(sparse.tolist()) & set(dense.tolist())) >= 0.97 * len(dense)
+
+
+def test_sketch_keeps_most_of_the_objective():
+    rng = np.random.default_rng(5)
+    centers = rng.normal(size=(30, 1024))
+    x = centers[rng.integers(30, size=2000)] + 0.7 * rng.normal(size=(2000, 1024))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sigma = auto_sigma(torch.from_numpy(x))
+    exact = coverage(x, max_herding(x, 50, sigma=sigma), None, sigma)
+    sketched = coverage(x, max_herding(x, 50, sigma=sigma, sketch_dim=128), None, sigma)
+    assert sketched >= 0.99 * exact
 
 
 def test_k_center_greedy_picks_far_points_and_respects_centers():

@@ -55,20 +55,25 @@ def test_two_stage_rounds_on_camvid_return_b_distinct_unlabeled_pixels(camvid4, 
     b = budget_for(len(camvid4), 2.0)
     source = _source(camvid4, extractor)
     cfg = RoundConfig(budget=b, candidates=800, local_k=10)
-    r0 = run_round(source, {}, None, cfg)
+    cache = RecordCache({"test": "two-stage"})
+    r0 = run_round(source, {}, None, cfg, cache=cache)
     _check(r0.queries, {}, b)
     assert r0.pool_size == 40 and r0.scores is None
-    # round 0 used the reference features only, with every timestep (same features as later rounds)
-    assert {noises for _, noises in source.requests} == {(0,)}
+    # round 0 makes one pass per image with the reference noise (the features every later round uses)
+    # and, since eDALD will need them, the noise draws
+    assert sorted(source.requests) == [(i, tuple(range(extractor.config.draws + 1))) for i in range(4)]
+    source.requests.clear()
     labeled = {}
     for i, p in r0.queries:
         labeled.setdefault(i, []).append(p)
     labeled = {i: np.array(v) for i, v in labeled.items()}
     head = _head_for(camvid4, source, labeled)
-    r1 = run_round(source, labeled, head, cfg, round_index=1)
+    source.requests.clear()
+    r1 = run_round(source, labeled, head, cfg, cache=cache, round_index=1)
     _check(r1.queries, labeled, b)
     assert r1.scores == sorted(r1.scores, reverse=True) and r1.kept_size == 20
-    assert any(len(noises) == 1 + extractor.config.draws for _, noises in source.requests)
+    # round 1 recomputes only the images whose labeled set changed
+    assert sorted({i for i, _ in source.requests}) == sorted(labeled) and r1.images_recomputed == len(labeled)
 
 
 @pytest.mark.parametrize("coverage,acquisition", [(None, "margin"), (None, "edald"), ("coreset", "edald"),
