@@ -54,7 +54,115 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=_ints, default=defaults.blocks)
     p.add_argument("--timesteps", type=_ints, default=defaults.timesteps)
     p.set_defaults(run=lambda a: print(json.dumps(info(a), indent=2)))
+
+    p = sub.add_parser("expansion", help="purity and pixels per click of an expander on a labeled split")
+    p.add_argument("--data", required=True, help="dataset root, e.g. ../shared/datasets/camvid")
+    p.add_argument("--split", default="val")
+    p.add_argument("--expander", default="superpixel", choices=["superpixel", "sam", "none"])
+    p.add_argument("--sam-checkpoint", default=None)
+    p.add_argument("--sam-model-type", default="vit_b")
+    p.add_argument("--clicks", type=int, default=500)
+    p.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.9])
+    p.add_argument("--tau", type=float, default=None, help="threshold drawn in the PNG (default: the expander's)")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/expansion")
+    p.set_defaults(run=expansion)
+    add_simulate(sub)
+    from model.bench import add_parser as add_bench
+
+    add_bench(sub)
     return parser
+
+
+def add_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="replay active learning with the ground truth as the annotator")
+    p.add_argument("--data", required=True, help="dataset root, e.g. ../shared/datasets/camvid")
+    p.add_argument("--dataset", default=None, help="adapter name (default: the directory's name)")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--eval-split", default="val")
+    p.add_argument("--backbone", default="imagenet256", choices=sorted(BACKBONES))
+    p.add_argument("--checkpoint", default=None, help="diffusion checkpoint (required for pretrained backbones)")
+    p.add_argument("--strategy", nargs="+", default=["two-stage-edald"],
+                   help="one or more: random, herding, coreset, <acquisition>, two-stage-<acq>, coreset-<acq>")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--budget-factor", type=float, default=0.1)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--expand", default="none", choices=["none", "superpixel", "sam"])
+    p.add_argument("--tau", type=float, default=None, help="expansion threshold (default: the expander's)")
+    p.add_argument("--sam-checkpoint", default=None)
+    p.add_argument("--sam-model-type", default="vit_b")
+    p.add_argument("--region-cap", type=int, default=256)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--candidates", type=int, default=10_000)
+    p.add_argument("--local-k", type=int, default=50)
+    p.add_argument("--keep-global", type=float, default=0.5)
+    p.add_argument("--draws", type=int, default=5)
+    p.add_argument("--feature-seed", type=int, default=0, help="seed of the feature noises (shared by all runs)")
+    p.add_argument("--switch-after", type=int, default=None,
+                   help="late switch: after this many rounds use --switch-to alone (the paper's schedule)")
+    p.add_argument("--switch-to", default="margin")
+    p.add_argument("--train-batch-size", type=int, default=8)
+    p.add_argument("--train-epochs", type=int, default=50)
+    p.add_argument("--max-train-images", type=int, default=None)
+    p.add_argument("--max-eval-images", type=int, default=None)
+    p.add_argument("--map-cache-gb", type=float, default=8.0, help="disk budget for cached feature maps (0: off)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=simulate)
+
+
+def simulate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from model.backbones import load_unet
+    from model.datasets import load_dataset
+    from model.expansion import build_expander
+    from model.features import DiffusionFeatureExtractor
+    from model.head import TrainConfig
+    from model.simulate import Simulation, SimulationConfig, parse_strategy
+
+    for name in args.strategy:
+        parse_strategy(name)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    backbone = get_backbone(args.backbone)
+    train_set = load_dataset(args.data, args.train_split, args.dataset).head(args.max_train_images)
+    eval_set = load_dataset(args.data, args.eval_split, args.dataset).head(args.max_eval_images)
+    unet = load_unet(backbone, args.checkpoint, device=device)
+    if not backbone.pretrained:
+        print(f"WARNING: {NOT_PRETRAINED_WARNING}", file=sys.stderr)
+    features = FeatureConfig(resolution=args.resolution, draws=args.draws, seed=args.feature_seed)
+    extractor = DiffusionFeatureExtractor(unet, features)
+    expander = None if args.expand == "none" else build_expander(
+        args.expand, tau=args.tau, sam_checkpoint=args.sam_checkpoint, sam_model_type=args.sam_model_type, device=device)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    config = SimulationConfig(
+        strategies=args.strategy, seeds=args.seeds, rounds=args.rounds, budget_factor=args.budget_factor,
+        candidates=args.candidates, local_k=args.local_k, keep_global=args.keep_global,
+        switch_after=args.switch_after, switch_to=args.switch_to, region_cap=args.region_cap,
+        train=TrainConfig(batch_size=args.train_batch_size, max_epochs=args.train_epochs),
+        map_cache_gb=args.map_cache_gb)
+    fingerprint = {"name": backbone.name, "checkpoint": str(checkpoint) if checkpoint else None,
+                   "size": checkpoint.stat().st_size if checkpoint else None}
+    sim = Simulation(config, train_set, eval_set, extractor, Path(args.out), expander, fingerprint)
+    sim.run()
+    print((Path(args.out) / "summary.md").read_text())
+    print(f"wrote {args.out}/metrics.csv, summary.md, curves.png, selections.png, predictions.png")
+
+
+def expansion(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from model.datasets import load_dataset
+    from model.expansion import build_expander
+    from model.expansion_report import markdown, run_report
+
+    dataset = load_dataset(args.data, args.split)
+    expander = build_expander(args.expander, tau=args.tau, sam_checkpoint=args.sam_checkpoint,
+                              sam_model_type=args.sam_model_type)
+    rows = run_report(dataset, expander, args.clicks, args.taus, args.resolution, Path(args.out), args.seed)
+    print(markdown(rows))
+    print(f"wrote {args.out}/expansion.md, expansion.json and expansion.png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,70 @@
+import csv
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from model.simulate import SimulationConfig, Strategy, _round_strategy, parse_strategy
+from tests.conftest import REPO
+
+SMOKE = ["--backbone", "tiny", "--resolution", "64", "--max-train-images", "16", "--max-eval-images", "8",
+         "--budget-factor", "0.5", "--candidates", "400", "--local-k", "8", "--train-epochs", "20"]
+
+
+def run(args, tmp_path):
+    return subprocess.run([sys.executable, "-m", "model", "simulate", "--data", str(REPO.parent / "shared" / "datasets" / "camvid"),
+                           *SMOKE, "--out", str(tmp_path), *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def rows(path):
+    with open(path / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cpu_smoke_run_writes_metrics_summary_and_pictures(tmp_path, camvid_root):
+    out = run(["--strategy", "two-stage-edald", "random", "--rounds", "3", "--seeds", "0"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "NOT PRETRAINED" in out.stderr
+    got = rows(tmp_path)
+    assert [(r["strategy"], int(r["round"])) for r in got] == [("two-stage-edald", 1), ("two-stage-edald", 2),
+                                                               ("two-stage-edald", 3), ("random", 1), ("random", 2),
+                                                               ("random", 3)]
+    for r in got:
+        assert 0 <= float(r["miou"]) <= 1 and 0 < float(r["pixel_accuracy"]) <= 1
+        assert int(r["queried_pixels"]) == 8 * int(r["round"]) and int(r["labeled_pixels"]) <= int(r["queried_pixels"])
+        assert float(r["labeled_share"]) == pytest.approx(int(r["labeled_pixels"]) / (16 * 64 * 64))
+        assert "iou_Road" in r
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| two-stage-edald | 1 | 3 |" in summary and "| random | 1 | 3 |" in summary
+    for name in ("curves.png", "selections.png", "predictions.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.format == "PNG" and im.width > 300 and im.height > 200
+    # the second run of the same command finds every round done: nothing is recomputed or appended
+    again = run(["--strategy", "two-stage-edald", "random", "--rounds", "3", "--seeds", "0"], tmp_path)
+    assert again.returncode == 0 and len(rows(tmp_path)) == 6
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, camvid_root):
+    first = run(["--strategy", "herding", "--rounds", "2", "--expand", "superpixel"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run(["--strategy", "herding", "--rounds", "3", "--expand", "superpixel"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = rows(tmp_path)
+    assert [int(r["round"]) for r in got] == [1, 2, 3]
+    # expanded clicks label more pixels than they query
+    assert int(got[-1]["labeled_pixels"]) > int(got[-1]["queried_pixels"])
+
+
+def test_strategy_names_and_late_switch():
+    assert parse_strategy("two-stage-edald") == Strategy("two-stage-edald", "herding", "edald")
+    assert parse_strategy("coreset-edald-reference") == Strategy("coreset-edald-reference", "coreset", "edald-reference")
+    assert parse_strategy("margin") == Strategy("margin", None, "margin")
+    assert parse_strategy("herding") == Strategy("herding", "herding", None)
+    assert parse_strategy("random") == Strategy("random", None, "random")
+    with pytest.raises(ValueError, match="two-stage"):
+        parse_strategy("three-stage-edald")
+    cfg = SimulationConfig(strategies=["two-stage-edald"], seeds=[0], switch_after=2, switch_to="margin")
+    s = parse_strategy("two-stage-edald")
+    assert _round_strategy(s, cfg, 1) == s and _round_strategy(s, cfg, 2).acquisition == "margin"
+    assert _round_strategy(s, cfg, 2).coverage is None
