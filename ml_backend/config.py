@@ -55,6 +55,7 @@ class Settings:
     train_batch_size: int = 8
     train_max_epochs: int = 50
     auto_advance: bool = True
+    records_batch: int = 8
     expander: str = "superpixel"
     sam_checkpoint: Path | None = None
     sam_model_type: str = "vit_b"
@@ -105,6 +106,7 @@ class Settings:
             train_batch_size=_number("TRAIN_BATCH_SIZE", 8, int),
             train_max_epochs=_number("TRAIN_MAX_EPOCHS", 50, int),
             auto_advance=_flag("AUTO_ADVANCE", True),
+            records_batch=_number("RECORDS_BATCH", 8, int),
             expander=expander,
             sam_checkpoint=Path(sam_ckpt).expanduser() if sam_ckpt else None,
             sam_model_type=_env("SAM_MODEL_TYPE", "vit_b"),
@@ -129,8 +131,8 @@ class Settings:
             problems.append(f"BUDGET_FACTOR={self.budget_factor} must be positive")
         if not 0 < self.keep_global <= 1:
             problems.append(f"KEEP_GLOBAL={self.keep_global} must lie in (0, 1]")
-        if self.local_k < 1 or self.candidates < 1 or self.draws < 1:
-            problems.append("LOCAL_K, CANDIDATES and DRAWS must be at least 1")
+        if self.local_k < 1 or self.candidates < 1 or self.draws < 1 or self.records_batch < 1:
+            problems.append("LOCAL_K, CANDIDATES, DRAWS and RECORDS_BATCH must be at least 1")
         if self.sam_model_type not in ("vit_b", "vit_l", "vit_h"):
             problems.append(f"SAM_MODEL_TYPE={self.sam_model_type!r}; choose vit_b, vit_l or vit_h")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):

@@ -1,12 +1,17 @@
-"""Background jobs: `sync` (fetch tasks and images, run round 0) and `advance` (retrain, next round).
+"""Background jobs.
+
+Kinds: `sync` (fetch tasks and images; start round 0), `advance` (next round once the open one is
+answered), `train` (next round now: START_TRAINING), and the two steps a round fans out into:
+`records` (per-image features and local herding for a batch of images) and `select` (global
+herding, uncertainty, push), which waits for the round's `records` jobs.
 
 Every job is a row in the store before it runs, so a process that dies mid-job leaves a queued or
-running row behind and the next start runs it again. Jobs of one kind for one project are not
-stacked: while one is queued, submitting another returns it.
+running row behind and the next start runs it again. `sync`, `advance` and `train` are not stacked:
+while one is queued, submitting another returns it.
 
-Without REDIS_URL one thread in the server process runs the jobs (the embedded default). With it,
-jobs go to an RQ queue and `rq worker` processes run them (ml_backend.worker), on any machine that
-shares MODEL_DIR.
+Without REDIS_URL one thread in the server process runs the jobs in submission order (the
+embedded default); with it, jobs go to an RQ queue (ml_backend.queue) and `rq worker` processes on
+any machine sharing MODEL_DIR run them, `records` batches in parallel.
 """
 
 from __future__ import annotations
@@ -15,38 +20,80 @@ import logging
 import queue
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from ml_backend.store import Store
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = ("sync", "advance", "train")
+JOB_KINDS = ("sync", "advance", "train", "records", "select")
+SINGLETON_KINDS = ("sync", "advance", "train")
+
+Handler = Callable[[int, str, dict], None]  # (project, kind, payload)
+
+
+class Runner(Protocol):
+    def submit(self, project: int, kind: str, payload: dict | None = None,
+               depends_on: Sequence[int] = ()) -> int: ...
+
+    def resume(self) -> list[int]: ...
+
+    def describe(self) -> dict: ...
+
+
+def record_job(store: Store, project: int, kind: str, payload: dict | None) -> tuple[int, bool]:
+    """The job's row: a new one, or (for singleton kinds) the one already queued. (id, is_new)"""
+    if kind not in JOB_KINDS:
+        raise ValueError(f"unknown job kind {kind!r}")
+    if kind in SINGLETON_KINDS:
+        pending = store.pending_job(project, kind)
+        if pending and pending["status"] == "queued":
+            return int(pending["id"]), False
+    return store.add_job(project, kind, payload), True
+
+
+def run_job(store: Store, handler: Handler, job_id: int, owner=None) -> None:
+    job = store.job(job_id)
+    if job is None or job["status"] in ("done", "failed"):
+        return
+    if owner is not None:
+        owner.current = {"id": job_id, "project": job["project"], "kind": job["kind"]}
+    store.start_job(job_id)
+    try:
+        handler(job["project"], job["kind"], job["payload"])
+    except Exception as exc:  # a failed job is recorded and logged; the next trigger retries the work
+        log.error("job %s (%s, project %s) failed: %s\n%s", job_id, job["kind"], job["project"], exc,
+                  traceback.format_exc())
+        store.finish_job(job_id, f"{type(exc).__name__}: {exc}")
+    else:
+        store.finish_job(job_id)
+    finally:
+        if owner is not None:
+            owner.current = None
 
 
 class InProcessRunner:
-    def __init__(self, store: Store, handler: Callable[[int, str], None]):
+    """One worker thread, jobs in submission order (which also honours `depends_on`)."""
+
+    def __init__(self, store: Store, handler: Handler | None = None):
         self.store = store
-        self.handler = handler  # (project, kind) -> None
+        self.handler = handler
         self._queue: queue.Queue[int] = queue.Queue()
         self._lock = threading.Lock()
         self.current: dict | None = None
         self._thread = threading.Thread(target=self._work, name="jobs", daemon=True)
         self._thread.start()
 
-    def submit(self, project: int, kind: str) -> int:
-        if kind not in JOB_KINDS:
-            raise ValueError(f"unknown job kind {kind!r}")
+    def submit(self, project: int, kind: str, payload: dict | None = None, depends_on: Sequence[int] = ()) -> int:
         with self._lock:
-            pending = self.store.pending_job(project, kind)
-            if pending and pending["status"] == "queued":
-                return int(pending["id"])
-            job = self.store.add_job(project, kind)
-        self._queue.put(job)
+            job, new = record_job(self.store, project, kind, payload)
+        if new:
+            self._queue.put(job)
         return job
 
     def resume(self) -> list[int]:
-        """Queue again what a previous process left unfinished."""
+        """Queue again what a previous process left unfinished, in the original order."""
         jobs = [int(j["id"]) for j in self.store.interrupted_jobs()]
         for job in jobs:
             log.warning("re-running interrupted job %s", job)
@@ -63,23 +110,3 @@ class InProcessRunner:
 
     def describe(self) -> dict:
         return {"kind": "in-process", "queued": self._queue.qsize(), "running": self.current}
-
-
-def run_job(store: Store, handler: Callable[[int, str], None], job_id: int, owner=None) -> None:
-    job = store.job(job_id)
-    if job is None or job["status"] in ("done", "failed"):
-        return
-    if owner is not None:
-        owner.current = {"id": job_id, "project": job["project"], "kind": job["kind"]}
-    store.start_job(job_id)
-    try:
-        handler(job["project"], job["kind"])
-    except Exception as exc:  # a failed job is recorded and logged; the next trigger retries the work
-        log.error("job %s (%s, project %s) failed: %s\n%s", job_id, job["kind"], job["project"], exc,
-                  traceback.format_exc())
-        store.finish_job(job_id, f"{type(exc).__name__}: {exc}")
-    else:
-        store.finish_job(job_id)
-    finally:
-        if owner is not None:
-            owner.current = None

@@ -10,6 +10,7 @@ marked pushed once its prediction exists, so a job that died half-way resumes wh
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from collections import defaultdict
@@ -23,7 +24,7 @@ from ml_backend.regions import keypoint_region
 from ml_backend.services import Services
 from model.head import train_head
 from model.preprocessing import MAX_IMAGE_PIXELS, resize_image
-from model.selection import labeled_features, run_round
+from model.selection import image_record, labeled_digest, labeled_features, needs_noise_draws, run_round
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,16 @@ def round_version(round_index: int) -> str:
     return f"round-{round_index}"
 
 
-def handle_job(services: Services, project: int, kind: str) -> None:
+def handle_job(services: Services, runner, project: int, kind: str, payload: dict | None = None) -> None:
+    payload = payload or {}
     if kind == "sync":
-        sync_project(services, project)
+        sync_project(services, runner, project)
     elif kind in ("advance", "train"):
-        advance_project(services, project, force=kind == "train")
+        advance_project(services, runner, project, force=kind == "train")
+    elif kind == "records":
+        compute_records(services, project, payload["tasks"])
+    elif kind == "select":
+        select_round(services, project, payload["round"], payload.get("head"))
     else:
         raise ValueError(f"unknown job kind {kind!r}")
 
@@ -69,8 +75,10 @@ def fetch_image(services: Services, project: int, task: int, url: str) -> None:
     tmp = originals / f".{task}.tmp.png"
     image.save(tmp)
     tmp.replace(originals / f"{task}.png")
-    files.save_image(task, resize_image(image, services.settings.resolution))
-    services.store.set_task_image(project, task, image.width, image.height, "ready")
+    resized = resize_image(image, services.settings.resolution)
+    files.save_image(task, resized)
+    services.store.set_task_image(project, task, image.width, image.height, "ready",
+                                  digest=hashlib.sha1(resized.tobytes()).hexdigest()[:20])
 
 
 def original_image(services: Services, project: int, task: int, url: str | None = None) -> np.ndarray:
@@ -101,39 +109,30 @@ def sync_tasks(services: Services, project: int) -> int:
 
 
 # rounds ----------------------------------------------------------------------------------------
-def sync_project(services: Services, project: int) -> None:
+def sync_project(services: Services, runner, project: int) -> None:
     ready = sync_tasks(services, project)
     current = services.store.current_round(project)
     if current is None:
         if ready:
-            start_round(services, project, 0)
+            plan_round(services, runner, project, 0)
         else:
             services.progress.update(project, "waiting for tasks", message="no usable images in the project yet")
     elif current["status"] == "selected":
         push_round(services, project, current["round"])
-    else:
-        maybe_advance(services, project)
+    elif current["status"] == "open":
+        counts = services.store.round_progress(project, current["round"])
+        if counts["open"] == 0 and services.settings.auto_advance:
+            advance_project(services, runner, project, force=False)
+        else:
+            services.progress.update(project, f"round {current['round']} open",
+                                     counts["answered"] + counts["dismissed"], sum(counts.values()))
 
 
-def maybe_advance(services: Services, project: int) -> bool:
-    """Queue nothing, just decide: is the open round fully answered (and auto-advance on)?"""
-    current = services.store.current_round(project)
-    if current is None or current["status"] != "open":
-        return False
-    counts = services.store.round_progress(project, current["round"])
-    if counts["open"] == 0 and services.settings.auto_advance:
-        advance_project(services, project, force=False)
-        return True
-    services.progress.update(project, f"round {current['round']} open",
-                             counts["answered"] + counts["dismissed"], sum(counts.values()))
-    return False
-
-
-def advance_project(services: Services, project: int, force: bool) -> None:
+def advance_project(services: Services, runner, project: int, force: bool) -> None:
     store = services.store
     current = store.current_round(project)
     if current is None:
-        sync_project(services, project)
+        sync_project(services, runner, project)
         return
     if current["status"] == "selected":
         push_round(services, project, current["round"])
@@ -144,58 +143,101 @@ def advance_project(services: Services, project: int, force: bool) -> None:
         return
     sync_tasks(services, project)
     store.complete_round(project, current["round"])
-    start_round(services, project, current["round"] + 1)
+    plan_round(services, runner, project, current["round"] + 1)
 
 
-def start_round(services: Services, project: int, round_index: int) -> None:
-    """Train on everything labeled so far (if anything is), select the round's pixels, push them."""
-    s, store, engine = services.settings, services.store, services.engine
-    schema, files = services.schema(project), services.files(project)
-    tasks = [row["task"] for row in store.tasks(project, "ready")]
-    if not tasks:
+class RoundContext:
+    """What the steps of a round share: the usable tasks, their features, records and labels."""
+
+    def __init__(self, services: Services, project: int):
+        self.services, self.project = services, project
+        s, store, engine = services.settings, services.store, services.engine
+        self.files = services.files(project)
+        rows = store.tasks(project, "ready")
+        self.tasks = [row["task"] for row in rows]
+        self.index = {t: i for i, t in enumerate(self.tasks)}
+        # Keys by image content: candidates and records follow the image, whatever its task id.
+        keys = [f"image-{row['digest'] or row['task']}" for row in rows]
+        self.source = engine.source(lambda i: self.files.load_image(self.tasks[i]), keys)
+        self.cache = engine.records(self.files.records)
+        self.config = engine.round_config(len(self.tasks))
+        expansions = ExpansionCache(self.files.root / "expansions", engine.expander()) if s.expander != "none" else None
+        labeled = build_labeled_set(store.labels(project), self.files.load_image, expansions, s.region_pixel_cap)
+        self.labeled = {self.index[t]: v for t, v in labeled.items() if t in self.index}
+
+    def pixels(self) -> dict[int, np.ndarray]:
+        return {i: px for i, (px, _) in self.labeled.items()}
+
+
+def plan_round(services: Services, runner, project: int, round_index: int) -> None:
+    """Train on everything labeled so far (if anything is) and swap the head in; then queue the
+    per-image work in batches and the selection that waits for it."""
+    store, engine = services.store, services.engine
+    services.progress.update(project, "loading backbone")
+    ctx = RoundContext(services, project)
+    if not ctx.tasks:
         services.progress.update(project, "waiting for tasks", message="no usable images")
         return
-    index = {t: i for i, t in enumerate(tasks)}
-    services.progress.update(project, "loading backbone")
-    source = engine.source(lambda i: files.load_image(tasks[i]), [f"project-{project}/task-{t}" for t in tasks])
-    cache = engine.records(files.records)
-    config = engine.round_config(len(tasks))
-    expansions = None
-    if s.expander != "none":
-        expansions = ExpansionCache(files.root / "expansions", engine.expander())
-    services.progress.update(project, "expanding clicks")
-    labeled = build_labeled_set(store.labels(project), files.load_image, expansions, s.region_pixel_cap)
-    labeled = {index[t]: v for t, v in labeled.items() if t in index}
-
-    head, version = None, None
-    if labeled:
-        feats, classes = labeled_features(source, labeled, config, cache, services.progress.reporter(project, "training features "))
+    version = None
+    if ctx.labeled:
+        feats, classes = labeled_features(ctx.source, ctx.labeled, ctx.config, ctx.cache,
+                                          services.progress.reporter(project, "training features "))
         services.progress.update(project, "training head", message=f"{len(classes)} labeled pixels")
-        head, report = train_head(feats, classes, len(schema.classes), engine.train_config())
+        head, report = train_head(feats, classes, len(services.schema(project).classes), engine.train_config())
         version = f"head-{len(store.heads(project)) + 1}"
-        path = files.head_path(version)
+        path = ctx.files.head_path(version)
         tmp = path.with_suffix(".tmp")
         torch.save(head.checkpoint(), tmp)
         tmp.replace(path)
         engine.remember_head(project, version, head)
         store.add_head(project, version, round_index, str(path), len(classes), report.as_dict())
         log.info("project %s: %s trained on %d pixels (%s)", project, version, len(classes), report.as_dict())
+    need_draws = needs_noise_draws(ctx.config.acquisition)
+    missing = [t for t in ctx.tasks if ctx.cache.get(ctx.source.key(ctx.index[t]), labeled_digest(
+        ctx.labeled.get(ctx.index[t], (np.empty(0, dtype=np.int64),))[0])) is None]
+    size = services.settings.records_batch
+    jobs = [runner.submit(project, "records", {"round": round_index, "tasks": missing[a:a + size]})
+            for a in range(0, len(missing), size)]
+    services.progress.update(project, f"round {round_index} queued", message=f"{len(missing)} images to process "
+                             f"in {len(jobs)} batches{' (with noise draws)' if need_draws else ''}")
+    runner.submit(project, "select", {"round": round_index, "head": version}, depends_on=jobs)
 
-    result = run_round(source, {i: px for i, (px, _) in labeled.items()}, head, config, cache,
+
+def compute_records(services: Services, project: int, tasks: list[int]) -> None:
+    """Per-image stage 1 (features, local herding, draw features) for a batch of images."""
+    ctx = RoundContext(services, project)
+    need_draws = needs_noise_draws(ctx.config.acquisition)
+    todo = [t for t in tasks if t in ctx.index]
+    for n, task in enumerate(todo):
+        i = ctx.index[task]
+        image_record(ctx.source, i, ctx.pixels().get(i, ()), ctx.config, need_draws, ctx.cache)
+        services.progress.update(project, "per-image features and herding", n + 1, len(todo))
+
+
+def select_round(services: Services, project: int, round_index: int, head_version: str | None) -> None:
+    store, engine = services.store, services.engine
+    existing = store.current_round(project)
+    if existing is not None and existing["round"] >= round_index and existing["status"] != "selected":
+        log.info("project %s: round %d already selected", project, round_index)
+        return
+    ctx = RoundContext(services, project)
+    head = None
+    if head_version is not None:
+        row = next(h for h in store.heads(project) if h["version"] == head_version)
+        head = engine.head(project, head_version, row["path"])
+    result = run_round(ctx.source, ctx.pixels(), head, ctx.config, ctx.cache,
                        services.progress.reporter(project, f"round {round_index} "), round_index=round_index)
     suggested = [None] * len(result.queries)
     if head is not None:
-        by_image = defaultdict(list)
         for k, (i, p) in enumerate(result.queries):
-            by_image[i].append((k, p))
-        for i, items in by_image.items():
-            feats = source.maps(i, (0,))[0].at(np.array([p for _, p in items]))
-            for (k, _), c in zip(items, head.log_probs(feats).argmax(1).tolist()):
-                suggested[k] = c
-    queries = [{"task": tasks[i], "pixel": p, "rank": k, "score": result.scores[k] if result.scores else None,
-                "suggested": suggested[k], "region": f"q{round_index}-{tasks[i]}-{p}"}
+            rec, _ = image_record(ctx.source, i, ctx.pixels().get(i, ()), ctx.config,
+                                  needs_noise_draws(ctx.config.acquisition), ctx.cache)
+            feats = torch.from_numpy(rec.reference[np.flatnonzero(rec.picks == p)]).float()
+            suggested[k] = int(head.log_probs(feats).argmax(1)[0]) if len(feats) else None
+    queries = [{"task": ctx.tasks[i], "pixel": p, "rank": k, "score": result.scores[k] if result.scores else None,
+                "suggested": suggested[k], "region": f"q{round_index}-{ctx.tasks[i]}-{p}"}
                for k, (i, p) in enumerate(result.queries)]
-    store.save_round(project, round_index, version, queries)
+    store.save_round(project, round_index, head_version, queries)
     log.info("project %s: round %d selected %d pixels on %d images (%s)", project, round_index, len(queries),
              len({q['task'] for q in queries}), {k: round(v, 2) for k, v in result.seconds.items()})
     push_round(services, project, round_index)

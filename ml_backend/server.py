@@ -45,7 +45,8 @@ def create_backend(settings: Settings) -> ActiveLearningBackend:
 
         runner = RedisRunner(services.store, settings.redis_url)
     else:
-        runner = InProcessRunner(services.store, lambda project, kind: handle_job(services, project, kind))
+        runner = InProcessRunner(services.store)
+        runner.handler = lambda project, kind, payload: handle_job(services, runner, project, kind, payload)
     backend = ActiveLearningBackend(services, runner)
     runner.resume()
     return backend

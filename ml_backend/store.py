@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS projects (
     project INTEGER PRIMARY KEY, label_config TEXT NOT NULL, schema TEXT NOT NULL, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
     project INTEGER NOT NULL, task INTEGER NOT NULL, image_url TEXT NOT NULL,
-    width INTEGER, height INTEGER, status TEXT NOT NULL DEFAULT 'pending', error TEXT,
+    width INTEGER, height INTEGER, status TEXT NOT NULL DEFAULT 'pending', error TEXT, digest TEXT,
     deleted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (project, task));
 CREATE TABLE IF NOT EXISTS annotations (
     project INTEGER NOT NULL, annotation INTEGER NOT NULL, task INTEGER NOT NULL,
@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS heads (
     labeled INTEGER NOT NULL, report TEXT NOT NULL, created REAL NOT NULL, current INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (project, version));
 CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, project INTEGER NOT NULL, kind TEXT NOT NULL,
+    id INTEGER PRIMARY KEY AUTOINCREMENT, project INTEGER NOT NULL, kind TEXT NOT NULL, payload TEXT,
     status TEXT NOT NULL, error TEXT, created REAL NOT NULL, started REAL, finished REAL);
 """
 
@@ -134,10 +134,10 @@ class Store:
         return added
 
     def set_task_image(self, project: int, task: int, width: int | None, height: int | None,
-                       status: str, error: str | None = None) -> None:
+                       status: str, error: str | None = None, digest: str | None = None) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE tasks SET width=?, height=?, status=?, error=? WHERE project=? AND task=?",
-                       (width, height, status, error, project, task))
+            db.execute("UPDATE tasks SET width=?, height=?, status=?, error=?, digest=? WHERE project=? AND task=?",
+                       (width, height, status, error, digest, project, task))
 
     def delete_tasks(self, project: int, tasks: Iterable[int]) -> None:
         with self.transaction() as db:
@@ -279,10 +279,10 @@ class Store:
         return self._all("SELECT * FROM heads WHERE project=? ORDER BY created", (project,))
 
     # jobs -------------------------------------------------------------------------------------
-    def add_job(self, project: int, kind: str) -> int:
+    def add_job(self, project: int, kind: str, payload: dict | None = None) -> int:
         with self.transaction() as db:
-            cur = db.execute("INSERT INTO jobs (project, kind, status, created) VALUES (?,?,'queued',?)",
-                             (project, kind, time.time()))
+            cur = db.execute("INSERT INTO jobs (project, kind, payload, status, created) VALUES (?,?,?,'queued',?)",
+                             (project, kind, json.dumps(payload) if payload is not None else None, time.time()))
             return int(cur.lastrowid)
 
     def pending_job(self, project: int, kind: str) -> dict | None:
@@ -303,7 +303,10 @@ class Store:
         return self._all("SELECT * FROM jobs WHERE status IN ('queued','running') ORDER BY id")
 
     def job(self, job: int) -> dict | None:
-        return self._one("SELECT * FROM jobs WHERE id=?", (job,))
+        row = self._one("SELECT * FROM jobs WHERE id=?", (job,))
+        if row is not None:
+            row["payload"] = json.loads(row["payload"]) if row["payload"] else {}
+        return row
 
     def recent_jobs(self, limit: int = 10) -> list[dict]:
         return self._all("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))

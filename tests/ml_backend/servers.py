@@ -110,6 +110,7 @@ def start_backend(model_dir: Path, env: dict, port: int | None = None) -> Backen
     full = {**os.environ, "BACKBONE": "tiny", "RESOLUTION": "64", "CANDIDATES": "500", "LOCAL_K": "10",
             "MODEL_DIR": str(model_dir), "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1", **env}
+    model_dir.mkdir(parents=True, exist_ok=True)
     log = model_dir.parent / f"backend-{port}.log"
     with open(log, "a") as out:
         proc = subprocess.Popen([sys.executable, "-m", "ml_backend"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,

@@ -125,3 +125,135 @@ def test_active_learning_loop_with_real_label_studio(ls, camvid_root, tmp_path):
         assert ls.token not in backend.log.read_text() and pat not in backend.log.read_text()
     finally:
         stop(backend.process)
+
+
+def health_stage(backend) -> str:
+    try:
+        progress = requests.get(backend.url + "/health", timeout=2).json()["progress"]
+    except (requests.RequestException, ValueError, KeyError):
+        return ""
+    return " ".join(p.get("stage") or "" for p in progress.values())
+
+
+def read_store(model_dir):
+    from ml_backend.store import Store
+
+    return Store(model_dir / "state.sqlite3")
+
+
+def test_kill_9_during_a_round_and_during_training_loses_nothing(ls, camvid_root, tmp_path):
+    """The backend dies mid-job twice; each restart finds every label, serves the last good head and
+    reruns the interrupted job."""
+    import signal
+
+    model_dir = tmp_path / "model"
+    env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token, "BUDGET_FACTOR": str(BUDGET_FACTOR),
+           "RESOLUTION": "128", "CANDIDATES": "2000", "EXPANDER": "none"}
+    backend = start_backend(model_dir, env)
+    port = int(backend.url.rsplit(":", 1)[1])
+    try:
+        project = ls.api("POST", "/api/projects", json={"title": "crash test", "label_config": SHIPPED_CONFIG.read_text()}).json()["id"]
+        names = import_camvid(ls, project, camvid_root, N_IMAGES)
+        ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "m", "is_interactive": False})
+
+        wait_until(lambda: "per-image features" in health_stage(backend), 300, "round 0 under way", 0.1)
+        stop(backend.process, signal.SIGKILL)
+        assert predictions(ls, project, "round-0") == []  # died before pushing
+        assert any(j["status"] == "running" for j in read_store(model_dir).interrupted_jobs())
+
+        backend = start_backend(model_dir, env, port)  # same address: Label Studio keeps calling it
+        round0 = wait_until(lambda: (p := predictions(ls, project, "round-0")) and len(keypoints(p)) == B and p,
+                            300, "round 0 after the restart")
+        client = LabelStudio(base_url=ls.url, api_key=ls.token)
+        answered = answer_with_ground_truth(client, round0, names, camvid_root)
+        wait_until(lambda: (p := predictions(ls, project, "round-1")) and len(keypoints(p)) == B and p, 300, "round 1")
+        labeled_before = len(read_store(model_dir).labels(project))
+        assert labeled_before == answered and read_store(model_dir).current_head(project)["version"] == "head-1"
+
+        answered += answer_with_ground_truth(client, predictions(ls, project, "round-1"), names, camvid_root)
+        wait_until(lambda: "training" in health_stage(backend), 300, "training of head-2", 0.05)
+        stop(backend.process, signal.SIGKILL)
+        store = read_store(model_dir)
+        assert len(store.labels(project)) == answered  # every labeled pixel is there
+        assert store.current_head(project)["version"] == "head-1"  # the last good model version serves
+
+        backend = start_backend(model_dir, env, port)
+        task = ls.api("GET", f"/api/tasks/{round0[0]['task']}").json()
+        r = requests.post(backend.url + "/predict", timeout=120, json={
+            "tasks": [task], "project": f"{project}.0", "label_config": SHIPPED_CONFIG.read_text()})
+        assert r.json()["results"][0]["model_version"] in ("head-1", "head-2")
+        wait_until(lambda: predictions(ls, project, "round-2"), 300, "round 2: the interrupted job reran")
+        wait_until(lambda: not read_store(model_dir).interrupted_jobs(), 300, "the rerun jobs to finish")
+        store = read_store(model_dir)
+        assert store.current_head(project)["version"] == "head-2" and len(store.labels(project)) == answered
+    finally:
+        stop(backend.process)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    import shutil
+    import subprocess
+
+    from tests.ml_backend.servers import free_port
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_until(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                      text=True).stdout.strip() == "PONG", 30, "redis")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+def round0_by_image(ls, project, names) -> set[tuple[str, float, float]]:
+    return {(names[t], x, y) for t, x, y in keypoints(predictions(ls, project, "round-0"))}
+
+
+def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvid_root, tmp_path, redis_server):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    config = SHIPPED_CONFIG.read_text()
+    base = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token, "BUDGET_FACTOR": str(BUDGET_FACTOR),
+            "RECORDS_BATCH": "2"}
+    results = {}
+    for mode in ("in-process", "redis"):
+        model_dir = tmp_path / mode / "model"
+        env = dict(base, **({"REDIS_URL": redis_server} if mode == "redis" else {}))
+        backend = start_backend(model_dir, env)
+        workers = []
+        if mode == "redis":
+            for n in range(2):
+                log = open(tmp_path / mode / f"worker{n}.log", "w")
+                workers.append(subprocess.Popen(
+                    [str(REPO / ".venv" / "bin" / "rq") if (REPO / ".venv" / "bin" / "rq").exists() else "rq", "worker",
+                     "--url", redis_server, "-w", "rq.worker.SimpleWorker", "active-learning"],
+                    cwd=REPO, env=backend.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        try:
+            project = ls.api("POST", "/api/projects", json={"title": f"rq {mode}", "label_config": config}).json()["id"]
+            names = import_camvid(ls, project, camvid_root, N_IMAGES)
+            ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": mode})
+            wait_until(lambda: len(keypoints(predictions(ls, project, "round-0"))) == B, 300, f"round 0 ({mode})")
+            results[mode] = round0_by_image(ls, project, names)
+            if mode == "redis":
+                health = requests.get(backend.url + "/health", timeout=5).json()
+                assert health["jobs"]["kind"] == "redis"
+                jobs = wait_until(lambda: (j := read_store(model_dir).recent_jobs(50)) and all(
+                    x["status"] in ("done", "failed") for x in j) and j, 120, "the round's jobs to finish")
+                assert {"sync", "records", "select"} <= {j["kind"] for j in jobs}
+                assert [j for j in jobs if j["status"] != "done"] == []
+                assert sum(j["kind"] == "records" for j in jobs) == N_IMAGES // 2
+                for n in range(2):  # both workers took part
+                    assert "Job OK" in (tmp_path / mode / f"worker{n}.log").read_text()
+        finally:
+            for w in workers:
+                stop(w)
+            stop(backend.process)
+    assert len(results["redis"]) == B and results["redis"] == results["in-process"]

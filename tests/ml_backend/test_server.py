@@ -23,7 +23,7 @@ class RecordingRunner:
     def __init__(self):
         self.jobs: list[tuple[int, str]] = []
 
-    def submit(self, project, kind):
+    def submit(self, project, kind, payload=None, depends_on=()):
         self.jobs.append((project, kind))
         return len(self.jobs)
 
@@ -169,3 +169,31 @@ def test_basic_auth_guards_everything_but_health(tmp_path):
     good = base64.b64encode(b"ann:pw-123").decode()
     assert c.get("/metrics", headers={"Authorization": f"Basic {good}"}).status_code == 200
     assert "pw-123" not in json.dumps(c.get("/health").json)
+
+
+def test_interactive_click_returns_the_expanded_region_in_the_clicks_class(tmp_path, camvid_root):
+    from label_studio_sdk.converter.brush import decode_rle
+    from PIL import Image
+
+    c, backend, _ = make_client(tmp_path, superpixel_tau=0.0)
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    store, files = backend.services.store, backend.services.files(7)
+    original = Image.open(sorted((camvid_root / "val").glob("*.png"))[0]).convert("RGB")
+    (files.root / "originals").mkdir(exist_ok=True)
+    original.save(files.root / "originals" / "1.png")
+    store.upsert_tasks(7, [(1, "/data/upload/7/a.png")])
+    store.set_task_image(7, 1, 480, 360, "ready")
+    body = {"tasks": [{"id": 1, "data": {"image": "/data/upload/7/a.png"}}], "project": "7.1", "label_config": CONFIG,
+            "params": {"context": {"result": [keypoint("k", 50.0, 85.0, "Road")]}}}
+    r = c.post("/predict", json=body)
+    assert r.status_code == 200
+    result = r.json["results"][0]
+    assert result["model_version"] == "expander-superpixel" and len(result["result"]) == 1
+    region = result["result"][0]
+    assert region["type"] == "brushlabels" and region["from_name"] == "mask" and region["value"]["brushlabels"] == ["Road"]
+    mask = decode_rle(region["value"]["rle"]).reshape(360, 480, 4)[:, :, 3] > 0
+    assert mask[int(0.85 * 360), 240] and 1 < mask.sum() < 360 * 480 // 10
+    assert c.get("/health").json["backbone"]["expander"]["name"] == "superpixel"
+    backend.services.engine.expander().tau = 1.01  # nothing passes: no region, just the confidence
+    r = c.post("/predict", json=body)
+    assert r.json["results"][0]["result"] == [] and 0 <= r.json["results"][0]["score"] <= 1

@@ -1,0 +1,145 @@
+"""A bounded load test: N concurrent /predict requests against a gunicorn-served backend on loopback.
+
+    python -m ml_backend.loadtest --requests 50 --concurrency 50
+
+It prepares its own MODEL_DIR (a project, CamVid val images as tasks, a head trained on a few of
+their ground-truth pixels, tiny backbone), starts gunicorn on a free loopback port, sends the
+requests once, prints one JSON line (errors, p50/p95/max latency, throughput) and stops gunicorn.
+Nothing else is contacted; the request count and the time are bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def prepare(model_dir: Path, data: Path, images: int, resolution: int) -> tuple[list[dict], str]:
+    """A project whose tasks are CamVid val images and whose current head exists: what /predict needs."""
+    from ml_backend.label_config import SHIPPED_CONFIG, parse_label_config
+    from ml_backend.store import Store
+    from ml_backend.workspace import ProjectFiles
+    from model.backbones import load_unet
+    from model.datasets import load_camvid
+    from model.features import DiffusionFeatureExtractor, FeatureConfig
+    from model.head import TrainConfig, train_head
+    from model.preprocessing import resize_image
+
+    config = SHIPPED_CONFIG.read_text()
+    store, files = Store(model_dir / "state.sqlite3"), ProjectFiles(model_dir, 1)
+    store.save_project(1, config, asdict(parse_label_config(config)))
+    ds = load_camvid(data, "val").head(images)
+    extractor = DiffusionFeatureExtractor(load_unet("tiny"), FeatureConfig(resolution=resolution))
+    feats, labels, tasks = [], [], []
+    rng = np.random.default_rng(0)
+    (files.root / "originals").mkdir(exist_ok=True)
+    for i in range(len(ds)):
+        task = i + 1
+        with Image.open(ds.image_paths[i]) as im:
+            original = im.convert("RGB")
+        original.save(files.root / "originals" / f"{task}.png")
+        files.save_image(task, resize_image(original, resolution))
+        store.upsert_tasks(1, [(task, f"/data/upload/1/{ds.image_paths[i].name}")])
+        store.set_task_image(1, task, original.width, original.height, "ready")
+        truth = ds.labels(i, resolution).ravel()
+        pixels = rng.choice(np.flatnonzero(truth != 255), 20, replace=False)
+        feats.append(extractor.maps(ds.image(i, resolution))[0].at(pixels))
+        labels.append(torch.from_numpy(truth[pixels].astype(np.int64)))
+        tasks.append({"id": task, "data": {"image": f"/data/upload/1/{ds.image_paths[i].name}"}, "project": 1})
+    head, report = train_head(torch.cat(feats), torch.cat(labels), ds.num_classes, TrainConfig(max_epochs=20))
+    path = files.head_path("head-1")
+    torch.save(head.checkpoint(), path)
+    store.add_head(1, "head-1", 0, str(path), len(torch.cat(labels)), report.as_dict())
+    return tasks, config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ml_backend.loadtest", description=__doc__)
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--images", type=int, default=8, help="distinct tasks the requests cycle through")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads (one worker process)")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "camvid"))
+    parser.add_argument("--timeout", type=float, default=300, help="seconds for the whole run")
+    args = parser.parse_args(argv)
+    if args.requests > 1000 or args.concurrency > 200:
+        parser.error("keep it bounded: at most 1000 requests and 200 concurrent")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model_dir"
+        tasks, config = prepare(model_dir, Path(args.data), args.images, args.resolution)
+        port = free_port()
+        env = {**os.environ, "MODEL_DIR": str(model_dir), "BACKBONE": "tiny", "RESOLUTION": str(args.resolution),
+               "LABEL_STUDIO_API_KEY": "", "LOG_LEVEL": "WARNING"}
+        log = open(Path(tmp) / "gunicorn.log", "w")
+        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", str(args.threads),
+                                   "--timeout", "300", "--bind", f"127.0.0.1:{port}", "ml_backend.wsgi:app"],
+                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 120
+            while True:
+                try:
+                    if requests.get(url + "/health", timeout=2).ok:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.time() > deadline or server.poll() is not None:
+                    raise SystemExit(f"gunicorn did not start:\n{(Path(tmp) / 'gunicorn.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+
+            def one(k: int) -> tuple[float, str | None]:
+                body = {"tasks": [tasks[k % len(tasks)]], "project": "1.0", "label_config": config}
+                t = time.perf_counter()
+                try:
+                    r = requests.post(url + "/predict", json=body, timeout=args.timeout)
+                    ok = r.status_code == 200 and r.json()["results"][0]["model_version"] == "head-1"
+                    return time.perf_counter() - t, None if ok else f"{r.status_code}: {r.text[:200]}"
+                except requests.RequestException as exc:
+                    return time.perf_counter() - t, f"{type(exc).__name__}: {exc}"
+
+            started = time.perf_counter()
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                results = list(pool.map(one, range(args.requests)))
+            wall = time.perf_counter() - started
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
+    latencies = sorted(r[0] for r in results)
+    errors = [r[1] for r in results if r[1]]
+    print(json.dumps({
+        "benchmark": "predict-load", "requests": args.requests, "concurrency": args.concurrency,
+        "gunicorn": f"1 worker x {args.threads} threads", "backbone": "tiny", "resolution": args.resolution,
+        "errors": len(errors), "first_error": errors[0] if errors else None,
+        "p50_s": statistics.median(latencies), "p95_s": latencies[max(0, int(0.95 * len(latencies)) - 1)],
+        "max_s": latencies[-1], "wall_s": wall, "requests_per_s": args.requests / wall}))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
