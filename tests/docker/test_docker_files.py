@@ -1,0 +1,68 @@
+"""No Docker engine runs here: the Dockerfile and the compose file are checked statically against
+the code and the README (services, ports, variables, volumes, download addresses)."""
+
+import re
+
+import yaml
+
+from ml_backend.config import Settings
+from ml_backend.queue import QUEUE_NAME
+from model.backbones import BACKBONES
+from model.expansion import SAM_DOWNLOADS
+from tests.conftest import REPO
+
+DOCKER = REPO / "docker"
+
+
+def settings_variables() -> set[str]:
+    source = (REPO / "ml_backend" / "config.py").read_text()
+    return set(re.findall(r'_(?:env|number|flag)\("([A-Z_]+)"', source))
+
+
+def compose():
+    return yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+
+
+def test_compose_services_ports_and_volumes():
+    c = compose()
+    assert set(c["services"]) == {"label-studio", "backend", "worker", "redis"}
+    assert c["services"]["label-studio"]["image"] == "heartexlabs/label-studio:1.23.2"
+    assert "8080:8080" in c["services"]["label-studio"]["ports"]
+    assert f"{Settings().port}:{Settings().port}" in c["services"]["backend"]["ports"]
+    backend, worker = c["services"]["backend"], c["services"]["worker"]
+    for service in (backend, worker):
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+        assert mounts[service["environment"]["MODEL_DIR"]] == "model-dir"  # the workers share MODEL_DIR
+        assert service["environment"]["REDIS_URL"].startswith("redis://redis:6379")
+    assert worker["command"][:2] == ["rq", "worker"] and worker["command"][-1] == QUEUE_NAME
+    assert worker["image"] == backend["image"] and backend["build"]["dockerfile"] == "docker/Dockerfile"
+    assert set(c["volumes"]) == {"label-studio-data", "model-dir", "redis-data"}
+    assert c["services"]["label-studio"]["environment"]["ML_BLOCK_LOCAL_IP"] == "false"
+
+
+def test_every_variable_the_compose_sets_is_read_by_the_code_and_documented():
+    known = settings_variables()
+    readme = (REPO / "README.md").read_text()
+    env = compose()["services"]["backend"]["environment"]
+    assert set(env) <= known, set(env) - known
+    for name in known:
+        assert f"`{name}`" in readme, f"{name} is not documented in the README"
+
+
+def test_dockerfile_downloads_the_official_checkpoints_and_starts_gunicorn():
+    text = (DOCKER / "Dockerfile").read_text()
+    for backbone in BACKBONES.values():
+        if backbone.pretrained:
+            assert backbone.checkpoint_file in text
+            assert backbone.url.rsplit("/", 1)[0] in text
+    for url in SAM_DOWNLOADS.values():
+        assert url in text
+    assert re.search(r"^EXPOSE 9090$", text, re.M)
+    cmd = re.search(r"^CMD (\[.*\])$", text, re.M).group(1)
+    assert "ml_backend.wsgi:app" in cmd and "--workers 1" in cmd
+    env = dict(re.findall(r"(\w+)=(\S+)", text[text.index("ENV BACKBONE"):]))
+    assert env["BACKBONE"] == "imagenet256" and env["DIFFUSION_CHECKPOINT"].endswith(
+        BACKBONES["imagenet256"].checkpoint_file)
+    assert "COPY requirements.txt" in text and "pip install -r requirements.txt" in text
+    for arg in ("BASE_IMAGE", "TORCH_INDEX_URL", "DIFFUSION_CHECKPOINTS", "SAM_MODEL_TYPE"):
+        assert re.search(rf"^ARG {arg}=", text, re.M)
