@@ -75,9 +75,12 @@ def test_active_learning_loop_with_real_label_studio(ls, camvid_root, tmp_path):
                             300, "round-0 queries in Label Studio")
         points0 = keypoints(round0)
         assert len(set(points0)) == B and all(0 < x < 100 and 0 < y < 100 for _, x, y in points0)
-        assert ls.api("GET", f"/api/projects/{project}").json()["model_version"] == "round-0"
-        views = ls.api("GET", f"/api/dm/views/?project={project}").json()
-        assert any(v["data"].get("title") == QUERY_VIEW_TITLE for v in views)
+        # the round is shown (model version, saved view) right after its predictions are pushed
+        wait_until(lambda: ls.api("GET", f"/api/projects/{project}").json()["model_version"] == "round-0",
+                   60, "project model version round-0")
+        wait_until(lambda: any(v["data"].get("title") == QUERY_VIEW_TITLE
+                               for v in ls.api("GET", f"/api/dm/views/?project={project}").json()),
+                   60, "the saved view of open queries")
 
         client = LabelStudio(base_url=ls.url, api_key=ls.token)
         answered = answer_with_ground_truth(client, round0, names, camvid_root)
