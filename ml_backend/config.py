@@ -46,6 +46,7 @@ class Settings:
     resolution: int = 256
     budget_factor: float = 0.1
     local_k: int = 50
+    local_sketch_dim: int = 0  # 0: exact local herding
     keep_global: float = 0.5
     candidates: int = 10_000
     coverage: str = "herding"
@@ -97,6 +98,7 @@ class Settings:
             resolution=_number("RESOLUTION", 256, int),
             budget_factor=_number("BUDGET_FACTOR", 0.1, float),
             local_k=_number("LOCAL_K", 50, int),
+            local_sketch_dim=_number("LOCAL_SKETCH_DIM", 0, int),
             keep_global=_number("KEEP_GLOBAL", 0.5, float),
             candidates=_number("CANDIDATES", 10_000, int),
             coverage=coverage,
@@ -133,6 +135,8 @@ class Settings:
             problems.append(f"KEEP_GLOBAL={self.keep_global} must lie in (0, 1]")
         if self.local_k < 1 or self.candidates < 1 or self.draws < 1 or self.records_batch < 1:
             problems.append("LOCAL_K, CANDIDATES, DRAWS and RECORDS_BATCH must be at least 1")
+        if self.local_sketch_dim < 0:
+            problems.append(f"LOCAL_SKETCH_DIM={self.local_sketch_dim} must be 0 (exact) or a dimension")
         if self.sam_model_type not in ("vit_b", "vit_l", "vit_h"):
             problems.append(f"SAM_MODEL_TYPE={self.sam_model_type!r}; choose vit_b, vit_l or vit_h")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):

@@ -50,7 +50,8 @@ class Engine:
     def round_config(self, num_images: int) -> RoundConfig:
         s = self.settings
         return RoundConfig(budget=budget_for(num_images, s.budget_factor), candidates=s.candidates, local_k=s.local_k,
-                           keep_global=s.keep_global, coverage=s.coverage, acquisition=s.acquisition, seed=s.seed)
+                           keep_global=s.keep_global, coverage=s.coverage, acquisition=s.acquisition, seed=s.seed,
+                           local_sketch_dim=s.local_sketch_dim or None)
 
     def train_config(self) -> TrainConfig:
         dropout = 0.2 if get_acquisition(self.settings.acquisition).samples == "dropout" else 0.0
@@ -76,6 +77,7 @@ class Engine:
         return {"backbone": self.backbone.name, "checkpoint": str(path), "size": stat.st_size if stat else None,
                 "mtime": stat.st_mtime if stat else None, "features": self.feature_config().__dict__,
                 "candidates": self.settings.candidates, "local_k": self.settings.local_k,
+                "local_sketch_dim": self.settings.local_sketch_dim,
                 "coverage": self.settings.coverage, "seed": self.settings.seed}
 
     # components ---------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ def add_simulate(sub) -> None:
     p.add_argument("--candidates", type=int, default=10_000)
     p.add_argument("--local-k", type=int, default=50)
     p.add_argument("--keep-global", type=float, default=0.5)
+    p.add_argument("--local-sketch-dim", type=int, default=None,
+                   help="random-projection sketch for per-image herding (default: exact; see README, Performance)")
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--feature-seed", type=int, default=0, help="seed of the feature noises (shared by all runs)")
     p.add_argument("--switch-after", type=int, default=None,
@@ -138,7 +140,8 @@ def simulate(args: argparse.Namespace) -> None:
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     config = SimulationConfig(
         strategies=args.strategy, seeds=args.seeds, rounds=args.rounds, budget_factor=args.budget_factor,
-        candidates=args.candidates, local_k=args.local_k, keep_global=args.keep_global,
+        candidates=args.candidates, local_k=args.local_k,
+        local_sketch_dim=args.local_sketch_dim, keep_global=args.keep_global,
         switch_after=args.switch_after, switch_to=args.switch_to, region_cap=args.region_cap,
         train=TrainConfig(batch_size=args.train_batch_size, max_epochs=args.train_epochs),
         map_cache_gb=args.map_cache_gb)

@@ -70,6 +70,7 @@ class SimulationConfig:
     budget_factor: float = 0.1
     candidates: int = 10_000
     local_k: int = 50
+    local_sketch_dim: int | None = None  # sketched local herding (None: exact)
     keep_global: float = 0.5
     switch_after: int | None = None  # the paper's late switch: after this many rounds ...
     switch_to: str = "margin"  # ... use this acquisition alone
@@ -115,14 +116,16 @@ class Simulation:
 
     def records(self, strategy: Strategy, seed: int) -> RecordCache:
         fp = {**self.fingerprint, "seed": seed, "coverage": strategy.coverage or "herding",
-              "candidates": self.config.candidates, "local_k": self.config.local_k}
+              "candidates": self.config.candidates, "local_k": self.config.local_k,
+              "local_sketch_dim": self.config.local_sketch_dim}
         tag = json.dumps(fp, sort_keys=True, default=str)
         return RecordCache(fp, self.out / "cache" / "records" / hashlib.sha1(tag.encode()).hexdigest()[:16])
 
     def round_config(self, strategy: Strategy, seed: int) -> RoundConfig:
         c = self.config
         return RoundConfig(budget=self.budget, candidates=c.candidates, local_k=c.local_k, keep_global=c.keep_global,
-                           coverage=strategy.coverage, acquisition=strategy.acquisition, seed=seed)
+                           coverage=strategy.coverage, acquisition=strategy.acquisition, seed=seed,
+                           local_sketch_dim=c.local_sketch_dim)
 
     def train(self, labeled: dict[int, dict[int, int]], strategy: Strategy, seed: int) -> SegmentationHead:
         feats, classes = [], []

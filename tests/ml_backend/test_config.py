@@ -18,7 +18,7 @@ def test_defaults_and_checkpoint_location(monkeypatch, tmp_path):
     ("BACKBONE", "resnet", "BACKBONE"), ("ACQUISITION", "edal", "ACQUISITION"), ("BUDGET_FACTOR", "lots", "float"),
     ("RESOLUTION", "100", "multiple of 32"), ("KEEP_GLOBAL", "1.5", "KEEP_GLOBAL"), ("AUTO_ADVANCE", "maybe", "boolean"),
     ("EXPANDER", "magic", "EXPANDER"), ("SAM_MODEL_TYPE", "vit_x", "SAM_MODEL_TYPE"), ("COVERAGE", "kmeans", "COVERAGE"),
-    ("BASIC_AUTH_USER", "only-user", "BASIC_AUTH"),
+    ("BASIC_AUTH_USER", "only-user", "BASIC_AUTH"), ("LOCAL_SKETCH_DIM", "-1", "LOCAL_SKETCH_DIM"),
 ])
 def test_bad_values_are_named(monkeypatch, name, value, fragment):
     monkeypatch.setenv(name, value)

@@ -5,7 +5,7 @@ import torch
 from model.datasets import IGNORE_INDEX, load_camvid
 from model.features import DiffusionFeatureExtractor, FeatureConfig, ImageFeatureSource
 from model.head import TrainConfig, train_head
-from model.selection import RecordCache, RoundConfig, budget_for, candidate_pixels, run_round
+from model.selection import RecordCache, RoundConfig, budget_for, candidate_pixels, labeled_digest, run_round
 
 R = 64
 
@@ -124,3 +124,16 @@ def test_round_config_validation():
     with pytest.raises(ValueError):
         RoundConfig(budget=1, acquisition="edal")
     assert budget_for(367, 0.1) == 37 and budget_for(8, 0.1) == 1 and budget_for(0, 0.1) == 0
+
+
+def test_sketched_local_herding_is_a_round_option(camvid4, extractor):
+    exact_cfg = RoundConfig(budget=4, candidates=500, local_k=8, acquisition=None)
+    sketch_cfg = RoundConfig(budget=4, candidates=500, local_k=8, acquisition=None, local_sketch_dim=16)
+    exact, sketched = RecordCache({"sketch": None}), RecordCache({"sketch": 16})
+    run_round(_source(camvid4, extractor), {}, None, exact_cfg, cache=exact)
+    result = run_round(_source(camvid4, extractor), {}, None, sketch_cfg, cache=sketched)
+    _check(result.queries, {}, 4)
+    key, none_labeled = camvid4.key(0), labeled_digest(np.array([], dtype=np.int64))
+    picks_exact, picks_sketch = exact.get(key, none_labeled), sketched.get(key, none_labeled)
+    assert picks_exact is not None and picks_sketch is not None
+    assert len(set(picks_sketch.picks)) == 8 and set(picks_sketch.picks) != set(picks_exact.picks)
