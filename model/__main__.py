@@ -79,6 +79,8 @@ def add_simulate(sub) -> None:
     p = sub.add_parser("simulate", help="replay active learning with the ground truth as the annotator")
     p.add_argument("--data", required=True, help="dataset root, e.g. ../shared/datasets/camvid")
     p.add_argument("--dataset", default=None, help="adapter name (default: the directory's name)")
+    p.add_argument("--preprocess", default="resize", choices=["resize", "center-crop"],
+                   help="resize: squash to the square (the reference code, default); center-crop: the paper's text")
     p.add_argument("--train-split", default="train")
     p.add_argument("--eval-split", default="val")
     p.add_argument("--backbone", default="imagenet256", choices=sorted(BACKBONES))
@@ -128,8 +130,8 @@ def simulate(args: argparse.Namespace) -> None:
         parse_strategy(name)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     backbone = get_backbone(args.backbone)
-    train_set = load_dataset(args.data, args.train_split, args.dataset).head(args.max_train_images)
-    eval_set = load_dataset(args.data, args.eval_split, args.dataset).head(args.max_eval_images)
+    train_set = load_dataset(args.data, args.train_split, args.dataset, args.preprocess).head(args.max_train_images)
+    eval_set = load_dataset(args.data, args.eval_split, args.dataset, args.preprocess).head(args.max_eval_images)
     unet = load_unet(backbone, args.checkpoint, device=device)
     if not backbone.pretrained:
         print(f"WARNING: {NOT_PRETRAINED_WARNING}", file=sys.stderr)

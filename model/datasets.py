@@ -7,13 +7,13 @@ a list of label paths, the class names, the void value, and the paper's resize o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from model.preprocessing import remap_void, resize_image, resize_labels
+from model.preprocessing import PREPROCESSING, remap_void
 
 IGNORE_INDEX = 255
 
@@ -29,6 +29,11 @@ class SegmentationDataset:
     label_paths: list[Path]
     class_names: tuple[str, ...]
     void: int
+    preprocess: str = "resize"  # or "center-crop" (model/preprocessing.py)
+
+    def __post_init__(self) -> None:
+        if self.preprocess not in PREPROCESSING:
+            raise ValueError(f"unknown preprocessing {self.preprocess!r}; choose {', '.join(PREPROCESSING)}")
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -39,26 +44,26 @@ class SegmentationDataset:
 
     def key(self, index: int) -> str:
         """A stable name for the image, used to seed its candidate pixels and key caches."""
-        return f"{self.name}/{self.split}/{self.image_paths[index].name}"
+        tag = self.name if self.preprocess == "resize" else f"{self.name}@{self.preprocess}"
+        return f"{tag}/{self.split}/{self.image_paths[index].name}"
 
     def image(self, index: int, resolution: int) -> np.ndarray:
         with Image.open(self.image_paths[index]) as im:
-            return resize_image(im, resolution)
+            return PREPROCESSING[self.preprocess][0](im, resolution)
 
     def labels(self, index: int, resolution: int) -> np.ndarray:
         """Label map at `resolution` with void mapped to IGNORE_INDEX."""
         with Image.open(self.label_paths[index]) as im:
-            return remap_void(resize_labels(np.asarray(im), resolution), self.void, IGNORE_INDEX)
+            return remap_void(PREPROCESSING[self.preprocess][1](np.asarray(im), resolution), self.void, IGNORE_INDEX)
 
     def head(self, count: int | None) -> SegmentationDataset:
         """The first `count` images in the fixed order (all of them for None)."""
         if count is None:
             return self
-        return SegmentationDataset(self.name, self.split, self.image_paths[:count], self.label_paths[:count],
-                                   self.class_names, self.void)
+        return replace(self, image_paths=self.image_paths[:count], label_paths=self.label_paths[:count])
 
 
-def load_camvid(root: str | Path, split: str = "train") -> SegmentationDataset:
+def load_camvid(root: str | Path, split: str = "train", preprocess: str = "resize") -> SegmentationDataset:
     """CamVid in SegNet's layout: <split>/ images and <split>annot/ label PNGs of the same names."""
     root = Path(root)
     image_dir, label_dir = root / split, root / f"{split}annot"
@@ -71,15 +76,15 @@ def load_camvid(root: str | Path, split: str = "train") -> SegmentationDataset:
     missing = [p.name for p in labels if not p.exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} label maps missing in {label_dir}, e.g. {missing[0]}")
-    return SegmentationDataset("camvid", split, images, labels, CAMVID_CLASSES, void=11)
+    return SegmentationDataset("camvid", split, images, labels, CAMVID_CLASSES, void=11, preprocess=preprocess)
 
 
 ADAPTERS = {"camvid": load_camvid}
 
 
-def load_dataset(root: str | Path, split: str, name: str | None = None) -> SegmentationDataset:
+def load_dataset(root: str | Path, split: str, name: str | None = None, preprocess: str = "resize") -> SegmentationDataset:
     """Load by adapter name, or guess it from the directory name."""
     name = name or Path(root).name.lower()
     if name not in ADAPTERS:
         raise ValueError(f"no adapter for dataset {name!r}; known: {', '.join(ADAPTERS)}")
-    return ADAPTERS[name](root, split)
+    return ADAPTERS[name](root, split, preprocess)

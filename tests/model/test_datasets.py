@@ -38,3 +38,19 @@ def test_resize_handles_modes_and_refuses_bombs():
     assert remap_void(np.array([[11, 3]]), 11).tolist() == [[255, 3]]
     with pytest.raises(ValueError):
         resize_labels(np.zeros((2, 2, 3)), 4)
+
+
+def test_center_crop_is_the_papers_text_option(camvid_root):
+    val = load_camvid(camvid_root, "val", preprocess="center-crop")
+    with Image.open(val.image_paths[0]) as im:
+        expected = np.asarray(im.convert("RGB").crop((60, 0, 420, 360)).resize((256, 256), Image.BILINEAR))
+    assert np.array_equal(val.image(0, 256), expected)
+    raw = np.asarray(Image.open(val.label_paths[0]))
+    labels = val.labels(0, 256)
+    assert labels.shape == (256, 256)
+    assert (labels == IGNORE_INDEX).sum() == (resize_labels(raw[:, 60:420], 256) == 11).sum()
+    # cached features and candidates follow the key: the two preprocessings never share them
+    assert val.key(0) != load_camvid(camvid_root, "val").key(0) and val.head(2).preprocess == "center-crop"
+    assert load_dataset(camvid_root, "val", preprocess="center-crop").key(0) == val.key(0)
+    with pytest.raises(ValueError, match="preprocessing"):
+        load_camvid(camvid_root, "val", preprocess="crop")
