@@ -114,23 +114,26 @@ def plot_selections(sim, path: Path, images: int = 4) -> None:
     plt.close(fig)
 
 
-def plot_predictions(sim, head, path: Path, images: int = 3) -> None:
+def plot_predictions(sim, head, path: Path, title: str, images: int = 3) -> None:
     plt = _pyplot()
     r = sim.resolution
     colors = CAMVID_COLORS if sim.eval_set.num_classes <= len(CAMVID_COLORS) else \
         (np.random.default_rng(0).integers(0, 255, (sim.eval_set.num_classes, 3))).astype(np.uint8)
     n = min(images, len(sim.eval_set))
-    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
-    for row in range(n):
-        truth = sim.eval_set.labels(row, r)
+    chosen = np.linspace(0, len(sim.eval_set) - 1, n).round().astype(int)  # spread: neighbours are near-duplicate frames
+    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n + 0.4), squeeze=False)
+    for row, index in enumerate(chosen):
+        truth = sim.eval_set.labels(index, r)
         shown = np.zeros((r, r, 3), dtype=np.uint8)
         known = truth != 255
         shown[known] = colors[truth[known]]
-        for ax, picture, title in zip(axes[row], [sim.eval_set.image(row, r), shown, colors[sim.prediction(head, row)]],
-                                      ["image", "ground truth (void black)", "prediction"]):
+        pictures = [sim.eval_set.image(index, r), shown, colors[sim.prediction(head, index)]]
+        for ax, picture, caption in zip(axes[row], pictures, [sim.eval_set.image_paths[index].name,
+                                                             "ground truth (void black)", "prediction"]):
             ax.imshow(picture)
-            ax.set_title(title, fontsize=8)
+            ax.set_title(caption, fontsize=8)
             ax.axis("off")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -146,5 +149,6 @@ def write_reports(sim, final_heads: dict) -> str:
     plot_selections(sim, sim.out / "selections.png")
     first = final_heads.get((sim.strategies[0].name, sim.config.seeds[0]))
     if first is not None:
-        plot_predictions(sim, first, sim.out / "predictions.png")
+        plot_predictions(sim, first, sim.out / "predictions.png",
+                         f"{sim.strategies[0].name}, seed {sim.config.seeds[0]}, after round {sim.config.rounds}")
     return table
