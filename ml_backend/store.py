@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS annotations (
     result TEXT NOT NULL, PRIMARY KEY (project, annotation));
 CREATE TABLE IF NOT EXISTS labels (
     project INTEGER NOT NULL, task INTEGER NOT NULL, annotation INTEGER NOT NULL, region TEXT NOT NULL,
-    pixel INTEGER NOT NULL, class INTEGER NOT NULL, source TEXT NOT NULL,
+    pixel INTEGER NOT NULL, class INTEGER NOT NULL, source TEXT NOT NULL, round INTEGER,
     PRIMARY KEY (project, annotation, region, pixel));
 CREATE INDEX IF NOT EXISTS labels_by_task ON labels (project, task);
 CREATE TABLE IF NOT EXISTS rounds (
@@ -82,6 +82,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(labels)")}
+        if "round" not in columns:  # a store written before labels recorded their round
+            self._db.execute("ALTER TABLE labels ADD COLUMN round INTEGER")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -173,8 +176,13 @@ class Store:
                        "result=excluded.result",
                        (project, annotation, task, stamp, time.time(), json.dumps(result)))
             db.execute("DELETE FROM labels WHERE project=? AND annotation=?", (project, annotation))
-            db.executemany("INSERT OR REPLACE INTO labels VALUES (?,?,?,?,?,?,?)",
-                           [(project, lb.task, annotation, lb.region, lb.pixel, lb.cls, lb.source) for lb in labels])
+            # the latest round annotators could see when this version arrived (None before round 0)
+            round_index = db.execute("SELECT MAX(round) FROM queries WHERE project=? AND prediction IS NOT NULL",
+                                     (project,)).fetchone()[0]
+            db.executemany("INSERT OR REPLACE INTO labels (project, task, annotation, region, pixel, class, source, "
+                           "round) VALUES (?,?,?,?,?,?,?,?)",
+                           [(project, lb.task, annotation, lb.region, lb.pixel, lb.cls, lb.source, round_index)
+                            for lb in labels])
             self._refresh_queries(db, project, task)
         return "applied"
 
@@ -194,7 +202,7 @@ class Store:
         """Labeled pixels of every task not deleted (synced or not yet), oldest annotation first per
         pixel, so that a consumer keeping the last value per pixel keeps the newest."""
         return self._all(
-            "SELECT l.task, l.pixel, l.class, l.source, l.region, l.annotation FROM labels l "
+            "SELECT l.task, l.pixel, l.class, l.source, l.region, l.annotation, l.round FROM labels l "
             "JOIN annotations a ON a.project=l.project AND a.annotation=l.annotation "
             "LEFT JOIN tasks t ON t.project=l.project AND t.task=l.task "
             "WHERE l.project=? AND COALESCE(t.deleted, 0)=0 AND a.deleted=0 ORDER BY l.task, l.pixel, a.updated_at",

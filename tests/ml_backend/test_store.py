@@ -74,3 +74,24 @@ def test_timestamps_are_normalised():
     assert parse_timestamp("2026-11-24T22:10:00.5+01:00") == "2026-11-24T21:10:00.500000Z"
     assert parse_timestamp("2026-11-24T22:10:00Z") < parse_timestamp("2026-11-24T22:10:00.000001Z")
     assert parse_timestamp("garbage").endswith("Z")
+
+
+def test_labels_record_the_round_they_answer_and_old_stores_gain_the_column(store, tmp_path):
+    import sqlite3
+
+    store.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], [Label(10, "a", 5, 1, "brush")])
+    store.save_round(1, 0, None, [{"task": 11, "pixel": 7, "rank": 0, "region": "q0"}])
+    store.apply_annotation(1, 101, 11, "2026-01-01T00:00:01Z", [], [Label(11, "q0", 7, 2, "keypoint")])
+    store.mark_pushed(1, 0, 11, 555)  # round 0 reaches Label Studio
+    store.apply_annotation(1, 102, 11, "2026-01-01T00:00:02Z", [], [Label(11, "q0", 7, 2, "keypoint")])
+    assert {r["annotation"]: r["round"] for r in store.labels(1)} == {100: None, 101: None, 102: 0}
+
+    old = tmp_path / "old.sqlite3"  # the labels table as it was before the round column
+    with sqlite3.connect(old) as db:
+        db.execute("CREATE TABLE labels (project INTEGER NOT NULL, task INTEGER NOT NULL, annotation INTEGER NOT NULL, "
+                   "region TEXT NOT NULL, pixel INTEGER NOT NULL, class INTEGER NOT NULL, source TEXT NOT NULL, "
+                   "PRIMARY KEY (project, annotation, region, pixel))")
+        db.execute("INSERT INTO labels VALUES (1, 10, 100, 'a', 5, 1, 'keypoint')")
+    migrated = Store(old)
+    migrated.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], [Label(10, "a", 5, 1, "keypoint")])
+    assert [(r["pixel"], r["round"]) for r in migrated.labels(1)] == [(5, None)]
