@@ -58,7 +58,7 @@ class Label:
     region: str
     pixel: int  # flat index at the model resolution
     cls: int
-    source: str  # "keypoint", "brush" or "expansion"
+    source: str  # "keypoint" or "brush" (expansions are derived at training time, not stored)
 
 
 def parse_timestamp(value: str | None) -> str:
