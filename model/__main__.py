@@ -100,7 +100,7 @@ def add_simulate(sub) -> None:
     p.add_argument("--local-k", type=int, default=50)
     p.add_argument("--keep-global", type=float, default=0.5)
     p.add_argument("--local-sketch-dim", type=int, default=None,
-                   help="random-projection sketch for per-image herding (default: exact; see README, Performance)")
+                   help="dimension of the subspace sketch for per-image herding, e.g. 128 (default: exact; see README, Performance)")
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--feature-seed", type=int, default=0, help="seed of the feature noises (shared by all runs)")
     p.add_argument("--switch-after", type=int, default=None,

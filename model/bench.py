@@ -312,7 +312,7 @@ def add_parser(sub) -> None:
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--dim", type=int, default=6144)
     p.add_argument("--k", type=int, default=50)
-    p.add_argument("--sketch", type=int, nargs="*", default=[256, 512])
+    p.add_argument("--sketch", type=int, nargs="*", default=[64, 128, 256])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=bench_local)

@@ -24,9 +24,13 @@ entries above cur(x) in sparse row and column indices and the exact greedy conti
 split gets a proportional share of the budget and is herded in turn, conditioned on what earlier
 splits selected. It is an approximation; the exact paths above make it a fallback.
 
-`sketch_dim` replaces features by a seeded Gaussian random projection (Johnson-Lindenstrauss)
-before the kernel is formed: an approximation for per-image herding, where it buys a 10x speed-up
-on 6144-d features; the benchmark reports its objective against the exact greedy.
+`sketch_dim` is an approximation for per-image herding, where building the exact kernel of
+10,000 x 6,144 features dominates: inner products are taken in a `sketch_dim`-dimensional
+subspace that holds most of the features' energy (a randomized range finder on a row subsample),
+while squared norms stay exact, so |x - y|^2 = |x|^2 + |y|^2 - 2 <Px, Py> only loses the
+inner product of the residuals. Diffusion features are far from isotropic, and this keeps more
+of the exact objective than a Gaussian random projection of the same size (which estimates every
+inner product with the same noise); the benchmark reports it against the exact greedy.
 """
 
 from __future__ import annotations
@@ -65,12 +69,21 @@ def auto_sigma(features: torch.Tensor, seed: int = 0, sample_ratio: float = 0.01
     return max(median, 1e-6) * scale
 
 
-def sketch(features: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
-    """Seeded Gaussian random projection to `dim` dimensions that preserves squared distances in
-    expectation (entries N(0, 1/dim))."""
+def sketch_basis(features: torch.Tensor, dim: int, seed: int = 0, rows: int = 2000) -> torch.Tensor:
+    """An orthonormal D x dim basis of the dominant subspace of the features' rows: a randomized
+    range finder (one pass, Halko et al. 2011) on a seeded subsample of `rows` rows."""
     g = torch.Generator().manual_seed(seed + 7919)
-    proj = torch.randn(features.shape[1], dim, generator=g, dtype=torch.float32) / math.sqrt(dim)
-    return features.float() @ proj.to(features.device)
+    idx = torch.randperm(len(features), generator=g)[:rows].to(features.device)
+    sample = features[idx].float()
+    probe = torch.randn(features.shape[1], dim, generator=g, dtype=torch.float32).to(features.device)
+    basis, _ = torch.linalg.qr(sample.T @ (sample @ probe))
+    return basis
+
+
+def sketch(features: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coordinates in the basis and the exact squared norms (see the module docstring)."""
+    x = features.float()
+    return x @ basis, (x * x).sum(1)
 
 
 class RBFKernel:
@@ -82,31 +95,33 @@ class RBFKernel:
         self.sigma = float(sigma)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, x_sq: torch.Tensor | None = None,
-                 y_sq: torch.Tensor | None = None) -> torch.Tensor:
+                 y_sq: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         x_sq = (x * x).sum(1) if x_sq is None else x_sq
         y_sq = (y * y).sum(1) if y_sq is None else y_sq
         inv = 1.0 / self.sigma ** 2
         # exponent -|x - y|^2 / sigma^2 = (2 x.y - |x|^2 - |y|^2) / sigma^2, built in place after one GEMM
-        e = torch.addmm((y_sq * -inv)[None, :], x, y.T, alpha=2.0 * inv)
+        e = torch.addmm((y_sq * -inv)[None, :].expand(len(x), -1), x, y.T, alpha=2.0 * inv, out=out)
         return e.sub_(x_sq[:, None] * inv).clamp_(max=0.0).exp_()
 
-    def max_over(self, x: torch.Tensor, y: torch.Tensor, block: int = 2048) -> torch.Tensor:
+    def max_over(self, x: torch.Tensor, y: torch.Tensor, block: int = 2048, x_sq: torch.Tensor | None = None,
+                 y_sq: torch.Tensor | None = None) -> torch.Tensor:
         """max_j k(x_i, y_j) for every row of x; zeros when y is empty."""
         out = torch.zeros(len(x), dtype=x.dtype, device=x.device)
         if len(y) == 0:
             return out
-        x_sq, y_sq = (x * x).sum(1), (y * y).sum(1)
+        x_sq = (x * x).sum(1) if x_sq is None else x_sq
+        y_sq = (y * y).sum(1) if y_sq is None else y_sq
         for s in range(0, len(y), block):
             k = self(x, y[s:s + block], x_sq, y_sq[s:s + block])
             out = torch.maximum(out, k.max(1).values)
         return out
 
-    def matrix(self, x: torch.Tensor, block: int = 2048) -> torch.Tensor:
+    def matrix(self, x: torch.Tensor, block: int = 2048, x_sq: torch.Tensor | None = None) -> torch.Tensor:
         n = len(x)
-        x_sq = (x * x).sum(1)
+        x_sq = (x * x).sum(1) if x_sq is None else x_sq
         k = torch.empty(n, n, dtype=x.dtype, device=x.device)
         for s in range(0, n, block):
-            k[s:s + block] = self(x[s:s + block], x, x_sq[s:s + block], x_sq)
+            self(x[s:s + block], x, x_sq[s:s + block], x_sq, out=k[s:s + block])
         return k
 
 
@@ -130,21 +145,32 @@ def _column_gains(kernel: torch.Tensor, cur: torch.Tensor, cols: torch.Tensor) -
     return (rows - cur.to(rows.dtype)[None, :]).clamp_(min=0).sum(1, dtype=torch.float64)
 
 
+def _upper_bounds(kernel: torch.Tensor, cur: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """Every candidate's gain, summed in float32 (3x faster than float64 here) and raised by far more
+    than float32's summation error, so that each is a valid upper bound for the lazy greedy."""
+    n = kernel.shape[0]
+    if not bool(cur.any()):  # nothing covered yet: the gains are the row sums
+        sums = torch.cat([kernel[a:a + block].sum(1) for a in range(0, n, block)])
+    else:
+        sums = torch.cat([(kernel[a:a + block] - cur[None, :]).clamp_(min=0).sum(1) for a in range(0, n, block)])
+    return sums.double() * (1 + 1e-5) + 1e-6
+
+
 def lazy_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int, probe: int = 32) -> tuple[list[int], torch.Tensor]:
     """Exact greedy for budgets small against the pool: gains never grow (submodularity), so stale
-    gains are upper bounds; the leaders are re-evaluated in batches until the best fresh gain beats
-    every stale one. `kernel` is candidates x points (a symmetric kernel serves as it is), `base`
-    the points' starting coverage."""
+    gains are upper bounds; the leaders are re-evaluated (exactly, in float64) in batches, twice as
+    large after each miss, until the best fresh gain beats every stale one. `kernel` is candidates x
+    points (a symmetric kernel serves as it is), `base` the points' starting coverage."""
     n = kernel.shape[0]
     cur = base.to(kernel.dtype).clone()
-    bounds = torch.cat([_column_gains(kernel, cur, torch.arange(a, min(a + 1024, n), device=kernel.device))
-                        for a in range(0, n, 1024)])
+    bounds = _upper_bounds(kernel, cur)
     taken = torch.zeros(n, dtype=torch.bool, device=kernel.device)
     order: list[int] = []
+    batch = probe
     while len(order) < min(budget, n):
         masked = torch.where(taken, torch.full_like(bounds, -math.inf), bounds)
         remaining = n - len(order)
-        k = min(probe, remaining)
+        k = min(batch, remaining)
         top_vals, top_idx = masked.topk(min(k + 1, remaining))
         cand = top_idx[:k]
         fresh = _column_gains(kernel, cur, cand)
@@ -156,6 +182,9 @@ def lazy_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int, probe: in
             order.append(j)
             taken[j] = True
             cur = torch.maximum(cur, kernel[j])
+            batch = probe
+        else:
+            batch = min(2 * batch, 8 * probe)
     return order, cur
 
 
@@ -227,11 +256,12 @@ class _SparseUseful:
 
 
 def sparse_greedy(x: torch.Tensor, kern: RBFKernel, base: torch.Tensor, budget: int, block: int = 512,
-                  progress: Callable[[str, int, int], None] | None = None) -> tuple[list[int], torch.Tensor]:
+                  progress: Callable[[str, int, int], None] | None = None,
+                  x_sq: torch.Tensor | None = None) -> tuple[list[int], torch.Tensor]:
     """Exact greedy without the whole kernel in memory (see the module docstring)."""
     n = len(x)
     progress = progress or (lambda stage, done, total: None)
-    x_sq = (x * x).sum(1)
+    x_sq = (x * x).sum(1) if x_sq is None else x_sq
     cur = base.double().clone()
     taken = torch.zeros(n, dtype=torch.bool, device=x.device)
     order: list[int] = []
@@ -328,19 +358,21 @@ def herd(features: ArrayLike, budget: int, covered: ArrayLike | None = None, sig
     budget = max(0, min(int(budget), n))
     s = auto_sigma(x, seed) if sigma == "auto" else float(sigma)
     cov = _as_float_tensor(covered, x.device, dtype) if covered is not None else x[:0]
-    prefix = ""
+    prefix, x_sq, cov_sq = "", None, None
     if sketch_dim is not None and x.shape[1] > sketch_dim:
-        x, cov = sketch(x, sketch_dim, seed).to(dtype), sketch(cov, sketch_dim, seed).to(dtype)
+        basis = sketch_basis(x, sketch_dim, seed)
+        (x, x_sq), (cov, cov_sq) = sketch(x, basis), sketch(cov, basis)
+        x, x_sq, cov, cov_sq = x.to(dtype), x_sq.to(dtype), cov.to(dtype), cov_sq.to(dtype)
         prefix = "sketch-"
     kern = RBFKernel(s)
-    base = kern.max_over(x, cov)
+    base = kern.max_over(x, cov, x_sq=x_sq, y_sq=cov_sq)
     if budget == 0:
         return HerdingResult(np.empty(0, dtype=np.int64), float(base.double().mean()) if n else 0.0, s, prefix + "none")
     if n * n * x.element_size() <= dense_bytes:
-        order, cur = greedy_on_kernel(kern.matrix(x), base, budget)
+        order, cur = greedy_on_kernel(kern.matrix(x, x_sq=x_sq), base, budget)
         path = "dense"
     else:
-        order, cur = sparse_greedy(x, kern, base, budget, progress=progress)
+        order, cur = sparse_greedy(x, kern, base, budget, progress=progress, x_sq=x_sq)
         path = "sparse"
     return HerdingResult(np.asarray(order, dtype=np.int64), float(cur.mean()), s, prefix + path)
 

@@ -63,7 +63,7 @@ class RoundConfig:
     acquisition: str | None = "edald"  # None: coverage alone picks the b pixels
     sigma: float | str = "auto"
     mc_samples: int = 5  # MC-dropout passes for BALD-family methods
-    local_sketch_dim: int | None = None  # random-projection sketch for per-image herding (None: exact)
+    local_sketch_dim: int | None = None  # subspace sketch for per-image herding (None: exact; see herding.py)
     seed: int = 0
 
     def __post_init__(self):

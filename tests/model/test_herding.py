@@ -41,9 +41,11 @@ def test_max_herding_equals_naive_greedy(n, dim, budget, n_cov, seed, duplicate)
     ours = max_herding(x, budget, covered, sigma=sigma, dtype=torch.float64)
     ref, tie = naive_greedy(x, budget, covered, sigma)
     assert len(ours) == len(ref) == min(budget, n) and len(set(ours.tolist())) == len(ours)
-    assert coverage(x, ours, covered, sigma) == pytest.approx(coverage(x, ref, covered, sigma), rel=1e-9, abs=1e-12)
-    if not tie:
-        assert ours.tolist() == ref  # without ties the selection order is the same too
+    ours_c, ref_c = coverage(x, ours, covered, sigma), coverage(x, ref, covered, sigma)
+    if not tie:  # the same selection, in the same order
+        assert ours.tolist() == ref and ours_c == pytest.approx(ref_c, rel=1e-9, abs=1e-12)
+    else:  # a (near-)tie broken the other way sends greedy down another path: only its guarantee holds
+        assert ours_c >= (1 - 1 / np.e) * ref_c
 
 
 def test_covered_points_steer_the_selection():
@@ -109,7 +111,22 @@ def test_sketch_keeps_most_of_the_objective():
     sigma = auto_sigma(torch.from_numpy(x))
     exact = coverage(x, max_herding(x, 50, sigma=sigma), None, sigma)
     sketched = coverage(x, max_herding(x, 50, sigma=sigma, sketch_dim=128), None, sigma)
-    assert sketched >= 0.99 * exact
+    assert sketched >= 0.999 * exact
+    # a Gaussian random projection of the same size, in the test's own arithmetic, keeps less
+    proj = rng.normal(size=(1024, 128)) / np.sqrt(128)
+    projected = coverage(x, max_herding(x @ proj, 50, sigma=sigma), None, sigma)
+    assert sketched > projected
+
+
+def test_sketch_of_low_rank_features_is_lossless():
+    # features in a 20-d subspace of 512-d: a 32-d sketch holds them whole, norms are exact
+    rng = np.random.default_rng(6)
+    basis = rng.normal(size=(20, 512)) / 5
+    x = rng.normal(size=(800, 20)) @ basis
+    covered = x[:5] + 0.3 * rng.normal(size=(5, 20)) @ basis  # labeled points among them
+    sigma = float(auto_sigma(torch.from_numpy(x)))
+    exact = max_herding(x, 30, covered, sigma=sigma, dtype=torch.float64)
+    assert max_herding(x, 30, covered, sigma=sigma, sketch_dim=32, dtype=torch.float64).tolist() == exact.tolist()
 
 
 def test_k_center_greedy_picks_far_points_and_respects_centers():
