@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml_backend.regions import subsample
-from model.expansion import Expander
+from model.expansion import Expander, pixels_beyond_click
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +62,7 @@ def build_labeled_set(rows: list[dict], load_image, expansions: ExpansionCache |
                 continue
             task, pixel, cls = row["task"], row["pixel"], row["class"]
             region = expansions.region(task, load_image(task), pixel)
-            region = subsample(region[region != pixel], max(0, region_cap - 1), f"{task}:{pixel}")
-            for p in region:
+            for p in pixels_beyond_click(region, pixel, region_cap, f"{task}:{pixel}"):
                 expanded[task][int(p)].add(cls)
     out = {}
     for task in set(annotator) | set(expanded):

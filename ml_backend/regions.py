@@ -8,7 +8,6 @@ image of the original size.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from PIL import Image
 
 from ml_backend.label_config import LabelConfigError, LabelSchema
 from ml_backend.store import Label
+from model.expansion import subsample
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +80,6 @@ def mask_from_brush(value: dict, width: int, height: int) -> np.ndarray:
 
 def resize_mask(mask: np.ndarray, resolution: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((resolution, resolution), Image.NEAREST)) > 0
-
-
-def subsample(pixels: np.ndarray, cap: int, salt: str) -> np.ndarray:
-    """At most `cap` pixels, chosen reproducibly from the region's identity."""
-    if len(pixels) <= cap:
-        return pixels
-    seed = int.from_bytes(hashlib.sha256(salt.encode()).digest()[:8], "little")
-    return np.sort(np.random.default_rng(seed).choice(pixels, cap, replace=False))
 
 
 @dataclass

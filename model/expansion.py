@@ -55,6 +55,20 @@ def image_digest(image: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
 
 
+def subsample(pixels: np.ndarray, cap: int, salt: str) -> np.ndarray:
+    """At most `cap` pixels, chosen reproducibly from the region's identity (`salt`)."""
+    if len(pixels) <= cap:
+        return pixels
+    seed = int.from_bytes(hashlib.sha256(salt.encode()).digest()[:8], "little")
+    return np.sort(np.random.default_rng(seed).choice(pixels, cap, replace=False))
+
+
+def pixels_beyond_click(region: np.ndarray, click: int, cap: int, salt: str) -> np.ndarray:
+    """The flat pixels an expanded click adds to the training set besides itself: at most cap - 1,
+    so that with the click (which always counts) a region gives at most `cap` pixels."""
+    return subsample(region[region != click], max(0, cap - 1), salt)
+
+
 class LRUCache:
     """A small thread-safe LRU map with hit/miss counters."""
 

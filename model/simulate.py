@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from model.acquisition import METHODS, get_acquisition
 from model.datasets import IGNORE_INDEX, SegmentationDataset
-from model.expansion import Expander
+from model.expansion import Expander, pixels_beyond_click
 from model.feature_cache import FeatureMapCache
 from model.features import REFERENCE_NOISE, DiffusionFeatureExtractor, ImageFeatureSource
 from model.head import SegmentationHead, TrainConfig, train_head
@@ -152,12 +152,7 @@ class Simulation:
                 r = self.resolution
                 mask, _, expanded = self.expander.region(self.train_set.image(i, r), p // r, p % r)
                 if expanded:
-                    region = np.flatnonzero(mask)
-                    region = region[region != p]
-                    if len(region) > self.config.region_cap - 1:
-                        rng = np.random.default_rng([i, p])
-                        region = rng.choice(region, self.config.region_cap - 1, replace=False)
-                    for q in region.tolist():
+                    for q in pixels_beyond_click(np.flatnonzero(mask), p, self.config.region_cap, f"{i}:{p}").tolist():
                         image_labels.setdefault(q, cls)
         return answered
 
