@@ -164,9 +164,8 @@ class RoundContext:
         expansions = ExpansionCache(self.files.root / "expansions", engine.expander()) if s.expander != "none" else None
         labeled = build_labeled_set(store.labels(project), self.files.load_image, expansions, s.region_pixel_cap)
         self.labeled = {self.index[t]: v for t, v in labeled.items() if t in self.index}
-
-    def pixels(self) -> dict[int, np.ndarray]:
-        return {i: px for i, (px, _) in self.labeled.items()}
+        self.pixels = {i: px for i, (px, _) in self.labeled.items()}  # image index -> labeled pixels
+        self.need_draws = needs_noise_draws(self.config.acquisition)
 
 
 def plan_round(services: Services, runner, project: int, round_index: int) -> None:
@@ -192,25 +191,23 @@ def plan_round(services: Services, runner, project: int, round_index: int) -> No
         engine.remember_head(project, version, head)
         store.add_head(project, version, round_index, str(path), len(classes), report.as_dict())
         log.info("project %s: %s trained on %d pixels (%s)", project, version, len(classes), report.as_dict())
-    need_draws = needs_noise_draws(ctx.config.acquisition)
     missing = [t for t in ctx.tasks if ctx.cache.get(ctx.source.key(ctx.index[t]), labeled_digest(
-        ctx.labeled.get(ctx.index[t], (np.empty(0, dtype=np.int64),))[0])) is None]
+        ctx.pixels.get(ctx.index[t], np.empty(0, dtype=np.int64)))) is None]
     size = services.settings.records_batch
     jobs = [runner.submit(project, "records", {"round": round_index, "tasks": missing[a:a + size]})
             for a in range(0, len(missing), size)]
     services.progress.update(project, f"round {round_index} queued", message=f"{len(missing)} images to process "
-                             f"in {len(jobs)} batches{' (with noise draws)' if need_draws else ''}")
+                             f"in {len(jobs)} batches{' (with noise draws)' if ctx.need_draws else ''}")
     runner.submit(project, "select", {"round": round_index, "head": version}, depends_on=jobs)
 
 
 def compute_records(services: Services, project: int, tasks: list[int]) -> None:
     """Per-image stage 1 (features, local herding, draw features) for a batch of images."""
     ctx = RoundContext(services, project)
-    need_draws = needs_noise_draws(ctx.config.acquisition)
     todo = [t for t in tasks if t in ctx.index]
     for n, task in enumerate(todo):
         i = ctx.index[task]
-        image_record(ctx.source, i, ctx.pixels().get(i, ()), ctx.config, need_draws, ctx.cache)
+        image_record(ctx.source, i, ctx.pixels.get(i, ()), ctx.config, ctx.need_draws, ctx.cache)
         services.progress.update(project, "per-image features and herding", n + 1, len(todo))
 
 
@@ -225,13 +222,12 @@ def select_round(services: Services, project: int, round_index: int, head_versio
     if head_version is not None:
         row = next(h for h in store.heads(project) if h["version"] == head_version)
         head = engine.head(project, head_version, row["path"])
-    result = run_round(ctx.source, ctx.pixels(), head, ctx.config, ctx.cache,
+    result = run_round(ctx.source, ctx.pixels, head, ctx.config, ctx.cache,
                        services.progress.reporter(project, f"round {round_index} "), round_index=round_index)
     suggested = [None] * len(result.queries)
     if head is not None:
         for k, (i, p) in enumerate(result.queries):
-            rec, _ = image_record(ctx.source, i, ctx.pixels().get(i, ()), ctx.config,
-                                  needs_noise_draws(ctx.config.acquisition), ctx.cache)
+            rec, _ = image_record(ctx.source, i, ctx.pixels.get(i, ()), ctx.config, ctx.need_draws, ctx.cache)
             feats = torch.from_numpy(rec.reference[np.flatnonzero(rec.picks == p)]).float()
             suggested[k] = int(head.log_probs(feats).argmax(1)[0]) if len(feats) else None
     queries = [{"task": ctx.tasks[i], "pixel": p, "rank": k, "score": result.scores[k] if result.scores else None,
