@@ -12,7 +12,9 @@ the points x with k(x, s) > cur(x) change, and each contributes
     max(0, k(x, c) - new) - max(0, k(x, c) - old)
 to every candidate c. Few points improve after the first picks (in total about N log B rows for
 B picks), so a run costs a few kernel passes instead of B. Gains are accumulated in float64 and
-ties go to the lowest index, as in the textbook greedy.
+ties go to the lowest index, as in the textbook greedy. For budgets small against the pool,
+`lazy_greedy` re-evaluates only the leading candidates' stale gains (upper bounds, by
+submodularity); it selects the same, except that it may break exact ties differently.
 
 Where the N x N kernel does not fit in memory, only its useful entries are kept: k(x, c) can
 still raise the coverage of x only while it exceeds cur(x), and once a few points are selected
@@ -22,7 +24,8 @@ entries above cur(x) in sparse row and column indices and the exact greedy conti
 
 `split_and_herd` is the paper's memory-bounded variant (appendix C.8): the pool is split, each
 split gets a proportional share of the budget and is herded in turn, conditioned on what earlier
-splits selected. It is an approximation; the exact paths above make it a fallback.
+splits selected. It is an approximation, and no path of the project uses it any more (the exact
+paths above fit in memory); it stays for comparison with the paper.
 
 `sketch_dim` is an approximation for per-image herding, where building the exact kernel of
 10,000 x 6,144 features dominates: inner products are taken in a `sketch_dim`-dimensional
