@@ -219,7 +219,6 @@ def round0_by_image(ls, project, names) -> set[tuple[str, float, float]]:
 
 def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvid_root, tmp_path, redis_server):
     import subprocess
-    import sys
 
     from tests.conftest import REPO
 

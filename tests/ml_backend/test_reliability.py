@@ -36,7 +36,7 @@ def new_backend(directory: Path) -> ActiveLearningBackend:
 @st.composite
 def histories(draw):
     """Annotations with successive versions, some deleted, and tasks, some deleted."""
-    messages, final = [], []
+    messages = []
     for annotation in range(1, draw(st.integers(1, 4)) + 1):
         task = draw(st.integers(1, 3))
         versions = draw(st.integers(1, 3))
