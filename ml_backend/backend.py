@@ -17,7 +17,7 @@ from PIL import Image
 
 from ml_backend.jobs import InProcessRunner
 from ml_backend.label_config import LabelConfigError, LabelSchema, parse_label_config
-from ml_backend.loop import original_image
+from ml_backend.loop import advance_when_answered, original_image
 from ml_backend.regions import RegionError, brush_region, labels_from_result, pixel_from_percent
 from ml_backend.services import Services
 
@@ -171,12 +171,7 @@ class ActiveLearningBackend:
             problems += parsed.problems
             outcomes.append(store.apply_annotation(project, int(annotation["id"]), task_id,
                                                    annotation.get("updated_at"), result, parsed.labels))
-        advanced = False
-        current = store.current_round(project)
-        if current and current["status"] == "open" and self.services.settings.auto_advance:
-            if store.round_progress(project, current["round"])["open"] == 0:
-                self.runner.submit(project, "advance")
-                advanced = True
+        advanced = advance_when_answered(self.services, self.runner, project)
         return {"status": "ok", "annotations": outcomes, "skipped_regions": problems, "advance": advanced}
 
     # introspection -------------------------------------------------------------------------------

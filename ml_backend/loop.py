@@ -42,7 +42,7 @@ def handle_job(services: Services, runner, project: int, kind: str, payload: dic
     elif kind == "records":
         compute_records(services, project, payload["tasks"])
     elif kind == "select":
-        select_round(services, project, payload["round"], payload.get("head"))
+        select_round(services, runner, project, payload["round"], payload.get("head"))
     else:
         raise ValueError(f"unknown job kind {kind!r}")
 
@@ -118,14 +118,25 @@ def sync_project(services: Services, runner, project: int) -> None:
         else:
             services.progress.update(project, "waiting for tasks", message="no usable images in the project yet")
     elif current["status"] == "selected":
-        push_round(services, project, current["round"])
-    elif current["status"] == "open":
-        counts = services.store.round_progress(project, current["round"])
-        if counts["open"] == 0 and services.settings.auto_advance:
-            advance_project(services, runner, project, force=False)
-        else:
-            services.progress.update(project, f"round {current['round']} open",
-                                     counts["answered"] + counts["dismissed"], sum(counts.values()))
+        push_round(services, runner, project, current["round"])
+    else:
+        advance_when_answered(services, runner, project)
+
+
+def advance_when_answered(services: Services, runner, project: int) -> bool:
+    """Queue the next round once the open round has no open query left (with AUTO_ADVANCE), else
+    show its progress. Checked on every annotation and again when a round opens, because answers
+    can arrive while the round's queries are still being pushed."""
+    current = services.store.current_round(project)
+    if current is None or current["status"] != "open":
+        return False
+    counts = services.store.round_progress(project, current["round"])
+    if counts["open"] == 0 and services.settings.auto_advance:
+        runner.submit(project, "advance")
+        return True
+    services.progress.update(project, f"round {current['round']} open",
+                             counts["answered"] + counts["dismissed"], sum(counts.values()))
+    return False
 
 
 def advance_project(services: Services, runner, project: int, force: bool) -> None:
@@ -135,7 +146,7 @@ def advance_project(services: Services, runner, project: int, force: bool) -> No
         sync_project(services, runner, project)
         return
     if current["status"] == "selected":
-        push_round(services, project, current["round"])
+        push_round(services, runner, project, current["round"])
         return
     counts = store.round_progress(project, current["round"])
     if counts["open"] and not force:
@@ -211,7 +222,7 @@ def compute_records(services: Services, project: int, tasks: list[int]) -> None:
         services.progress.update(project, "per-image features and herding", n + 1, len(todo))
 
 
-def select_round(services: Services, project: int, round_index: int, head_version: str | None) -> None:
+def select_round(services: Services, runner, project: int, round_index: int, head_version: str | None) -> None:
     store, engine = services.store, services.engine
     existing = store.current_round(project)
     if existing is not None and existing["round"] >= round_index and existing["status"] != "selected":
@@ -236,10 +247,10 @@ def select_round(services: Services, project: int, round_index: int, head_versio
     store.save_round(project, round_index, head_version, queries)
     log.info("project %s: round %d selected %d pixels on %d images (%s)", project, round_index, len(queries),
              len({q['task'] for q in queries}), {k: round(v, 2) for k, v in result.seconds.items()})
-    push_round(services, project, round_index)
+    push_round(services, runner, project, round_index)
 
 
-def push_round(services: Services, project: int, round_index: int) -> None:
+def push_round(services: Services, runner, project: int, round_index: int) -> None:
     store, schema, client = services.store, services.schema(project), services.client(project)
     version = round_version(round_index)
     by_task = defaultdict(list)
@@ -258,9 +269,8 @@ def push_round(services: Services, project: int, round_index: int) -> None:
         services.progress.update(project, f"pushing round {round_index}", n + 1, len(by_task))
     client.show_round(project, version)
     store.open_round(project, round_index)
-    queried = store.queries(project, round_index)
-    prefetch_expansions(services, project, sorted({q["task"] for q in queried}))
-    services.progress.update(project, f"round {round_index} open", 0, len(queried))
+    prefetch_expansions(services, project, sorted({q["task"] for q in store.queries(project, round_index)}))
+    advance_when_answered(services, runner, project)
 
 
 def prefetch_expansions(services: Services, project: int, tasks: list[int]) -> None:

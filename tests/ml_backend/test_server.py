@@ -124,6 +124,21 @@ def test_annotation_webhooks_become_labeled_pixels(client):
     assert [(lb["task"], lb["pixel"], lb["class"]) for lb in labels] == [(5, 12 * 64 + 6, 3)]
 
 
+def test_answers_that_arrive_before_their_round_opens_still_advance_it(client):
+    from ml_backend.loop import advance_when_answered
+
+    c, backend, runner = client
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    store = backend.services.store
+    store.upsert_tasks(7, [(5, "/data/upload/7/x.png")])
+    store.save_round(7, 0, None, [{"task": 5, "pixel": 12 * 64 + 6, "rank": 0, "region": "q0-5"}])
+    store.mark_pushed(7, 0, 5, 99)  # in Label Studio, but the round is not marked open yet
+    r = c.post("/webhook", json=annotation_event(1, 5, [keypoint("q0-5", 10.0, 20.0, "Road")]))
+    assert r.json["result"]["advance"] is False and runner.jobs == [(7, "sync")]
+    store.open_round(7, 0)  # what push_round does next, and then it checks again:
+    assert advance_when_answered(backend.services, runner, 7) and runner.jobs[-1] == (7, "advance")
+
+
 def test_start_training_train_endpoint_and_new_tasks_queue_jobs(client):
     c, _, runner = client
     c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
