@@ -13,8 +13,9 @@ the points x with k(x, s) > cur(x) change, and each contributes
 to every candidate c. Few points improve after the first picks (in total about N log B rows for
 B picks), so a run costs a few kernel passes instead of B. Gains are accumulated in float64 and
 ties go to the lowest index, as in the textbook greedy. For budgets small against the pool,
-`lazy_greedy` re-evaluates only the leading candidates' stale gains (upper bounds, by
-submodularity); it selects the same, except that it may break exact ties differently.
+`lazy_greedy` re-evaluates only the candidates whose stale gain (an upper bound, by
+submodularity) could still beat the best fresh one; it sums in float32 with an error interval
+and falls back to float64 only where intervals overlap, so it selects the same.
 
 Where the N x N kernel does not fit in memory, only its useful entries are kept: k(x, c) can
 still raise the coverage of x only while it exceeds cur(x), and once a few points are selected
@@ -72,6 +73,11 @@ def auto_sigma(features: torch.Tensor, seed: int = 0, sample_ratio: float = 0.01
     return max(median, 1e-6) * scale
 
 
+def squared_norms(x: torch.Tensor) -> torch.Tensor:
+    """|x_i|^2 for every row; vector_norm streams the rows, (x * x).sum(1) first writes x * x (12x slower)."""
+    return torch.linalg.vector_norm(x, dim=1).square_()
+
+
 def sketch_basis(features: torch.Tensor, dim: int, seed: int = 0, rows: int = 2000) -> torch.Tensor:
     """An orthonormal D x dim basis of the dominant subspace of the features' rows: a randomized
     range finder (one pass, Halko et al. 2011) on a seeded subsample of `rows` rows."""
@@ -86,7 +92,7 @@ def sketch_basis(features: torch.Tensor, dim: int, seed: int = 0, rows: int = 20
 def sketch(features: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Coordinates in the basis and the exact squared norms (see the module docstring)."""
     x = features.float()
-    return x @ basis, (x * x).sum(1)
+    return x @ basis, squared_norms(x)
 
 
 class RBFKernel:
@@ -99,8 +105,8 @@ class RBFKernel:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, x_sq: torch.Tensor | None = None,
                  y_sq: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-        x_sq = (x * x).sum(1) if x_sq is None else x_sq
-        y_sq = (y * y).sum(1) if y_sq is None else y_sq
+        x_sq = squared_norms(x) if x_sq is None else x_sq
+        y_sq = squared_norms(y) if y_sq is None else y_sq
         inv = 1.0 / self.sigma ** 2
         # exponent -|x - y|^2 / sigma^2 = (2 x.y - |x|^2 - |y|^2) / sigma^2, built in place after one GEMM
         e = torch.addmm((y_sq * -inv)[None, :].expand(len(x), -1), x, y.T, alpha=2.0 * inv, out=out)
@@ -112,19 +118,23 @@ class RBFKernel:
         out = torch.zeros(len(x), dtype=x.dtype, device=x.device)
         if len(y) == 0:
             return out
-        x_sq = (x * x).sum(1) if x_sq is None else x_sq
-        y_sq = (y * y).sum(1) if y_sq is None else y_sq
+        x_sq = squared_norms(x) if x_sq is None else x_sq
+        y_sq = squared_norms(y) if y_sq is None else y_sq
         for s in range(0, len(y), block):
             k = self(x, y[s:s + block], x_sq, y_sq[s:s + block])
             out = torch.maximum(out, k.max(1).values)
         return out
 
-    def matrix(self, x: torch.Tensor, block: int = 2048, x_sq: torch.Tensor | None = None) -> torch.Tensor:
+    def matrix(self, x: torch.Tensor, block: int = 1024, x_sq: torch.Tensor | None = None) -> torch.Tensor:
+        """The symmetric kernel of the rows of x: blocks on and above the diagonal are computed, the
+        rest mirrored (half the GEMMs and exponentials)."""
         n = len(x)
-        x_sq = (x * x).sum(1) if x_sq is None else x_sq
+        x_sq = squared_norms(x) if x_sq is None else x_sq
         k = torch.empty(n, n, dtype=x.dtype, device=x.device)
-        for s in range(0, n, block):
-            self(x[s:s + block], x, x_sq[s:s + block], x_sq, out=k[s:s + block])
+        for a in range(0, n, block):
+            b = min(a + block, n)
+            self(x[a:b], x[a:], x_sq[a:b], x_sq[a:], out=k[a:b, a:])
+            k[b:, a:b] = k[a:b, b:].T
         return k
 
 
@@ -142,52 +152,82 @@ def _pick(gains: torch.Tensor, taken: torch.Tensor) -> int:
     return int(torch.where(taken, torch.full_like(gains, -math.inf), gains).argmax())
 
 
-def _column_gains(kernel: torch.Tensor, cur: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Exact gains of some candidates, from their rows of the candidates x points kernel."""
-    rows = kernel[cols]
-    return (rows - cur.to(rows.dtype)[None, :]).clamp_(min=0).sum(1, dtype=torch.float64)
+SUM_ERROR_EPS = 100  # a float sum's error bound, in units of its dtype's eps: far above pairwise summation's
 
 
-def _upper_bounds(kernel: torch.Tensor, cur: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    """Every candidate's gain, summed in float32 (3x faster than float64 here) and raised by far more
-    than float32's summation error, so that each is a valid upper bound for the lazy greedy."""
-    n = kernel.shape[0]
-    if not bool(cur.any()):  # nothing covered yet: the gains are the row sums
-        sums = torch.cat([kernel[a:a + block].sum(1) for a in range(0, n, block)])
-    else:
-        sums = torch.cat([(kernel[a:a + block] - cur[None, :]).clamp_(min=0).sum(1) for a in range(0, n, block)])
-    return sums.double() * (1 + 1e-5) + 1e-6
+def _gains(kernel: torch.Tensor, cur: torch.Tensor, rows: torch.Tensor | None = None,
+           block: int = 1024) -> torch.Tensor:
+    """Gains of the candidates `rows` (all when None), summed in the kernel's dtype (float32 sums
+    are 3x faster than float64 here). Rows go block by block through one buffer: allocating a
+    fresh block each time costs more than the arithmetic (page faults)."""
+    n = kernel.shape[0] if rows is None else len(rows)
+    out = torch.empty(n, dtype=kernel.dtype, device=kernel.device)
+    buf = torch.empty(min(block, n), kernel.shape[1], dtype=kernel.dtype, device=kernel.device)
+    nothing_covered = not bool(cur.any())
+    for a in range(0, n, block):
+        part = buf[:min(block, n - a)]
+        if rows is None:
+            if nothing_covered:
+                out[a:a + block] = kernel[a:a + block].sum(1)
+                continue
+            torch.sub(kernel[a:a + block], cur[None, :], out=part)
+        else:
+            torch.index_select(kernel, 0, rows[a:a + block], out=part)
+            part.sub_(cur[None, :])
+        out[a:a + block] = part.clamp_(min=0).sum(1)
+    return out
+
+
+def _error_bounds(gains: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An interval holding each gain's value as a float64 sum would give it (taken as exact): the
+    terms are non-negative, so the error of their sum is a small multiple of eps times the sum."""
+    eps = SUM_ERROR_EPS * torch.finfo(gains.dtype).eps
+    g = gains.double()
+    slack = g * eps + eps
+    return g - slack, g + slack
+
+
+def _exact_gains(kernel: torch.Tensor, cur: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    part = kernel[rows]
+    return (part - cur[None, :]).clamp_(min=0).sum(1, dtype=torch.float64)
 
 
 def lazy_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int, probe: int = 32) -> tuple[list[int], torch.Tensor]:
-    """Exact greedy for budgets small against the pool: gains never grow (submodularity), so stale
-    gains are upper bounds; the leaders are re-evaluated (exactly, in float64) in batches, twice as
-    large after each miss, until the best fresh gain beats every stale one. `kernel` is candidates x
+    """Exact greedy for budgets small against the pool. Gains never grow (submodularity), so a gain
+    computed before the last pick is an upper bound. Each pick evaluates the candidates whose bound
+    could still beat the best evaluated gain, the highest bounds first, in batches that double
+    (`probe`, 2 x probe, ...). Gains are summed in the kernel's dtype with an error interval; only
+    when intervals overlap are the contenders summed again in float64. `kernel` is candidates x
     points (a symmetric kernel serves as it is), `base` the points' starting coverage."""
     n = kernel.shape[0]
     cur = base.to(kernel.dtype).clone()
-    bounds = _upper_bounds(kernel, cur)
+    lo, hi = _error_bounds(_gains(kernel, cur))
     taken = torch.zeros(n, dtype=torch.bool, device=kernel.device)
+    fresh = torch.ones(n, dtype=torch.bool, device=kernel.device)  # evaluated since the last pick
     order: list[int] = []
-    batch = probe
     while len(order) < min(budget, n):
-        masked = torch.where(taken, torch.full_like(bounds, -math.inf), bounds)
-        remaining = n - len(order)
-        k = min(batch, remaining)
-        top_vals, top_idx = masked.topk(min(k + 1, remaining))
-        cand = top_idx[:k]
-        fresh = _column_gains(kernel, cur, cand)
-        bounds[cand] = fresh
-        best = int(fresh.argmax())
-        rival = top_vals[k] if len(top_vals) > k else -math.inf
-        if fresh[best] >= rival:
-            j = int(cand[best])
-            order.append(j)
-            taken[j] = True
-            cur = torch.maximum(cur, kernel[j])
-            batch = probe
+        batch = probe
+        while True:
+            best_lo = float(torch.where(fresh & ~taken, lo, torch.full_like(lo, -math.inf)).max())
+            stale = torch.nonzero(~fresh & ~taken & (hi >= best_lo)).flatten()
+            if len(stale) == 0:
+                break
+            if len(stale) > batch:
+                stale = stale[hi[stale].topk(batch).indices]
+            lo[stale], hi[stale] = _error_bounds(_gains(kernel, cur, stale))
+            fresh[stale] = True
+            batch *= 2
+        open_ = fresh & ~taken
+        contenders = torch.nonzero(open_ & (hi >= best_lo)).flatten()
+        if len(contenders) > 1:  # intervals overlap: settle it in float64
+            exact = _exact_gains(kernel, cur, contenders)
+            j = int(contenders[int(exact.argmax())])
         else:
-            batch = min(2 * batch, 8 * probe)
+            j = int(contenders[0])
+        order.append(j)
+        taken[j] = True
+        cur = torch.maximum(cur, kernel[j])
+        fresh[:] = False
     return order, cur
 
 
@@ -264,7 +304,7 @@ def sparse_greedy(x: torch.Tensor, kern: RBFKernel, base: torch.Tensor, budget: 
     """Exact greedy without the whole kernel in memory (see the module docstring)."""
     n = len(x)
     progress = progress or (lambda stage, done, total: None)
-    x_sq = (x * x).sum(1) if x_sq is None else x_sq
+    x_sq = squared_norms(x) if x_sq is None else x_sq
     cur = base.double().clone()
     taken = torch.zeros(n, dtype=torch.bool, device=x.device)
     order: list[int] = []

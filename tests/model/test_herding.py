@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.coreset import k_center_greedy
-from model.herding import auto_sigma, coverage, max_herding, split_and_herd
+from model.herding import RBFKernel, auto_sigma, coverage, dense_greedy, lazy_greedy, max_herding, split_and_herd
 
 
 def naive_greedy(x: np.ndarray, budget: int, covered: np.ndarray | None, sigma: float) -> tuple[list[int], bool]:
@@ -101,6 +101,27 @@ def test_sparse_path_selects_exactly_what_the_dense_path_does(n_cov):
     # the same greedy; summation order differs, so exact near-ties may swap places
     assert coverage(x, sparse, cov, sigma) == pytest.approx(coverage(x, dense, cov, sigma), rel=1e-12)
     assert len(set(sparse.tolist()) & set(dense.tolist())) >= 0.97 * len(dense)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_cov", [0, 40])
+def test_lazy_greedy_selects_what_the_incremental_greedy_does(dtype, n_cov):
+    """The lazy path (float32 sums with error intervals, float64 only for contenders) against the
+    incremental path that updates every gain at every pick; duplicated rows make exact ties, which
+    both must break towards the lowest index."""
+    rng = np.random.default_rng(8)
+    centers = rng.normal(size=(12, 32)) * 2
+    x = centers[rng.integers(12, size=1500)] + rng.normal(size=(1500, 32))
+    x[700:710] = x[:10]
+    xt = torch.from_numpy(x).to(dtype)
+    kern = RBFKernel(float(auto_sigma(xt)))
+    kernel = kern.matrix(xt)
+    base = kern.max_over(xt, xt[1000:1000 + n_cov] + 0.05)
+    lazy, lazy_cur = lazy_greedy(kernel, base, 60)
+    dense, dense_cur = dense_greedy(kernel, base, 60)
+    assert lazy == dense
+    assert torch.equal(lazy_cur, dense_cur)
+    assert not any(700 <= j < 710 for j in lazy)  # a duplicate never beats its lower-indexed twin
 
 
 def test_sketch_keeps_most_of_the_objective():
