@@ -234,26 +234,30 @@ def lazy_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int, probe: in
 def dense_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int,
                  row_block: int = 1024) -> tuple[list[int], torch.Tensor]:
     """Exact greedy on a whole symmetric kernel (rows: points, columns: candidates), `base` the
-    starting per-point coverage, with gains updated only where coverage improves. Arithmetic in
-    the kernel's dtype, gains accumulated in float64."""
+    starting per-point coverage, with gains updated only where coverage improves. A point whose
+    coverage rises from c to c' lowers candidate j's gain by clamp(k(x, j), c, c') - c: one clamp,
+    exact in the kernel's dtype, summed in float64. Taken candidates get gain -inf."""
     n = kernel.shape[0]
     cur = base.to(kernel.dtype).clone()
     gains = torch.zeros(n, dtype=torch.float64, device=kernel.device)
     for s in range(0, n, row_block):
         gains += (kernel[s:s + row_block] - cur[s:s + row_block, None]).clamp_(min=0).sum(0, dtype=torch.float64)
-    taken = torch.zeros(n, dtype=torch.bool, device=kernel.device)
+    buf = torch.empty(min(row_block, n), n, dtype=kernel.dtype, device=kernel.device)
     order: list[int] = []
     for _ in range(min(budget, n)):
-        j = _pick(gains, taken)
+        j = int(gains.argmax())
         order.append(j)
-        taken[j] = True
+        gains[j] = -math.inf
         col = kernel[j]  # = column j, the kernel being symmetric
         improved = torch.nonzero(col > cur).flatten()
         for s in range(0, len(improved), row_block):
             rows = improved[s:s + row_block]
-            block = kernel[rows]
-            delta = (block - cur[rows, None]).clamp_(min=0) - (block - col[rows, None]).clamp_(min=0)
-            gains -= delta.sum(0, dtype=torch.float64)
+            part = buf[:len(rows)]
+            torch.index_select(kernel, 0, rows, out=part)
+            old = cur[rows]
+            part.clamp_(min=old[:, None], max=col[rows, None])
+            gains -= part.sum(0, dtype=torch.float64)
+            gains += old.sum(dtype=torch.float64)
         cur[improved] = col[improved]
     return order, cur
 
