@@ -8,14 +8,14 @@ candidate with the largest gain g(c) = sum_x max(0, k(x, c) - cur(x)) each step.
 
 The reference recomputes every gain over the full kernel at each step: O(N^2) per pick. Here every
 gain is kept exact and only updated where the coverage of a point improves: when s is picked,
-the points x with k(x, s) > cur(x) change, and each contributes
-    max(0, k(x, c) - new) - max(0, k(x, c) - old)
-to every candidate c. Few points improve after the first picks (in total about N log B rows for
-B picks), so a run costs a few kernel passes instead of B. Gains are accumulated in float64 and
-ties go to the lowest index, as in the textbook greedy. For budgets small against the pool,
-`lazy_greedy` re-evaluates only the candidates whose stale gain (an upper bound, by
-submodularity) could still beat the best fresh one; it sums in float32 with an error interval
-and falls back to float64 only where intervals overlap, so it selects the same.
+the points x with k(x, s) > cur(x) change, and each lowers the gain of every candidate c by
+    max(0, k(x, c) - old) - max(0, k(x, c) - new) = clamp(k(x, c), old, new) - old
+(one clamp, exact in any dtype; `_lower_gains`). Few points improve after the first picks (in
+total about N log B rows for B picks), so a run costs a few kernel passes instead of B. Gains
+are accumulated in float64 and ties go to the lowest index, as in the textbook greedy. For
+budgets small against the pool, `lazy_greedy` re-evaluates only the candidates whose stale gain
+(an upper bound, by submodularity) could still beat the best fresh one; it sums in float32 with
+an error interval and falls back to float64 only where intervals overlap, so it selects the same.
 
 Where the N x N kernel does not fit in memory, only its useful entries are kept: k(x, c) can
 still raise the coverage of x only while it exceeds cur(x), and once a few points are selected
@@ -231,12 +231,19 @@ def lazy_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int, probe: in
     return order, cur
 
 
+def _lower_gains(gains: torch.Tensor, block: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
+    """Take from `gains` what points lose when their coverage rises from `old` to `new`; `block`
+    holds their kernel rows (one per point) and is clamped in place."""
+    block.clamp_(min=old[:, None], max=new[:, None])
+    gains -= block.sum(0, dtype=torch.float64)
+    gains += old.sum(dtype=torch.float64)
+
+
 def dense_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int,
                  row_block: int = 1024) -> tuple[list[int], torch.Tensor]:
     """Exact greedy on a whole symmetric kernel (rows: points, columns: candidates), `base` the
-    starting per-point coverage, with gains updated only where coverage improves. A point whose
-    coverage rises from c to c' lowers candidate j's gain by clamp(k(x, j), c, c') - c: one clamp,
-    exact in the kernel's dtype, summed in float64. Taken candidates get gain -inf."""
+    starting per-point coverage, with gains updated only where coverage improves, through one
+    reused buffer. Taken candidates get gain -inf."""
     n = kernel.shape[0]
     cur = base.to(kernel.dtype).clone()
     gains = torch.zeros(n, dtype=torch.float64, device=kernel.device)
@@ -254,10 +261,7 @@ def dense_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int,
             rows = improved[s:s + row_block]
             part = buf[:len(rows)]
             torch.index_select(kernel, 0, rows, out=part)
-            old = cur[rows]
-            part.clamp_(min=old[:, None], max=col[rows, None])
-            gains -= part.sum(0, dtype=torch.float64)
-            gains += old.sum(dtype=torch.float64)
+            _lower_gains(gains, part, cur[rows], col[rows])
         cur[improved] = col[improved]
     return order, cur
 
@@ -348,8 +352,7 @@ def sparse_greedy(x: torch.Tensor, kern: RBFKernel, base: torch.Tensor, budget: 
             improved = torch.nonzero(col > cur).flatten()
             for s in range(0, len(improved), block):
                 rows = improved[s:s + block]
-                k = kern(x[rows], x, x_sq[rows], x_sq).double()
-                gains -= ((k - cur[rows, None]).clamp_(min=0) - (k - col[rows, None]).clamp_(min=0)).sum(0)
+                _lower_gains(gains, kern(x[rows], x, x_sq[rows], x_sq).double(), cur[rows], col[rows])
             cur[improved] = col[improved]
             density = float((probe_rows > cur[probe, None]).double().mean())
         if len(order) >= min(budget, n):
@@ -380,9 +383,8 @@ def sparse_greedy(x: torch.Tensor, kern: RBFKernel, base: torch.Tensor, budget: 
         pts, new = pts[better], kv[better]
         if len(pts):
             owner, cols, vals = useful_k.rows(pts)
-            old_o, new_o = cur[pts][owner], new[owner]
-            delta = (vals - old_o).clamp(min=0) - (vals - new_o).clamp(min=0)
-            gains.index_add_(0, cols, -delta)
+            old_o = cur[pts][owner]
+            gains.index_add_(0, cols, old_o - vals.double().clamp_(min=old_o, max=new[owner]))
             cur[pts] = new
         progress("greedy", len(order), budget)
     return order, cur
