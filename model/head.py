@@ -109,10 +109,13 @@ class TrainReport:
 
 
 def _batches(order: torch.Tensor, size: int) -> list[torch.Tensor]:
-    """Consecutive slices; a lone trailing pixel joins the previous batch (BatchNorm needs two)."""
-    parts = list(order.split(size))
+    """Consecutive slices of at least two pixels each (BatchNorm cannot normalise one): a batch size
+    of 1 trains on pairs, and a lone trailing pixel joins the batch before it. Every pixel of
+    `order` lands in exactly one batch; a single pixel stays a batch of one (train_head doubles it)."""
+    parts = list(order.split(max(2, size)))
     if len(parts) > 1 and len(parts[-1]) == 1:
-        parts[-2] = torch.cat([parts[-2], parts.pop()])
+        last = parts.pop()
+        parts[-1] = torch.cat([parts[-1], last])
     return parts
 
 

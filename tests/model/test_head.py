@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from model.head import SegmentationHead, TrainConfig, train_head
@@ -70,3 +72,22 @@ def test_checkpoint_round_trip_and_mc_dropout():
     assert s1.shape == (10, 5, 3) and torch.equal(s1, s2) and not torch.allclose(s1[:, 0], s1[:, 1])
     with pytest.raises(ValueError, match="dropout"):
         SegmentationHead(16, 3).mc_dropout_log_probs(x, 2)
+
+
+@settings(max_examples=400, deadline=None)
+@given(n=st.integers(1, 40), size=st.integers(1, 9))
+def test_every_pixel_once_per_epoch_and_no_batch_of_one(n, size):
+    from model.head import _batches
+
+    parts = _batches(torch.randperm(n), size)
+    seen = torch.cat(parts).sort().values
+    assert torch.equal(seen, torch.arange(n))  # each pixel exactly once
+    assert all(len(p) >= 2 for p in parts) or n == 1  # BatchNorm never sees a lone pixel
+    assert all(len(p) <= max(2, size) + 1 for p in parts)
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 9, 17, 25])
+def test_training_runs_at_every_size_around_a_batch(n):
+    x, y = _blobs(n=n)
+    head, report = train_head(x, y, 3, TrainConfig(seed=0, batch_size=8, max_epochs=3))
+    assert report.labeled_pixels == n and head.log_probs(x).shape == (n, 3)
