@@ -24,7 +24,7 @@ from ml_backend.regions import keypoint_region
 from ml_backend.services import Services
 from model.head import train_head
 from model.preprocessing import MAX_IMAGE_PIXELS, resize_image
-from model.selection import image_record, labeled_digest, labeled_features, needs_noise_draws, run_round
+from model.selection import image_record, labeled_features, needs_noise_draws, record_digest, run_round
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,18 @@ class RoundContext:
         labeled = build_labeled_set(store.labels(project), self.files.load_image, expansions, s.region_pixel_cap)
         self.labeled = {self.index[t]: v for t, v in labeled.items() if t in self.index}
         self.pixels = {i: px for i, (px, _) in self.labeled.items()}  # image index -> labeled pixels
+        # image index -> every pixel queried in an earlier round, answered or not: never asked again
+        self.queried = {self.index[t]: px for t, px in store.queried_pixels(project).items() if t in self.index}
+
+    def record(self, i: int):
+        """The image's stage-1 record for its labeled and queried pixels (computed when missing)."""
+        return image_record(self.source, i, self.pixels.get(i, ()), self.config, self.need_draws, self.cache,
+                            self.queried.get(i, ()))
+
+    def has_record(self, task: int) -> bool:
+        i = self.index[task]
+        return self.cache.get(self.source.key(i), record_digest(self.pixels.get(i, ()), self.queried.get(i, ()))) \
+            is not None
         self.need_draws = needs_noise_draws(self.config.acquisition)
 
 
@@ -191,7 +203,7 @@ def plan_round(services: Services, runner, project: int, round_index: int) -> No
     version = None
     if ctx.labeled:
         feats, classes = labeled_features(ctx.source, ctx.labeled, ctx.config, ctx.cache,
-                                          services.progress.reporter(project, "training features "))
+                                          services.progress.reporter(project, "training features "), ctx.queried)
         services.progress.update(project, "training head", message=f"{len(classes)} labeled pixels")
         head, report = train_head(feats, classes, len(services.schema(project).classes), engine.train_config())
         version = f"head-{len(store.heads(project)) + 1}"
@@ -202,8 +214,7 @@ def plan_round(services: Services, runner, project: int, round_index: int) -> No
         engine.remember_head(project, version, head)
         store.add_head(project, version, round_index, str(path), len(classes), report.as_dict())
         log.info("project %s: %s trained on %d pixels (%s)", project, version, len(classes), report.as_dict())
-    missing = [t for t in ctx.tasks if ctx.cache.get(ctx.source.key(ctx.index[t]), labeled_digest(
-        ctx.pixels.get(ctx.index[t], np.empty(0, dtype=np.int64)))) is None]
+    missing = [t for t in ctx.tasks if not ctx.has_record(t)]
     size = services.settings.records_batch
     jobs = [runner.submit(project, "records", {"round": round_index, "tasks": missing[a:a + size]})
             for a in range(0, len(missing), size)]
@@ -217,16 +228,18 @@ def compute_records(services: Services, project: int, tasks: list[int]) -> None:
     ctx = RoundContext(services, project)
     todo = [t for t in tasks if t in ctx.index]
     for n, task in enumerate(todo):
-        i = ctx.index[task]
-        image_record(ctx.source, i, ctx.pixels.get(i, ()), ctx.config, ctx.need_draws, ctx.cache)
+        ctx.record(ctx.index[task])
         services.progress.update(project, "per-image features and herding", n + 1, len(todo))
 
 
 def select_round(services: Services, runner, project: int, round_index: int, head_version: str | None) -> None:
     store, engine = services.store, services.engine
     existing = store.current_round(project)
-    if existing is not None and existing["round"] >= round_index and existing["status"] != "selected":
-        log.info("project %s: round %d already selected", project, round_index)
+    if existing is not None and existing["round"] >= round_index:
+        if existing["round"] == round_index and existing["status"] == "selected":
+            push_round(services, runner, project, round_index)  # recorded before a crash: push it as it is
+        else:
+            log.info("project %s: round %d already selected", project, round_index)
         return
     ctx = RoundContext(services, project)
     head = None
@@ -234,11 +247,12 @@ def select_round(services: Services, runner, project: int, round_index: int, hea
         row = next(h for h in store.heads(project) if h["version"] == head_version)
         head = engine.head(project, head_version, row["path"])
     result = run_round(ctx.source, ctx.pixels, head, ctx.config, ctx.cache,
-                       services.progress.reporter(project, f"round {round_index} "), round_index=round_index)
+                       services.progress.reporter(project, f"round {round_index} "), round_index=round_index,
+                       queried=ctx.queried)
     suggested = [None] * len(result.queries)
     if head is not None:
         for k, (i, p) in enumerate(result.queries):
-            rec, _ = image_record(ctx.source, i, ctx.pixels.get(i, ()), ctx.config, ctx.need_draws, ctx.cache)
+            rec, _ = ctx.record(i)
             feats = torch.from_numpy(rec.reference[np.flatnonzero(rec.picks == p)]).float()
             suggested[k] = int(head.log_probs(feats).argmax(1)[0]) if len(feats) else None
     queries = [{"task": ctx.tasks[i], "pixel": p, "rank": k, "score": result.scores[k] if result.scores else None,

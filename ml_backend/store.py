@@ -261,6 +261,13 @@ class Store:
             db.execute("UPDATE queries SET status=? WHERE project=? AND round=? AND task=? AND pixel=?",
                        (status, project, q["round"], task, q["pixel"]))
 
+    def queried_pixels(self, project: int) -> dict[int, list[int]]:
+        """task -> every pixel any round has queried there (whatever became of the query)."""
+        out: dict[int, list[int]] = {}
+        for row in self._all("SELECT DISTINCT task, pixel FROM queries WHERE project=? ORDER BY task, pixel", (project,)):
+            out.setdefault(row["task"], []).append(row["pixel"])
+        return out
+
     def round_progress(self, project: int, round_index: int) -> dict:
         rows = self._all("SELECT status, COUNT(*) AS n FROM queries WHERE project=? AND round=? GROUP BY status",
                          (project, round_index))

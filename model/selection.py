@@ -90,8 +90,15 @@ def candidate_pixels(key: str, resolution: int, count: int, seed: int) -> np.nda
     return np.sort(rng.choice(total, size=min(count, total), replace=False)).astype(np.int64)
 
 
-def labeled_digest(pixels: np.ndarray) -> str:
-    return hashlib.sha1(np.unique(np.asarray(pixels, dtype=np.int64)).tobytes()).hexdigest()
+def record_digest(labeled, queried=()) -> str:
+    """What an image's record depends on besides the image: its labeled pixels, and the pixels
+    queried before that got no label (void, dismissed), which are never candidates again."""
+    lab = np.unique(np.asarray(labeled, dtype=np.int64))
+    asked = np.setdiff1d(np.asarray(queried, dtype=np.int64), lab)
+    digest = hashlib.sha1(lab.tobytes())
+    if len(asked):
+        digest.update(b"|queried|" + asked.tobytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -159,6 +166,11 @@ class RoundResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def _unasked(candidates: np.ndarray, labeled, queried) -> np.ndarray:
+    """Candidates that are neither labeled nor queried before."""
+    return np.setdiff1d(candidates, np.union1d(np.asarray(labeled, dtype=np.int64), np.asarray(queried, dtype=np.int64)))
+
+
 def _half(t: torch.Tensor) -> np.ndarray:
     return t.to(torch.float16).cpu().numpy()
 
@@ -190,18 +202,19 @@ def needs_noise_draws(acquisition: str | None) -> bool:
 
 
 def image_record(source: FeatureSource, image: int, labeled_pixels, config: RoundConfig, need_draws: bool,
-                 cache: RecordCache | None = None) -> tuple[ImageRecord, bool]:
+                 cache: RecordCache | None = None, queried_pixels=()) -> tuple[ImageRecord, bool]:
     """The image's stage-1 record for its current labeled pixels, from the cache when it is there.
+    Pixels queried in earlier rounds are never candidates again, whatever their answer.
     Returns (record, whether a UNet pass was needed)."""
     key = source.key(image)
     lab = np.unique(np.asarray(labeled_pixels, dtype=np.int64))
-    digest = labeled_digest(lab)
+    digest = record_digest(lab, queried_pixels)
     rec = cache.get(key, digest) if cache else None
     draw_noises = tuple(range(1, source.draws + 1))
     coverage = config.coverage or "herding"
     fresh = False
     if rec is None:
-        cands = np.setdiff1d(candidate_pixels(key, source.resolution, config.candidates, config.seed), lab)
+        cands = _unasked(candidate_pixels(key, source.resolution, config.candidates, config.seed), lab, queried_pixels)
         maps = source.maps(image, (REFERENCE_NOISE, *draw_noises) if need_draws else (REFERENCE_NOISE,))
         ref = torch.from_numpy(_half(maps[0].at(np.concatenate([cands, lab])))).float()
         local = _select(coverage, ref[: len(cands)], config.local_k, ref[len(cands):], config.sigma,
@@ -222,16 +235,18 @@ def image_record(source: FeatureSource, image: int, labeled_pixels, config: Roun
 
 def labeled_features(source: FeatureSource, labeled: Mapping[int, tuple[np.ndarray, np.ndarray]],
                      config: RoundConfig, cache: RecordCache | None = None,
-                     progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     progress: Progress | None = None,
+                     queried: Mapping[int, np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Training set: reference features [N, D] and classes [N] of every labeled pixel, taken from the
     images' records so that the round that follows needs no second UNet pass for these images.
-    `labeled` maps image index -> (pixels, classes)."""
+    `labeled` maps image index -> (pixels, classes); `queried` as in `run_round`."""
+    queried = queried or {}
     need_draws = needs_noise_draws(config.acquisition)
     feats, classes = [], []
     items = sorted(labeled.items())
     for n, (i, (pixels, cls)) in enumerate(items):
         pixels, cls = np.asarray(pixels, dtype=np.int64), np.asarray(cls, dtype=np.int64)
-        rec, _ = image_record(source, i, pixels, config, need_draws, cache)
+        rec, _ = image_record(source, i, pixels, config, need_draws, cache, queried.get(i, ()))
         order = np.searchsorted(rec.labeled, pixels)
         feats.append(torch.from_numpy(rec.labeled_reference[order]).float())
         classes.append(torch.from_numpy(cls))
@@ -244,18 +259,22 @@ def labeled_features(source: FeatureSource, labeled: Mapping[int, tuple[np.ndarr
 
 def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: SegmentationHead | None,
               config: RoundConfig, cache: RecordCache | None = None,
-              progress: Progress | None = None, round_index: int = 0) -> RoundResult:
-    """Select `config.budget` unlabeled pixels. `labeled` maps image index -> labeled flat pixels.
-    `round_index` varies the random draws (random scores, PowerBALD noise) from round to round."""
+              progress: Progress | None = None, round_index: int = 0,
+              queried: Mapping[int, np.ndarray] | None = None) -> RoundResult:
+    """Select `config.budget` unlabeled pixels. `labeled` maps image index -> labeled flat pixels;
+    `queried` maps image index -> every pixel queried in earlier rounds (answered, void or
+    dismissed): none of them is queried again. `round_index` varies the random draws (random
+    scores, PowerBALD noise) from round to round."""
     started = time.perf_counter()
+    queried = queried or {}
     progress = progress or (lambda stage, done, total: None)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + round_index)
     if config.acquisition == "random" and config.coverage is None:
-        return _random_round(source, labeled, config, generator)
+        return _random_round(source, labeled, queried, config, generator)
     acquisition = config.acquisition if head is not None else None
     coverage = config.coverage or "herding"  # one-stage strategies have no model at round 0: cover
     if config.coverage is None and acquisition is not None:
-        return _one_stage_round(source, labeled, head, config, acquisition, generator, progress)
+        return _one_stage_round(source, labeled, queried, head, config, acquisition, generator, progress)
 
     # Draw features are computed with each image's record as soon as the configured method will need
     # them (round 0 included), so that later rounds find them there.
@@ -264,7 +283,7 @@ def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: Se
     recomputed = 0
     n = len(source)
     for i in range(n):
-        rec, fresh = image_record(source, i, labeled.get(i, ()), config, need_draws, cache)
+        rec, fresh = image_record(source, i, labeled.get(i, ()), config, need_draws, cache, queried.get(i, ()))
         recomputed += fresh
         pool_pixels.append(rec.picks)
         pool_images.append(np.full(len(rec.picks), i, dtype=np.int64))
@@ -304,8 +323,8 @@ def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: Se
     )
 
 
-def _one_stage_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: SegmentationHead,
-                     config: RoundConfig, acquisition: str, generator: torch.Generator,
+def _one_stage_round(source: FeatureSource, labeled: Mapping[int, np.ndarray],
+                     queried: Mapping[int, np.ndarray], head: SegmentationHead, config: RoundConfig, acquisition: str, generator: torch.Generator,
                      progress: Progress) -> RoundResult:
     """Score every candidate pixel of every image and take the top b."""
     started = time.perf_counter()
@@ -316,7 +335,8 @@ def _one_stage_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], h
     for i in range(n):
         key = source.key(i)
         lab = np.asarray(labeled.get(i, ()), dtype=np.int64)
-        cands = np.setdiff1d(candidate_pixels(key, source.resolution, config.candidates, config.seed), lab)
+        cands = _unasked(candidate_pixels(key, source.resolution, config.candidates, config.seed), lab,
+                         queried.get(i, ()))
         maps = source.maps(i, (REFERENCE_NOISE, *draw_noises))
         for part in np.array_split(cands, max(1, len(cands) // 4096)):
             ref = maps[0].at(part)
@@ -335,13 +355,14 @@ def _one_stage_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], h
                                 "total": time.perf_counter() - started})
 
 
-def _random_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], config: RoundConfig,
-                  generator: torch.Generator) -> RoundResult:
+def _random_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], queried: Mapping[int, np.ndarray],
+                  config: RoundConfig, generator: torch.Generator) -> RoundResult:
     """b pixels drawn uniformly from the unlabeled candidates of all images (no features needed)."""
     images, pixels = [], []
     for i in range(len(source)):
         lab = np.asarray(labeled.get(i, ()), dtype=np.int64)
-        cands = np.setdiff1d(candidate_pixels(source.key(i), source.resolution, config.candidates, config.seed), lab)
+        cands = _unasked(candidate_pixels(source.key(i), source.resolution, config.candidates, config.seed), lab,
+                         queried.get(i, ()))
         images.append(np.full(len(cands), i, dtype=np.int64))
         pixels.append(cands)
     images_all, pixels_all = np.concatenate(images), np.concatenate(pixels)

@@ -85,6 +85,14 @@ def _round_strategy(strategy: Strategy, config: SimulationConfig, round_index: i
     return strategy
 
 
+def queried_by_image(queries: list[tuple[int, int, int]]) -> dict[int, np.ndarray]:
+    """Every pixel queried so far, by image, from (round, image, pixel) triples: never asked again."""
+    out: dict[int, list[int]] = {}
+    for _, i, p in queries:
+        out.setdefault(i, []).append(p)
+    return {i: np.unique(np.array(px, dtype=np.int64)) for i, px in out.items()}
+
+
 class Simulation:
     def __init__(self, config: SimulationConfig, train_set: SegmentationDataset, eval_set: SegmentationDataset,
                  extractor: DiffusionFeatureExtractor, out: Path, expander: Expander | None = None,
@@ -206,7 +214,8 @@ class Simulation:
                 stage_bar.refresh()
 
             result = run_round(self.train_source, {i: np.array(sorted(px)) for i, px in labeled.items()}, head,
-                               self.round_config(current, seed), records, report, round_index=r)
+                               self.round_config(current, seed), records, report, round_index=r,
+                               queried=queried_by_image(all_queries))
             stage_bar.close()
             t1 = time.perf_counter()
             queried += len(result.queries)

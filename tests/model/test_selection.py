@@ -5,7 +5,7 @@ import torch
 from model.datasets import IGNORE_INDEX, load_camvid
 from model.features import DiffusionFeatureExtractor, FeatureConfig, ImageFeatureSource
 from model.head import TrainConfig, train_head
-from model.selection import RecordCache, RoundConfig, budget_for, candidate_pixels, labeled_digest, run_round
+from model.selection import RecordCache, RoundConfig, budget_for, candidate_pixels, record_digest, run_round
 
 R = 64
 
@@ -133,7 +133,29 @@ def test_sketched_local_herding_is_a_round_option(camvid4, extractor):
     run_round(_source(camvid4, extractor), {}, None, exact_cfg, cache=exact)
     result = run_round(_source(camvid4, extractor), {}, None, sketch_cfg, cache=sketched)
     _check(result.queries, {}, 4)
-    key, none_labeled = camvid4.key(0), labeled_digest(np.array([], dtype=np.int64))
+    key, none_labeled = camvid4.key(0), record_digest(np.array([], dtype=np.int64))
     picks_exact, picks_sketch = exact.get(key, none_labeled), sketched.get(key, none_labeled)
     assert picks_exact is not None and picks_sketch is not None
     assert len(set(picks_sketch.picks)) == 8 and set(picks_sketch.picks) != set(picks_exact.picks)
+
+
+@pytest.mark.parametrize("coverage,acquisition", [("herding", None), (None, "random"), ("herding", "edald"),
+                                                  (None, "margin")])
+def test_a_pixel_queried_once_never_comes_back_even_without_a_label(camvid4, extractor, coverage, acquisition):
+    """Queries answered as void or dismissed leave the labeled set unchanged; they must not win again."""
+    source = _source(camvid4, extractor)
+    head = _head_for(camvid4, source, {0: np.array([5, 6, 7]), 2: np.array([100])}) if acquisition else None
+    cfg = RoundConfig(budget=6, candidates=300, local_k=8, coverage=coverage, acquisition=acquisition)
+    cache = RecordCache({"test": "requery"})
+    asked: dict[int, list[int]] = {}
+    seen = set()
+    for r in range(3):
+        result = run_round(source, {}, head, cfg, cache=cache, round_index=r,
+                           queried={i: np.array(px) for i, px in asked.items()})
+        assert len(result.queries) == 6 and not set(result.queries) & seen, f"round {r} asked again"
+        seen |= set(result.queries)
+        for i, p in result.queries:
+            asked.setdefault(i, []).append(p)
+    # the record of an image depends on what was asked there: unchanged labels, new digest
+    assert record_digest([], [3]) != record_digest([]) == record_digest([], [])
+    assert record_digest([3], [3]) == record_digest([3])
