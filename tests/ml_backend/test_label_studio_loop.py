@@ -193,26 +193,6 @@ def test_kill_9_during_a_round_and_during_training_loses_nothing(ls, camvid_root
         stop(backend.process)
 
 
-@pytest.fixture
-def redis_server(tmp_path):
-    import shutil
-    import subprocess
-
-    from tests.ml_backend.servers import free_port
-
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    wait_until(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
-                                      text=True).stdout.strip() == "PONG", 30, "redis")
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
-
-
 def round0_by_image(ls, project, names) -> set[tuple[str, float, float]]:
     return {(names[t], x, y) for t, x, y in keypoints(predictions(ls, project, "round-0"))}
 
