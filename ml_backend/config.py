@@ -45,6 +45,7 @@ class Settings:
     device: str = "auto"
     resolution: int = 256
     budget_factor: float = 0.1
+    budget: int = 0  # clicks per round; 0: budget_factor x images
     local_k: int = 50
     local_sketch_dim: int = 0  # 0: exact local herding
     keep_global: float = 0.5
@@ -97,6 +98,7 @@ class Settings:
             device=_env("DEVICE", "auto"),
             resolution=_number("RESOLUTION", 256, int),
             budget_factor=_number("BUDGET_FACTOR", 0.1, float),
+            budget=_number("BUDGET", 0, int),
             local_k=_number("LOCAL_K", 50, int),
             local_sketch_dim=_number("LOCAL_SKETCH_DIM", 0, int),
             keep_global=_number("KEEP_GLOBAL", 0.5, float),
@@ -131,6 +133,8 @@ class Settings:
             problems.append(f"RESOLUTION={self.resolution} must be a positive multiple of 32")
         if not 0 < self.budget_factor:
             problems.append(f"BUDGET_FACTOR={self.budget_factor} must be positive")
+        if self.budget < 0:
+            problems.append(f"BUDGET={self.budget} must be 0 (use BUDGET_FACTOR) or a number of clicks per round")
         if not 0 < self.keep_global <= 1:
             problems.append(f"KEEP_GLOBAL={self.keep_global} must lie in (0, 1]")
         if self.local_k < 1 or self.candidates < 1 or self.draws < 1 or self.records_batch < 1:

@@ -49,7 +49,8 @@ class Engine:
 
     def round_config(self, num_images: int) -> RoundConfig:
         s = self.settings
-        return RoundConfig(budget=budget_for(num_images, s.budget_factor), candidates=s.candidates, local_k=s.local_k,
+        budget = min(s.budget, num_images * s.resolution ** 2) if s.budget else budget_for(num_images, s.budget_factor)
+        return RoundConfig(budget=budget, candidates=s.candidates, local_k=s.local_k,
                            keep_global=s.keep_global, coverage=s.coverage, acquisition=s.acquisition, seed=s.seed,
                            local_sketch_dim=s.local_sketch_dim or None)
 

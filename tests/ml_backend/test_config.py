@@ -19,8 +19,17 @@ def test_defaults_and_checkpoint_location(monkeypatch, tmp_path):
     ("RESOLUTION", "100", "multiple of 32"), ("KEEP_GLOBAL", "1.5", "KEEP_GLOBAL"), ("AUTO_ADVANCE", "maybe", "boolean"),
     ("EXPANDER", "magic", "EXPANDER"), ("SAM_MODEL_TYPE", "vit_x", "SAM_MODEL_TYPE"), ("COVERAGE", "kmeans", "COVERAGE"),
     ("BASIC_AUTH_USER", "only-user", "BASIC_AUTH"), ("LOCAL_SKETCH_DIM", "-1", "LOCAL_SKETCH_DIM"),
+    ("BUDGET", "-2", "BUDGET"), ("BUDGET", "3.5", "int"),
 ])
 def test_bad_values_are_named(monkeypatch, name, value, fragment):
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=fragment):
         Settings.from_env()
+
+
+def test_an_absolute_budget_overrides_the_factor(tmp_path):
+    from ml_backend.engine import Engine
+
+    assert Engine(Settings(model_dir=tmp_path, backbone="tiny")).round_config(20).budget == 2  # 0.1 x 20
+    assert Engine(Settings(model_dir=tmp_path, backbone="tiny", budget=7)).round_config(20).budget == 7
+    assert Engine(Settings(model_dir=tmp_path, backbone="tiny", budget=7, resolution=32)).round_config(0).budget == 0
