@@ -8,6 +8,7 @@ from pathlib import Path
 
 from model.acquisition import METHODS
 from model.backbones import BACKBONES
+from model.features import DTYPES
 from model.selection import COVERAGE_METHODS
 
 
@@ -43,6 +44,7 @@ class Settings:
     backbone: str = "imagenet256"
     diffusion_checkpoint: Path | None = None
     device: str = "auto"
+    feature_dtype: str = "auto"  # UNet precision: auto (fp16 on CUDA, bf16 on CPUs with native bf16), fp32, bf16, fp16
     resolution: int = 256
     budget_factor: float = 0.1
     budget: int = 0  # clicks per round; 0: budget_factor x images
@@ -96,6 +98,7 @@ class Settings:
             backbone=backbone,
             diffusion_checkpoint=Path(ckpt).expanduser() if ckpt else None,
             device=_env("DEVICE", "auto"),
+            feature_dtype=_env("FEATURE_DTYPE", "auto").lower(),
             resolution=_number("RESOLUTION", 256, int),
             budget_factor=_number("BUDGET_FACTOR", 0.1, float),
             budget=_number("BUDGET", 0, int),
@@ -129,6 +132,8 @@ class Settings:
 
     def validate(self) -> None:
         problems = []
+        if self.feature_dtype not in ("auto", *DTYPES):
+            problems.append(f"FEATURE_DTYPE={self.feature_dtype!r}; choose auto, {', '.join(DTYPES)}")
         if self.resolution < 32 or self.resolution % 32:
             problems.append(f"RESOLUTION={self.resolution} must be a positive multiple of 32")
         if not 0 < self.budget_factor:

@@ -17,7 +17,7 @@ from ml_backend.config import Settings
 from model.acquisition import get_acquisition
 from model.backbones import CheckpointError, get_backbone, load_unet
 from model.expansion import Expander, LRUCache, build_expander
-from model.features import DiffusionFeatureExtractor, FeatureConfig, ImageFeatureSource
+from model.features import DiffusionFeatureExtractor, FeatureConfig, ImageFeatureSource, resolve_dtype
 from model.head import SegmentationHead, TrainConfig
 from model.prediction import segment
 from model.selection import RecordCache, RoundConfig, budget_for
@@ -45,7 +45,9 @@ class Engine:
 
     # configuration ------------------------------------------------------------------------------
     def feature_config(self) -> FeatureConfig:
-        return FeatureConfig(resolution=self.settings.resolution, draws=self.settings.draws, seed=self.settings.seed)
+        s = self.settings
+        return FeatureConfig(resolution=s.resolution, draws=s.draws, seed=s.seed,
+                             dtype=resolve_dtype(s.feature_dtype, self.device))
 
     def round_config(self, num_images: int) -> RoundConfig:
         s = self.settings
@@ -92,7 +94,8 @@ class Engine:
                     raise
                 self.backbone_error = None
                 self._extractor = DiffusionFeatureExtractor(unet, self.feature_config())
-                log.info("backbone %s loaded on %s (feature dim %d)", self.backbone.name, self.device, self._extractor.dim)
+                log.info("backbone %s loaded on %s (feature dim %d, %s)", self.backbone.name, self.device,
+                         self._extractor.dim, self._extractor.config.dtype)
             return self._extractor
 
     def source(self, load_image, keys: list[str]) -> ImageFeatureSource:

@@ -10,7 +10,7 @@ import sys
 import torch
 
 from model.backbones import BACKBONES, NOT_PRETRAINED_WARNING, get_backbone
-from model.features import FeatureConfig
+from model.features import DTYPES, FeatureConfig
 from model.unet import GuidedDiffusionUNet, decoder_block_shapes
 
 
@@ -112,6 +112,8 @@ def add_simulate(sub) -> None:
     p.add_argument("--max-eval-images", type=int, default=None)
     p.add_argument("--map-cache-gb", type=float, default=8.0, help="disk budget for cached feature maps (0: off)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="UNet precision: auto is fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
     p.add_argument("--out", required=True)
     p.set_defaults(run=simulate)
 
@@ -122,7 +124,7 @@ def simulate(args: argparse.Namespace) -> None:
     from model.backbones import load_unet
     from model.datasets import load_dataset
     from model.expansion import build_expander
-    from model.features import DiffusionFeatureExtractor
+    from model.features import DiffusionFeatureExtractor, resolve_dtype
     from model.head import TrainConfig
     from model.simulate import Simulation, SimulationConfig, parse_strategy
 
@@ -135,7 +137,8 @@ def simulate(args: argparse.Namespace) -> None:
     unet = load_unet(backbone, args.checkpoint, device=device)
     if not backbone.pretrained:
         print(f"WARNING: {NOT_PRETRAINED_WARNING}", file=sys.stderr)
-    features = FeatureConfig(resolution=args.resolution, draws=args.draws, seed=args.feature_seed)
+    features = FeatureConfig(resolution=args.resolution, draws=args.draws, seed=args.feature_seed,
+                             dtype=resolve_dtype(args.dtype, device))
     extractor = DiffusionFeatureExtractor(unet, features)
     expander = None if args.expand == "none" else build_expander(
         args.expand, tau=args.tau, sam_checkpoint=args.sam_checkpoint, sam_model_type=args.sam_model_type, device=device)

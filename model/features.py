@@ -12,6 +12,11 @@ noise image, so features are reproducible and cacheable across rounds and proces
 `FeatureMaps` keeps the block activations at their native resolutions and samples pixels from
 them with exactly the arithmetic of `F.interpolate(mode="bilinear", align_corners=False)`, so the
 6144 x 256 x 256 tensor (1.6 GB) never exists: a few thousand pixels cost a few MB.
+
+The UNet runs in float32 or under fp16 / bf16 autocast (`FeatureConfig.dtype`); the maps keep the
+autocast dtype (half the memory) and pixels are interpolated in float32 from them. `auto` picks
+fp16 on CUDA, as the reference runs the UNet, and bf16 on CPUs with native bf16 instructions
+(README, Performance: its speed and how its selections agree with float32).
 """
 
 from __future__ import annotations
@@ -27,6 +32,25 @@ from model.noise_schedule import LinearNoiseSchedule
 from model.unet import GuidedDiffusionUNet, decoder_block_channels
 
 REFERENCE_NOISE = 0
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX); without them bf16
+    autocast only adds conversions."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_dtype(name: str, device: str | torch.device) -> str:
+    """The UNet precision for a setting: `auto` is fp16 on CUDA, bf16 on CPUs with native bf16, else fp32."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise ValueError(f"feature dtype {name!r}; choose auto, {', '.join(DTYPES)}")
+        return name
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "fp16"
+    return "bf16" if kind == "cpu" and native_bf16_cpu() else "fp32"
 
 
 @dataclass(frozen=True)
@@ -38,6 +62,14 @@ class FeatureConfig:
     seed: int = 0
     normalize: bool = True  # L2-normalise each pixel's vector, as the reference does
     batch_size: int = 6  # UNet inputs per forward pass
+    dtype: str = "fp32"  # UNet precision: fp32, or bf16 / fp16 autocast (resolve_dtype turns "auto" into one)
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"FeatureConfig.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r} "
+                             f"(resolve 'auto' with model.features.resolve_dtype)")
+        if self.batch_size < 1:
+            raise ValueError(f"FeatureConfig.batch_size must be at least 1, got {self.batch_size}")
 
     @property
     def draw_indices(self) -> tuple[int, ...]:
@@ -90,14 +122,14 @@ class FeatureMaps:
             ty, tx = _BilinearTaps(ys, h, r), _BilinearTaps(xs, w, r)
             flat = m.reshape(c, h * w)
             dev = m.device
-            wy, wx = ty.frac.to(dev, m.dtype), tx.frac.to(dev, m.dtype)
+            wy, wx = ty.frac.to(dev), tx.frac.to(dev)
 
             def tap(yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-                return flat[:, (yi * w + xi).to(dev)]
+                return flat[:, (yi * w + xi).to(dev)].float()
 
             top = tap(ty.lo, tx.lo) * (1 - wx) + tap(ty.lo, tx.hi) * wx
             bottom = tap(ty.hi, tx.lo) * (1 - wx) + tap(ty.hi, tx.hi) * wx
-            parts.append((top * (1 - wy) + bottom * wy).float())
+            parts.append(top * (1 - wy) + bottom * wy)
         feats = torch.cat(parts, dim=0).T.contiguous() if parts else torch.empty(0, 0)
         return F.normalize(feats, dim=1) if self.normalize else feats
 
@@ -109,20 +141,23 @@ class FeatureMaps:
 
 
 class DiffusionFeatureExtractor:
-    """Runs the frozen UNet on noised copies of an image and returns their `FeatureMaps`."""
+    """Runs the frozen UNet on noised copies of an image and returns their `FeatureMaps`.
+
+    `channels_last` (which converts the UNet's weights in place) and `compile` (torch.compile of the
+    UNet pass) change speed, not features; `python -m model bench gpu` measures whether they pay."""
 
     def __init__(self, unet: GuidedDiffusionUNet, config: FeatureConfig = FeatureConfig(),
-                 amp_dtype: torch.dtype | None = None):
+                 channels_last: bool = False, compile: bool = False):
         n = unet.config.num_decoder_blocks
         if not config.blocks or min(config.blocks) < 0 or max(config.blocks) >= n:
             raise ValueError(f"feature blocks must lie in 0..{n - 1}, got {config.blocks}")
-        self.unet = unet
+        self.unet = unet.to(memory_format=torch.channels_last) if channels_last else unet
         self.config = config
+        self.channels_last = channels_last
         self.schedule = LinearNoiseSchedule()
         self.device = next(unet.parameters()).device
-        # Half precision on GPUs (the reference runs the UNet in fp16); float32 on CPUs.
-        self.amp_dtype = amp_dtype if amp_dtype is not None else (
-            torch.float16 if self.device.type == "cuda" else None)
+        self.amp_dtype = None if config.dtype == "fp32" else DTYPES[config.dtype]
+        self._forward = torch.compile(self.unet.decoder_features) if compile else self.unet.decoder_features
         channels = decoder_block_channels(unet.config)
         self.dim = len(config.timesteps) * sum(channels[b] for b in config.blocks)
         self._noises: dict[int, torch.Tensor] = {}
@@ -147,11 +182,13 @@ class DiffusionFeatureExtractor:
             t = torch.tensor([job[1] for job in chunk], device=self.device)
             eps = torch.stack([self.noise(job[0]) for job in chunk])
             x_t = self.schedule.q_sample(x0.expand(len(chunk), -1, -1, -1), t, eps)
+            if self.channels_last:
+                x_t = x_t.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
-                blocks = self.unet.decoder_features(x_t, t, self.config.blocks)
+                blocks = self._forward(x_t, t, self.config.blocks)
             for j, job in enumerate(chunk):
-                outputs[job] = [b[j] for b in blocks]
+                outputs[job] = [b[j].contiguous() for b in blocks]  # channels_last outputs: gathered often
         return [
             FeatureMaps([m for t in self.config.timesteps for m in outputs[(n, t)]], r, self.config.normalize)
             for n in noises
