@@ -1,7 +1,7 @@
-"""Benchmarks that print numbers: `python -m model bench herding|local|round|features|expansion`.
+"""Benchmarks that print numbers: `python -m model bench herding|local|round|features|precision|gpu|expansion`.
 
-Every measurement runs in a fresh spawned process, so its peak RSS is its own (data included),
-and prints one JSON line. Timings are medians over --repeats runs. Variants of one benchmark run
+Every measurement runs in a fresh spawned process, so its peak RSS (and peak GPU memory) is its
+own (data included), and prints one JSON line. Timings are medians over --repeats runs. Variants of one benchmark run
 side by side in the same invocation, because these machines are noisy.
 
 Synthetic features: a seeded Gaussian mixture, L2-normalised like the pipeline's features (the
@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
+import os
+import queue
 import resource
 import statistics
 import sys
@@ -22,6 +24,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from model.backbones import BACKBONES
+from model.features import DTYPES, FeatureConfig
 
 
 def synthetic_features(n: int, dim: int, clusters: int = 100, seed: int = 0, spread: float = 0.6) -> np.ndarray:
@@ -48,13 +53,27 @@ def _child(target: Callable, kwargs: dict, queue) -> None:
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
-def isolated(target: Callable, **kwargs) -> dict:
-    """Run `target(**kwargs)` in a spawned process and return its dict with its peak RSS."""
+def isolated(target: Callable, timeout: float | None = None, **kwargs) -> dict:
+    """Run `target(**kwargs)` in a spawned process and return its dict with its peak RSS. A process
+    that dies (killed for memory) or outlives `timeout` seconds gives an error dict instead."""
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(target, kwargs, queue))
+    results = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(target, kwargs, results))
     proc.start()
-    result = queue.get()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    result = None
+    while result is None:
+        try:
+            result = results.get(timeout=1)
+        except queue.Empty:
+            if not proc.is_alive():
+                try:
+                    result = results.get(timeout=1)
+                except queue.Empty:
+                    result = {"error": f"the measurement process died (exit code {proc.exitcode})"}
+            elif deadline is not None and time.monotonic() > deadline:
+                proc.terminate()
+                result = {"error": f"timed out after {timeout:.0f} s"}
     proc.join()
     return result
 
@@ -151,53 +170,180 @@ def bench_local(args) -> None:
         emit(record)
 
 
+# models and devices -----------------------------------------------------------------------------
+def device_name(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def timing_unet(backbone: str, checkpoint: str | None, device: str):
+    """The backbone's UNet; random weights when no checkpoint is given (the time does not depend on
+    them), built directly on the device so that the 550M-parameter init does not run on the CPU."""
+    from model.backbones import get_backbone, load_unet
+    from model.unet import GuidedDiffusionUNet
+
+    spec = get_backbone(backbone)
+    if checkpoint or not spec.pretrained:
+        return load_unet(spec, checkpoint, device=device)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(0)
+        unet = GuidedDiffusionUNet(spec.unet)
+    return unet.eval().requires_grad_(False)
+
+
+def synchronize(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_gpu_memory(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gpu_memory_gb(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if torch.device(device).type == "cuda" else None
+
+
+def machine(device: str) -> dict:
+    """Where a line was measured; `load_1min` is the load average when the measurement ended (the
+    development machines are shared: compare variants measured side by side, not across sessions)."""
+    if torch.device(device).type == "cuda":
+        return {"device": torch.cuda.get_device_name(device)}
+    return {"device": f"cpu x {os.cpu_count()}", "load_1min": os.getloadavg()[0]}
+
+
 # rounds -----------------------------------------------------------------------------------------
+class TimedSource:
+    """A `FeatureSource` that adds up the time of its UNet passes (waiting for the GPU), so that a
+    round's seconds split into features and the rest (herding, scoring)."""
+
+    def __init__(self, source):
+        self.source, self.seconds = source, 0.0
+        self.resolution, self.draws = source.resolution, source.draws
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def key(self, image: int) -> str:
+        return self.source.key(image)
+
+    def maps(self, image: int, noises):
+        t = time.perf_counter()
+        out = self.source.maps(image, noises)
+        synchronize(self.source.extractor.device)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+def oracle_answers(dataset, queries, resolution: int, expander, region_cap: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The ground truth answers the queries (void gets no label) and each click is expanded as the
+    backend expands it: image index -> (labeled pixels, classes)."""
+    from model.datasets import IGNORE_INDEX
+    from model.expansion import pixels_beyond_click
+
+    labeled: dict[int, dict[int, int]] = {}
+    for i, p in queries:
+        cls = int(dataset.labels(i, resolution).ravel()[p])
+        if cls == IGNORE_INDEX:
+            continue
+        pixels = labeled.setdefault(i, {})
+        pixels[p] = cls
+        if expander is not None:
+            mask, _, expanded = expander.region(dataset.image(i, resolution), p // resolution, p % resolution)
+            if expanded:
+                for q in pixels_beyond_click(np.flatnonzero(mask), p, region_cap, f"{i}:{p}").tolist():
+                    pixels.setdefault(q, cls)
+    return {i: (np.array(sorted(px), dtype=np.int64), np.array([px[q] for q in sorted(px)], dtype=np.int64))
+            for i, px in labeled.items()}
+
+
 def _round_run(data: str, backbone: str, checkpoint: str | None, resolution: int, images: int | None, candidates: int,
-               local_k: int, budget_factor: float, acquisition: str, cache_dir: str, seed: int) -> dict:
+               local_k: int, budget_factor: float, budget: int, acquisition: str, dtype: str, batch: int, device: str,
+               expand: str, region_cap: int, segment_all: bool, cache_dir: str, seed: int, stream: bool) -> dict:
+    """Round 0, the annotator's answers, head training, round 1 and (optionally) the segmentation of
+    every image, through the functions the backend's jobs call (ml_backend/loop.py)."""
     from pathlib import Path
 
-    from model.backbones import load_unet
     from model.datasets import load_dataset
-    from model.features import DiffusionFeatureExtractor, FeatureConfig, ImageFeatureSource
+    from model.expansion import build_expander
+    from model.features import DiffusionFeatureExtractor, ImageFeatureSource, resolve_dtype
     from model.head import TrainConfig, train_head
-    from model.selection import RecordCache, RoundConfig, budget_for, run_round
+    from model.prediction import segment
+    from model.selection import RecordCache, RoundConfig, budget_for, labeled_features, run_round
 
     ds = load_dataset(data, "train").head(images)
-    extractor = DiffusionFeatureExtractor(load_unet(backbone, checkpoint), FeatureConfig(resolution=resolution))
-    source = ImageFeatureSource(extractor, lambda i: ds.image(i, resolution), [ds.key(i) for i in range(len(ds))])
+    features = FeatureConfig(resolution=resolution, batch_size=batch, dtype=resolve_dtype(dtype, device), seed=seed)
+    extractor = DiffusionFeatureExtractor(timing_unet(backbone, checkpoint, device), features)
+    source = TimedSource(ImageFeatureSource(extractor, lambda i: ds.image(i, resolution),
+                                            [ds.key(i) for i in range(len(ds))]))
     cache = RecordCache({"bench": "round", "resolution": resolution, "backbone": backbone}, Path(cache_dir))
-    config = RoundConfig(budget=budget_for(len(ds), budget_factor), candidates=candidates, local_k=local_k,
+    config = RoundConfig(budget=budget or budget_for(len(ds), budget_factor), candidates=candidates, local_k=local_k,
                          acquisition=acquisition, seed=seed)
-    out = {}
+    expander = None if expand == "none" else build_expander(expand)
+    out = {"images": len(ds), "budget": config.budget, "dtype": features.dtype, "batch": batch, "expand": expand}
+
+    def stage(name: str, **values) -> None:
+        out.update(values)
+        if stream:
+            emit({"benchmark": "round", "stage": name, **{k: v for k, v in values.items() if k != "stages"}})
+
+    reset_peak_gpu_memory(device)
     t = time.perf_counter()
     r0 = run_round(source, {}, None, config, cache)
-    out["round0_seconds"] = time.perf_counter() - t
-    labeled: dict[int, list[int]] = {}
+    stage("round 0", round0_seconds=time.perf_counter() - t, round0_feature_seconds=source.seconds,
+          round0_seconds_per_image=(time.perf_counter() - t) / len(ds), round0_recomputed=r0.images_recomputed,
+          round0_stages=r0.seconds)
+
+    # The last answer arrives: the backend expands the clicks, trains a head on every labeled pixel
+    # and selects round 1 (only the images whose labels changed need a UNet pass).
+    answered = time.perf_counter()
+    queried: dict[int, list[int]] = {}
     for i, p in r0.queries:
-        if ds.labels(i, resolution).ravel()[p] != 255:
-            labeled.setdefault(i, []).append(p)
-    feats = torch.cat([source.maps(i, (0,))[0].at(np.array(px)) for i, px in sorted(labeled.items())])
-    classes = torch.cat([torch.from_numpy(ds.labels(i, resolution).ravel()[np.array(px)].astype(np.int64))
-                         for i, px in sorted(labeled.items())])
-    head, _ = train_head(feats, classes, ds.num_classes, TrainConfig())
-    t = time.perf_counter()
-    r1 = run_round(source, {i: np.array(px) for i, px in labeled.items()}, head, config, cache, round_index=1)
-    out["round1_seconds"] = time.perf_counter() - t
-    out.update(images=len(ds), budget=config.budget, round0_recomputed=r0.images_recomputed,
-               round1_recomputed=r1.images_recomputed, round0_stages=r0.seconds, round1_stages=r1.seconds)
+        queried.setdefault(i, []).append(p)
+    labeled = oracle_answers(ds, r0.queries, resolution, expander, region_cap)
+    expanded = time.perf_counter()
+    source.seconds = 0.0
+    feats, classes = labeled_features(source, labeled, config, cache, queried=queried)
+    training_set = time.perf_counter()
+    head, report = train_head(feats, classes, ds.num_classes, TrainConfig(seed=seed))
+    trained = time.perf_counter()
+    r1 = run_round(source, {i: px for i, (px, _) in labeled.items()}, head, config, cache, round_index=1,
+                   queried=queried)
+    selected = time.perf_counter()
+    stage("answer to queries", answer_to_queries_seconds=selected - answered, expansion_seconds=expanded - answered,
+          labeled_pixels=len(classes), head_seconds=trained - training_set, head_epochs=report.epochs,
+          round1_seconds=(training_set - expanded) + (selected - trained), round1_feature_seconds=source.seconds,
+          round1_recomputed=len(labeled) + r1.images_recomputed, round1_stages=r1.seconds)
+
+    if segment_all:  # what /predict computes for every task once a new head is in
+        t = time.perf_counter()
+        for i in range(len(ds)):
+            segment(head, extractor.maps(ds.image(i, resolution))[0])
+        synchronize(device)
+        stage("segmentation", segment_all_seconds=time.perf_counter() - t,
+              segment_seconds_per_image=(time.perf_counter() - t) / len(ds))
+    out.update(peak_gpu_memory_gb=peak_gpu_memory_gb(device), **machine(device))
     return out
 
 
-def bench_round(args) -> None:
+def round_measurement(args, backbone: str, resolution: int, device: str, expand: str, segment_all: bool,
+                      stream: bool, timeout: float | None = None) -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        r = isolated(_round_run, data=args.data, backbone=args.backbone, checkpoint=args.checkpoint,
-                     resolution=args.resolution, images=args.images, candidates=args.candidates, local_k=args.local_k,
-                     budget_factor=args.budget_factor, acquisition=args.acquisition, cache_dir=tmp, seed=args.seed)
+        r = isolated(_round_run, timeout=timeout, data=args.data, backbone=backbone, checkpoint=args.checkpoint,
+                     resolution=resolution, images=args.images, candidates=args.candidates, local_k=args.local_k,
+                     budget_factor=args.budget_factor, budget=args.budget, acquisition=args.acquisition,
+                     dtype=args.dtype, batch=args.batch, device=device, expand=expand, region_cap=args.region_cap,
+                     segment_all=segment_all, cache_dir=tmp, seed=args.seed, stream=stream)
     if "error" not in r:
         r["round1_share_of_round0"] = r["round1_seconds"] / r["round0_seconds"]
-    emit({"benchmark": "round", "backbone": args.backbone, "resolution": args.resolution, **r})
+    return {"benchmark": "round", "backbone": backbone, "resolution": resolution, **r}
+
+
+def bench_round(args) -> None:
+    emit(round_measurement(args, args.backbone, args.resolution, device_name(args.device), args.expand,
+                           args.segment_all, stream=False))
 
 
 # features ---------------------------------------------------------------------------------------
@@ -216,49 +362,232 @@ def unet_flops(backbone: str, resolution: int, blocks: tuple[int, ...]) -> float
     return float(counter.get_total_flops())
 
 
-def _features_run(backbone: str, resolution: int, batch: int, dtype: str, iterations: int, device: str) -> dict:
-    from model.backbones import load_unet
-    from model.features import DiffusionFeatureExtractor, FeatureConfig
-    from model.unet import GuidedDiffusionUNet
+def _features_run(backbone: str, resolution: int, batch: int, dtype: str, channels_last: bool, compile: bool,
+                  noises: int | None, iterations: int, warmup: int, device: str) -> dict:
+    """Feature maps of one image through the extractor, as a round computes them. A round-0 image
+    takes 1 + draws noises x 3 timesteps = 18 UNet inputs; `noises` above 6 measures what batching
+    several images per forward would give, below 6 a share of an image (scaled to 18 inputs)."""
+    from model.features import DiffusionFeatureExtractor
 
-    if backbone == "tiny":
-        unet = load_unet("tiny", device=device)
-    else:  # random weights are enough for timing: no checkpoint needed
-        from model.backbones import get_backbone
-
-        unet = GuidedDiffusionUNet(get_backbone(backbone).unet).to(device).eval().requires_grad_(False)
-    amp = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    cfg = FeatureConfig(resolution=resolution, batch_size=batch)
-    ex = DiffusionFeatureExtractor(unet, cfg, amp_dtype=amp)
-    if device == "cpu" and amp is None:
-        ex.amp_dtype = None
+    cfg = FeatureConfig(resolution=resolution, batch_size=batch, dtype=dtype)
+    ex = DiffusionFeatureExtractor(timing_unet(backbone, None, device), cfg, channels_last=channels_last,
+                                   compile=compile)
+    per_image = (1 + cfg.draws) * len(cfg.timesteps)
+    noise_ids = tuple(range(noises or max(1 + cfg.draws, math.ceil(batch / len(cfg.timesteps)))))
     image = np.random.default_rng(0).integers(0, 255, (resolution, resolution, 3), dtype=np.uint8)
-    noises = tuple(range(math.ceil(batch / len(cfg.timesteps))))
-    ex.maps(image, noises)  # warm-up
+    t = time.perf_counter()
+    for _ in range(warmup):  # oneDNN primitives, cuDNN autotuning, torch.compile
+        ex.maps(image, noise_ids)
+    synchronize(device)
+    warmup_seconds = time.perf_counter() - t
+    reset_peak_gpu_memory(device)
     times = []
     for _ in range(iterations):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
         t = time.perf_counter()
-        ex.maps(image, noises)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        ex.maps(image, noise_ids)
+        synchronize(device)
         times.append(time.perf_counter() - t)
-    forwards = len(noises) * len(cfg.timesteps)
-    seconds = statistics.median(times)
-    flops = unet_flops(backbone, resolution, cfg.blocks) * forwards
-    return {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "dtype": dtype,
-            "forwards": forwards, "seconds": seconds, "forwards_per_second": forwards / seconds,
-            "images_per_second_reference_pass": forwards / seconds / len(cfg.timesteps),
-            "tflops_achieved": flops / seconds / 1e12, "gflop_per_forward": flops / forwards / 1e9}
+    forwards = len(noise_ids) * len(cfg.timesteps)
+    seconds = statistics.median(times) * per_image / forwards
+    flops = unet_flops(backbone, resolution, cfg.blocks) * per_image
+    return {"dtype": dtype, "batch": batch, "channels_last": channels_last, "compile": compile,
+            "forwards_measured": forwards, "forwards_per_image": per_image, "seconds_per_image": seconds,
+            "images_per_second": 1 / seconds, "tflops_achieved": flops / seconds / 1e12,
+            "gflop_per_forward": flops / per_image / 1e9, "warmup_seconds": warmup_seconds,
+            "iterations": iterations, "peak_gpu_memory_gb": peak_gpu_memory_gb(device), **machine(device)}
+
+
+def feature_variants(dtypes, batches, channels_last: bool, compile: bool) -> list[dict]:
+    variants = [dict(dtype=d, batch=b, channels_last=False, compile=False) for d in dtypes for b in batches]
+    if channels_last:
+        variants += [dict(v, channels_last=True) for v in variants]
+    if compile:
+        variants += [dict(v, compile=True) for v in variants]
+    return variants
+
+
+def measure_features(backbone: str, resolution: int, variants: list[dict], device: str, repeats: int,
+                     iterations: int, warmup: int, noises: int | None, timeout: float | None = None) -> list[dict]:
+    """Each variant in its own process, the variants interleaved `repeats` times (the machines are
+    noisy); one line per variant with the median of its repeats."""
+    runs: list[list[dict]] = [[] for _ in variants]
+    for _ in range(repeats):
+        for v, variant in enumerate(variants):
+            runs[v].append(isolated(_features_run, timeout=timeout, backbone=backbone, resolution=resolution,
+                                    device=device, iterations=iterations, warmup=warmup, noises=noises, **variant))
+    lines = []
+    for variant, results in zip(variants, runs):
+        ok = [r for r in results if "error" not in r]
+        line = {"benchmark": "features", "backbone": backbone, "resolution": resolution, **variant}
+        if not ok:
+            line["error"] = results[0]["error"]
+        else:
+            line.update(ok[-1], seconds_per_image=statistics.median(r["seconds_per_image"] for r in ok),
+                        images_per_second=statistics.median(r["images_per_second"] for r in ok),
+                        tflops_achieved=statistics.median(r["tflops_achieved"] for r in ok), repeats=len(ok))
+        lines.append(line)
+    return lines
 
 
 def bench_features(args) -> None:
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    for dtype in args.dtypes:
-        r = isolated(_features_run, backbone=args.backbone, resolution=args.resolution, batch=args.batch, dtype=dtype,
-                     iterations=args.iterations, device=device)
-        emit({"benchmark": "features", "backbone": args.backbone, "resolution": args.resolution, **r})
+    variants = feature_variants(args.dtypes, args.batches, args.channels_last, args.compile)
+    for line in measure_features(args.backbone, args.resolution, variants, device_name(args.device), args.repeats,
+                                 args.iterations, args.warmup, args.noises):
+        emit(line)
+
+
+# precision --------------------------------------------------------------------------------------
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a.numpy(), b.numpy()).statistic)
+
+
+def _precision_run(data: str, backbone: str, resolution: int, images: int, candidates: int, local_k: int,
+                   budget: int, dtypes: list[str], seed: int) -> dict:
+    """Round 0 and round 1 at each precision, compared with the first (float32): the pixels they
+    pick, the herding objective of those picks in float32 features, and eDALD's ranking of every
+    candidate under one head."""
+    from model.acquisition import acquisition_scores
+    from model.datasets import load_dataset
+    from model.features import DiffusionFeatureExtractor, ImageFeatureSource
+    from model.head import TrainConfig, train_head
+    from model.herding import RBFKernel, auto_sigma
+    from model.selection import (RecordCache, RoundConfig, candidate_pixels, labeled_features, record_digest,
+                                 run_round)
+
+    ds = load_dataset(data, "train").head(images)
+    unet = timing_unet(backbone, None, "cpu")
+    config = RoundConfig(budget=budget, candidates=candidates, local_k=local_k, seed=seed)
+    keys = [ds.key(i) for i in range(len(ds))]
+    runs = []
+    for dtype in dtypes:
+        extractor = DiffusionFeatureExtractor(unet, FeatureConfig(resolution=resolution, dtype=dtype))
+        source = ImageFeatureSource(extractor, lambda i: ds.image(i, resolution), keys)
+        cache = RecordCache({"dtype": dtype})
+        t = time.perf_counter()
+        r0 = run_round(source, {}, None, config, cache)
+        seconds = time.perf_counter() - t
+        local = [cache.get(keys[i], record_digest(())).picks for i in range(len(ds))]
+        labeled = oracle_answers(ds, r0.queries, resolution, None, 1)
+        queried = {i: [p for j, p in r0.queries if j == i] for i in {j for j, _ in r0.queries}}
+        feats, classes = labeled_features(source, labeled, config, cache, queried=queried)
+        head, _ = train_head(feats, classes, ds.num_classes, TrainConfig(seed=seed))
+        r1 = run_round(source, {i: px for i, (px, _) in labeled.items()}, head, config, cache, round_index=1,
+                       queried=queried)
+        runs.append({"dtype": dtype, "extractor": extractor, "round0": r0, "round1": r1, "head": head,
+                     "local": local, "seconds_per_image": seconds / len(ds)})
+
+    base = runs[0]
+
+    def objective(i: int, picks: np.ndarray) -> float:
+        """Local herding's objective for image i: mean coverage of its candidates, float32 features."""
+        maps = base["extractor"].maps(ds.image(i, resolution))[0]
+        x = maps.at(candidate_pixels(keys[i], resolution, candidates, seed))
+        return float(RBFKernel(auto_sigma(x, seed)).max_over(x, maps.at(picks)).mean())
+
+    def edald(extractor, i: int) -> torch.Tensor:
+        """eDALD scores of every candidate of image i, under the float32 run's head."""
+        maps = extractor.maps(ds.image(i, resolution), (0, *extractor.config.draw_indices))
+        px = candidate_pixels(keys[i], resolution, candidates, seed)
+        ref = base["head"].log_probs(maps[0].at(px))
+        draws = torch.stack([base["head"].log_probs(m.at(px)) for m in maps[1:]], dim=1)
+        return acquisition_scores("edald", ref, draws)
+
+    base_objective = [objective(i, base["local"][i]) for i in range(len(ds))]
+    base_scores = torch.cat([edald(base["extractor"], i) for i in range(len(ds))])
+    lines = []
+    for run in runs[1:]:
+        ratios = [objective(i, run["local"][i]) / o for i, o in enumerate(base_objective)]
+        scores = torch.cat([edald(run["extractor"], i) for i in range(len(ds))])
+        top = max(1, budget)
+        lines.append({
+            "compared": f"{run['dtype']} vs {base['dtype']}",
+            "seconds_per_image": run["seconds_per_image"], "base_seconds_per_image": base["seconds_per_image"],
+            "round0_overlap": len(set(run["round0"].queries) & set(base["round0"].queries)) / len(base["round0"].queries),
+            "round1_overlap": len(set(run["round1"].queries) & set(base["round1"].queries)) / len(base["round1"].queries),
+            "local_picks_overlap": float(np.mean([len(np.intersect1d(a, b)) / len(b)
+                                                  for a, b in zip(run["local"], base["local"])])),
+            "local_objective_ratio_mean": float(np.mean(ratios)), "local_objective_ratio_min": float(np.min(ratios)),
+            "edald_spearman": _spearman(scores, base_scores),
+            "edald_top_b_overlap": len(set(torch.topk(scores, top).indices.tolist())
+                                       & set(torch.topk(base_scores, top).indices.tolist())) / top,
+            "pixels_ranked": len(scores)})
+    return {"lines": lines, **machine("cpu")}
+
+
+def bench_precision(args) -> None:
+    r = isolated(_precision_run, data=args.data, backbone=args.backbone, resolution=args.resolution,
+                 images=args.images, candidates=args.candidates, local_k=args.local_k, budget=args.budget,
+                 dtypes=args.dtypes, seed=args.seed)
+    common = {"benchmark": "precision", "backbone": args.backbone, "resolution": args.resolution,
+              "images": args.images, "candidates": args.candidates, "budget": args.budget}
+    if "error" in r:
+        emit({**common, "error": r["error"]})
+        return
+    for line in r["lines"]:
+        emit({**common, **line, "load_1min": r["load_1min"], "peak_rss_gb": r["peak_rss_gb"]})
+
+
+# gpu --------------------------------------------------------------------------------------------
+GPU_TARGETS = {"seconds_per_image": 0.15, "answer_to_queries_seconds": 60.0, "peak_gpu_memory_gb": 20.0}
+
+
+def bench_gpu(args) -> None:
+    """Everything the GPU path needs measured, in one run that stops within --deadline seconds:
+    feature throughput by precision, batch, memory layout and torch.compile; then a full round at
+    scale with the precision the backend picks (FEATURE_DTYPE=auto); then a summary against the
+    targets. --tiny runs the same steps at a size a CPU finishes in a minute (for the tests)."""
+    from model.features import resolve_dtype
+
+    started = time.monotonic()
+    device = device_name(args.device)
+    if args.tiny:
+        backbone, resolution, batches, dtypes = "tiny", 32, [6], ["fp32", "bf16"]
+        args.images, args.candidates, args.local_k, args.budget = args.images or 3, 200, 10, args.budget or 4
+    else:
+        backbone, resolution, batches, dtypes = "imagenet256", 256, [6, 18, 36], ["fp32", "fp16", "bf16"]
+
+    def left() -> float:
+        return args.deadline - (time.monotonic() - started)
+
+    lines = measure_features(backbone, resolution, feature_variants(dtypes, batches, False, False), device,
+                             repeats=1, iterations=args.iterations, warmup=1, noises=None, timeout=left())
+    for line in lines:
+        emit(line)
+    measured = [line for line in lines if "error" not in line]
+    if not measured:
+        emit({"benchmark": "gpu", "error": "no feature measurement succeeded"})
+        return
+    best = min(measured, key=lambda line: line["seconds_per_image"])
+    product = {"dtype": resolve_dtype(args.dtype, device), "batch": args.batch}
+    default = next((m for m in measured if m["dtype"] == product["dtype"] and m["batch"] == product["batch"]), None)
+    # the round first, at the backend's settings; the tuning variants after it may not fit the deadline
+    round_line = round_measurement(args, backbone, resolution, device, "superpixel", segment_all=True, stream=True,
+                                   timeout=max(1.0, left() - 60))
+    emit(round_line)
+    tuned = {"dtype": best["dtype"], "batch": best["batch"]}
+    for variant in (dict(tuned, channels_last=True, compile=False), dict(tuned, channels_last=False, compile=True)):
+        if variant["compile"] and not args.compile:
+            continue
+        if left() < 30:
+            emit({"benchmark": "features", **variant, "error": "skipped: the deadline is near"})
+            continue
+        line = measure_features(backbone, resolution, [variant], device, repeats=1, iterations=args.iterations,
+                                warmup=1, noises=None, timeout=left())[0]
+        if "error" not in line:
+            line["speedup_over_best_plain"] = best["seconds_per_image"] / line["seconds_per_image"]
+        emit(line)
+    summary = {"benchmark": "gpu", "backbone": backbone, "resolution": resolution, "images": round_line.get("images"),
+               "backend_features": product,
+               "seconds_per_image": default["seconds_per_image"] if default else None,
+               "best_features": tuned, "best_seconds_per_image": best["seconds_per_image"],
+               "answer_to_queries_seconds": round_line.get("answer_to_queries_seconds"),
+               "peak_gpu_memory_gb": round_line.get("peak_gpu_memory_gb"),
+               "wall_seconds": time.monotonic() - started, **machine(device)}
+    summary["targets_met"] = {k: None if summary[k] is None else summary[k] <= target  # None: not measurable here
+                              for k, target in GPU_TARGETS.items()}
+    emit(summary)
 
 
 # expansion --------------------------------------------------------------------------------------
@@ -293,6 +622,21 @@ def bench_expansion(args) -> None:
                                                    resolution=args.resolution)})
 
 
+def _round_arguments(p, candidates: int) -> None:
+    p.add_argument("--data", required=True, help="dataset root, e.g. ../shared/datasets/camvid")
+    p.add_argument("--checkpoint", default=None, help="diffusion checkpoint (default: random weights, same time)")
+    p.add_argument("--images", type=int, default=None, help="first N training images (default: all)")
+    p.add_argument("--candidates", type=int, default=candidates)
+    p.add_argument("--local-k", type=int, default=50)
+    p.add_argument("--budget-factor", type=float, default=0.1)
+    p.add_argument("--budget", type=int, default=0, help="clicks per round (0: budget factor x images)")
+    p.add_argument("--acquisition", default="edald")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="UNet precision (FEATURE_DTYPE)")
+    p.add_argument("--batch", type=int, default=FeatureConfig().batch_size, help="UNet inputs per forward")
+    p.add_argument("--region-cap", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+
+
 def add_parser(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks printing one JSON line per measurement")
     which = bench.add_subparsers(dest="benchmark", required=True)
@@ -317,27 +661,52 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=bench_local)
 
-    p = which.add_parser("round", help="round 0 vs round 1 wall time of a full selection")
-    p.add_argument("--data", required=True)
-    p.add_argument("--backbone", default="tiny")
-    p.add_argument("--checkpoint", default=None)
+    p = which.add_parser("round", help="round 0, answers, head, round 1 (and segmentation) of a real dataset")
+    _round_arguments(p, candidates=1000)
+    p.add_argument("--backbone", default="tiny", choices=sorted(BACKBONES))
     p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--images", type=int, default=None, help="first N training images (default: all)")
-    p.add_argument("--candidates", type=int, default=1000)
-    p.add_argument("--local-k", type=int, default=50)
-    p.add_argument("--budget-factor", type=float, default=0.1)
-    p.add_argument("--acquisition", default="edald")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--expand", default="none", choices=["none", "superpixel"],
+                   help="expand each answered click as the backend does (EXPANDER)")
+    p.add_argument("--segment-all", action="store_true", help="also segment every image with the new head")
     p.set_defaults(run=bench_round)
 
-    p = which.add_parser("features", help="UNet feature throughput (random weights)")
-    p.add_argument("--backbone", default="imagenet256")
+    p = which.add_parser("features", help="UNet feature throughput per image (random weights)")
+    p.add_argument("--backbone", default="imagenet256", choices=sorted(BACKBONES))
     p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--batch", type=int, default=18, help="UNet inputs per forward (noises x timesteps)")
-    p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--iterations", type=int, default=5)
+    p.add_argument("--batches", type=int, nargs="+", default=[6], help="UNet inputs per forward (FeatureConfig.batch_size)")
+    p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=sorted(DTYPES))
+    p.add_argument("--channels-last", action="store_true", help="also each variant in channels_last")
+    p.add_argument("--compile", action="store_true", help="also each variant under torch.compile")
+    p.add_argument("--noises", type=int, default=None,
+                   help="noises per measured call (default 6: one round-0 image); fewer are scaled to a whole image")
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1, help="interleaved repeats of all variants (median)")
     p.add_argument("--device", default="auto")
     p.set_defaults(run=bench_features)
+
+    p = which.add_parser("precision", help="fp32 against bf16 / fp16 features: time and agreement of the selections")
+    p.add_argument("--data", required=True)
+    p.add_argument("--backbone", default="tiny", choices=sorted(BACKBONES))
+    p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--images", type=int, default=20)
+    p.add_argument("--candidates", type=int, default=2000)
+    p.add_argument("--local-k", type=int, default=50)
+    p.add_argument("--budget", type=int, default=10, help="clicks per round")
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES),
+                   help="the first is the reference the others are compared with")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=bench_precision)
+
+    p = which.add_parser("gpu", help="the GPU path in one run: feature throughput, a full CamVid round, targets")
+    _round_arguments(p, candidates=10_000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tiny", action="store_true", help="tiny backbone, 32 px, 3 images: the same steps on a CPU")
+    p.add_argument("--deadline", type=float, default=480, help="seconds the whole run may take")
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile variant")
+    p.set_defaults(run=bench_gpu)
 
     p = which.add_parser("expansion", help="click-to-mask latency, cold and warm cache")
     p.add_argument("--data", required=True)

@@ -1,0 +1,91 @@
+"""The benchmark commands run end to end on a CPU with small configurations and print the fields
+the README's tables and the GPU session read. Times are printed, never asserted."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from model.bench import _precision_run, isolated
+from tests.conftest import REPO
+
+
+def _bench(*args: str, timeout: float = 900) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "model", "bench", *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def test_gpu_command_runs_its_steps_on_a_cpu(camvid_root):
+    lines = _bench("gpu", "--data", str(camvid_root), "--tiny", "--device", "cpu", "--images", "2", "--no-compile",
+                   "--iterations", "1")
+    features = [x for x in lines if x["benchmark"] == "features"]
+    assert [(x["dtype"], x["batch"], x["channels_last"]) for x in features] == [
+        ("fp32", 6, False), ("bf16", 6, False), (min(features[:2], key=lambda x: x["seconds_per_image"])["dtype"], 6, True)]
+    for x in features:
+        assert "error" not in x, x
+        assert x["forwards_per_image"] == 18 and x["forwards_measured"] == 18 and x["seconds_per_image"] > 0
+        assert x["images_per_second"] == pytest.approx(1 / x["seconds_per_image"])
+        assert x["peak_gpu_memory_gb"] is None and x["device"].startswith("cpu") and "load_1min" in x
+    assert features[2]["speedup_over_best_plain"] > 0
+
+    stages = [x["stage"] for x in lines if x["benchmark"] == "round" and "stage" in x]
+    assert stages == ["round 0", "answer to queries", "segmentation"]
+    (round_line,) = [x for x in lines if x["benchmark"] == "round" and "stage" not in x]
+    assert "error" not in round_line, round_line
+    assert round_line["images"] == 2 and round_line["budget"] == 4 and round_line["expand"] == "superpixel"
+    assert round_line["round0_recomputed"] == 2 and round_line["round1_recomputed"] >= 1
+    assert 0 < round_line["round0_feature_seconds"] <= round_line["round0_seconds"]
+    parts = round_line["expansion_seconds"] + round_line["head_seconds"] + round_line["round1_seconds"]
+    assert round_line["answer_to_queries_seconds"] == pytest.approx(parts, rel=1e-6)
+    assert round_line["segment_all_seconds"] > 0 and round_line["labeled_pixels"] >= 1
+
+    (summary,) = [x for x in lines if x["benchmark"] == "gpu"]
+    assert summary["backend_features"]["batch"] == 6 and summary["images"] == 2
+    assert summary["answer_to_queries_seconds"] == round_line["answer_to_queries_seconds"]
+    assert summary["best_seconds_per_image"] == min(x["seconds_per_image"] for x in features[:2])
+    assert set(summary["targets_met"]) == {"seconds_per_image", "answer_to_queries_seconds", "peak_gpu_memory_gb"}
+    assert summary["targets_met"]["peak_gpu_memory_gb"] is None  # no GPU memory on a CPU
+    assert lines[-1] == summary
+
+
+def test_features_benchmark_scales_a_share_of_an_image_to_18_forwards():
+    (line,) = _bench("features", "--backbone", "tiny", "--resolution", "32", "--noises", "1", "--iterations", "1",
+                     "--warmup", "0", "--device", "cpu")
+    assert line["forwards_measured"] == 3 and line["forwards_per_image"] == 18 and line["dtype"] == "fp32"
+    assert line["gflop_per_forward"] == pytest.approx(0.547, rel=0.01)  # tiny at 32 px, up to block 17
+
+
+def test_precision_comparison_of_identical_runs_is_exact(camvid_root):
+    """fp32 against a second fp32 run: every agreement measure must be exactly 1 (the runs are
+    deterministic), and bf16 is compared on the same scale."""
+    r = _precision_run(str(camvid_root), "tiny", 32, images=2, candidates=120, local_k=6, budget=3,
+                       dtypes=["fp32", "fp32", "bf16"], seed=0)
+    same, bf16 = r["lines"]
+    assert same["compared"] == "fp32 vs fp32" and bf16["compared"] == "bf16 vs fp32"
+    for key in ("round0_overlap", "round1_overlap", "local_picks_overlap", "local_objective_ratio_mean",
+                "local_objective_ratio_min", "edald_spearman", "edald_top_b_overlap"):
+        assert same[key] == pytest.approx(1.0, abs=1e-12), key
+        assert 0 <= bf16[key] <= 1.01, key
+    assert same["pixels_ranked"] == bf16["pixels_ranked"] == 240
+
+
+def _sleep(seconds: float) -> dict:
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+def _die() -> dict:
+    os._exit(9)
+
+
+def test_isolated_reports_a_hung_or_dead_measurement_instead_of_waiting():
+    assert isolated(_sleep, seconds=0.1, timeout=60)["slept"] == 0.1
+    t = time.monotonic()
+    assert isolated(_sleep, seconds=60, timeout=2) == {"error": "timed out after 2 s"}
+    assert time.monotonic() - t < 30
+    assert isolated(_die) == {"error": "the measurement process died (exit code 9)"}
