@@ -12,6 +12,7 @@ case for coverage and unlike real data).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -27,6 +28,8 @@ import torch
 
 from model.backbones import BACKBONES
 from model.features import DTYPES, FeatureConfig
+
+log = logging.getLogger(__name__)
 
 
 def synthetic_features(n: int, dim: int, clusters: int = 100, seed: int = 0, spread: float = 0.6) -> np.ndarray:
@@ -45,6 +48,7 @@ def peak_rss_gb() -> float:
 
 
 def _child(target: Callable, kwargs: dict, queue) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = target(**kwargs)
         result["peak_rss_gb"] = round(peak_rss_gb(), 3)
@@ -288,14 +292,16 @@ def _round_run(data: str, backbone: str, checkpoint: str | None, resolution: int
             emit({"benchmark": "round", "stage": name, **{k: v for k, v in values.items() if k != "stages"}})
 
     reset_peak_gpu_memory(device)
+    log.info("round 0 on %d images (%s, batch %d)", len(ds), features.dtype, batch)
     t = time.perf_counter()
     r0 = run_round(source, {}, None, config, cache)
-    stage("round 0", round0_seconds=time.perf_counter() - t, round0_feature_seconds=source.seconds,
-          round0_seconds_per_image=(time.perf_counter() - t) / len(ds), round0_recomputed=r0.images_recomputed,
-          round0_stages=r0.seconds)
+    elapsed = time.perf_counter() - t
+    stage("round 0", round0_seconds=elapsed, round0_feature_seconds=source.seconds,
+          round0_seconds_per_image=elapsed / len(ds), round0_recomputed=r0.images_recomputed, round0_stages=r0.seconds)
 
     # The last answer arrives: the backend expands the clicks, trains a head on every labeled pixel
     # and selects round 1 (only the images whose labels changed need a UNet pass).
+    log.info("answers, head training and round 1")
     answered = time.perf_counter()
     queried: dict[int, list[int]] = {}
     for i, p in r0.queries:
@@ -316,12 +322,13 @@ def _round_run(data: str, backbone: str, checkpoint: str | None, resolution: int
           round1_recomputed=len(labeled) + r1.images_recomputed, round1_stages=r1.seconds)
 
     if segment_all:  # what /predict computes for every task once a new head is in
+        log.info("segmentation of %d images", len(ds))
         t = time.perf_counter()
         for i in range(len(ds)):
             segment(head, extractor.maps(ds.image(i, resolution))[0])
         synchronize(device)
-        stage("segmentation", segment_all_seconds=time.perf_counter() - t,
-              segment_seconds_per_image=(time.perf_counter() - t) / len(ds))
+        elapsed = time.perf_counter() - t
+        stage("segmentation", segment_all_seconds=elapsed, segment_seconds_per_image=elapsed / len(ds))
     out.update(peak_gpu_memory_gb=peak_gpu_memory_gb(device), **machine(device))
     return out
 
@@ -462,6 +469,7 @@ def _precision_run(data: str, backbone: str, resolution: int, images: int, candi
     keys = [ds.key(i) for i in range(len(ds))]
     runs = []
     for dtype in dtypes:
+        log.info("%s: round 0, answers, head and round 1 on %d images", dtype, len(ds))
         extractor = DiffusionFeatureExtractor(unet, FeatureConfig(resolution=resolution, dtype=dtype))
         source = ImageFeatureSource(extractor, lambda i: ds.image(i, resolution), keys)
         cache = RecordCache({"dtype": dtype})
@@ -473,12 +481,19 @@ def _precision_run(data: str, backbone: str, resolution: int, images: int, candi
         queried = {i: [p for j, p in r0.queries if j == i] for i in {j for j, _ in r0.queries}}
         feats, classes = labeled_features(source, labeled, config, cache, queried=queried)
         head, _ = train_head(feats, classes, ds.num_classes, TrainConfig(seed=seed))
-        r1 = run_round(source, {i: px for i, (px, _) in labeled.items()}, head, config, cache, round_index=1,
-                       queried=queried)
+        pixels = {i: px for i, (px, _) in labeled.items()}
+        r1 = run_round(source, pixels, head, config, cache, round_index=1, queried=queried)
         runs.append({"dtype": dtype, "extractor": extractor, "round0": r0, "round1": r1, "head": head,
                      "local": local, "seconds_per_image": seconds / len(ds)})
+        if len(runs) == 1:  # round 1 hangs on a head trained from a few pixels: how far does its seed alone move it?
+            reseeded, _ = train_head(feats, classes, ds.num_classes, TrainConfig(seed=seed + 1))
+            runs[0]["round1_reseeded"] = run_round(source, pixels, reseeded, config, cache, round_index=1,
+                                                   queried=queried)
 
     base = runs[0]
+
+    def overlap(a, b) -> float:
+        return len(set(a.queries) & set(b.queries)) / len(b.queries)
 
     def objective(i: int, picks: np.ndarray) -> float:
         """Local herding's objective for image i: mean coverage of its candidates, float32 features."""
@@ -494,6 +509,7 @@ def _precision_run(data: str, backbone: str, resolution: int, images: int, candi
         draws = torch.stack([base["head"].log_probs(m.at(px)) for m in maps[1:]], dim=1)
         return acquisition_scores("edald", ref, draws)
 
+    log.info("herding objectives and eDALD rankings of every candidate")
     base_objective = [objective(i, base["local"][i]) for i in range(len(ds))]
     base_scores = torch.cat([edald(base["extractor"], i) for i in range(len(ds))])
     lines = []
@@ -504,8 +520,9 @@ def _precision_run(data: str, backbone: str, resolution: int, images: int, candi
         lines.append({
             "compared": f"{run['dtype']} vs {base['dtype']}",
             "seconds_per_image": run["seconds_per_image"], "base_seconds_per_image": base["seconds_per_image"],
-            "round0_overlap": len(set(run["round0"].queries) & set(base["round0"].queries)) / len(base["round0"].queries),
-            "round1_overlap": len(set(run["round1"].queries) & set(base["round1"].queries)) / len(base["round1"].queries),
+            "round0_overlap": overlap(run["round0"], base["round0"]),
+            "round1_overlap": overlap(run["round1"], base["round1"]),
+            "round1_overlap_fp32_other_head_seed": overlap(base["round1_reseeded"], base["round1"]),
             "local_picks_overlap": float(np.mean([len(np.intersect1d(a, b)) / len(b)
                                                   for a, b in zip(run["local"], base["local"])])),
             "local_objective_ratio_mean": float(np.mean(ratios)), "local_objective_ratio_min": float(np.min(ratios)),

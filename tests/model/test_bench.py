@@ -72,6 +72,7 @@ def test_precision_comparison_of_identical_runs_is_exact(camvid_root):
         assert same[key] == pytest.approx(1.0, abs=1e-12), key
         assert 0 <= bf16[key] <= 1.01, key
     assert same["pixels_ranked"] == bf16["pixels_ranked"] == 240
+    assert 0 <= same["round1_overlap_fp32_other_head_seed"] == bf16["round1_overlap_fp32_other_head_seed"] <= 1
 
 
 def _sleep(seconds: float) -> dict:
