@@ -12,13 +12,11 @@ import threading
 import time
 from dataclasses import asdict
 
-import numpy as np
-from PIL import Image
-
 from ml_backend.jobs import InProcessRunner
 from ml_backend.label_config import LabelConfigError, LabelSchema, parse_label_config
 from ml_backend.loop import advance_when_answered, original_image
 from ml_backend.regions import RegionError, brush_region, labels_from_result, pixel_from_percent
+from ml_backend.segmentations import image_task, segmentation
 from ml_backend.services import Services
 
 log = logging.getLogger(__name__)
@@ -89,8 +87,9 @@ class ActiveLearningBackend:
         project = project_id(project_uid if project_uid is not None else tasks[0].get("project"))
         schema = self._schema(project, label_config)
         if context and isinstance(context, dict) and context.get("result"):
-            return [self._expand_click(project, schema, tasks[0], context["result"])]
-        return [self._segmentation(project, schema, task) for task in tasks]
+            task = {**tasks[0], "id": image_task(self.services, project, int(tasks[0]["id"]))}  # a query task's image
+            return [self._expand_click(project, schema, task, context["result"])]
+        return self._segmentations(project, schema, tasks)
 
     def _expand_click(self, project: int, schema: LabelSchema, task: dict, result: list) -> dict:
         clicks = [r for r in result if isinstance(r, dict) and r.get("type") == "keypointlabels"]
@@ -116,21 +115,18 @@ class ActiveLearningBackend:
                  expander.name, int(mask.sum()) if expanded else 0, confidence, expander.tau)
         return {"result": regions, "score": confidence, "model_version": f"expander-{expander.name}"}
 
-    def _segmentation(self, project: int, schema: LabelSchema, task: dict) -> dict:
+    def _segmentations(self, project: int, schema: LabelSchema, tasks: list[dict]) -> list[dict]:
+        """The current head's segmentation of each task (a query task gets its image's), from the files
+        the segmentation job writes, computing only what is missing. Before the first head: no result
+        at all, which Label Studio stores nothing for (an empty prediction would be kept and block
+        the real one later)."""
         head_row = self.services.store.current_head(project)
         if head_row is None:
-            log.info("task %s: no prediction yet: no head has been trained in project %s (it trains after round 0 "
-                     "is answered)", task["id"], project)
-            return {"result": [], "score": 0.0, "model_version": "none"}
-        head = self.services.engine.head(project, head_row["version"], head_row["path"])
-        original = original_image(self.services, project, int(task["id"]), (task.get("data") or {}).get(schema.image_key))
-        r = self.services.settings.resolution
-        classes, confidence = self.services.engine.segment(
-            head, np.asarray(Image.fromarray(original).resize((r, r), Image.BILINEAR)))
-        h, w = original.shape[:2]
-        full = np.asarray(Image.fromarray(classes.astype(np.uint8)).resize((w, h), Image.NEAREST))
-        regions = [brush_region(f"seg-{c}", full == c, int(c), schema) for c in np.unique(full)]
-        return {"result": regions, "score": float(confidence.mean()), "model_version": head_row["version"]}
+            log.info("no prediction yet for %d task(s): no head has been trained in project %s (it trains after "
+                     "round 0 is answered)", len(tasks), project)
+            return []
+        return [segmentation(self.services, project, image_task(self.services, project, int(task["id"])), head_row,
+                             (task.get("data") or {}).get(schema.image_key)) for task in tasks]
 
     # fit (webhooks) ------------------------------------------------------------------------------
     def fit(self, event: str, data: dict) -> dict:
@@ -160,19 +156,24 @@ class ActiveLearningBackend:
             return {"status": "ok"}
         annotations = _items(data, "annotation")
         schema = self._schema(project, (data.get("project") or {}).get("label_config"))
-        outcomes, problems = [], []
+        outcomes, problems, pending = [], [], []
         for annotation in annotations:
             task = annotation.get("task")
-            task_id = int(task["id"] if isinstance(task, dict) else task if task is not None
-                          else (data.get("task") or {}).get("id"))
-            result = [] if annotation.get("was_cancelled") else annotation.get("result") or []
+            holder = int(task["id"] if isinstance(task, dict) else task if task is not None
+                         else (data.get("task") or {}).get("id"))
+            task_id = image_task(self.services, project, holder)  # answers on a query task label its image
+            cancelled = bool(annotation.get("was_cancelled"))
+            result = [] if cancelled else annotation.get("result") or []
             parsed = labels_from_result(result, schema, task_id, self.services.settings.resolution,
                                         self.services.settings.region_pixel_cap)
             problems += parsed.problems
+            pending += parsed.pending
             outcomes.append(store.apply_annotation(project, int(annotation["id"]), task_id,
-                                                   annotation.get("updated_at"), result, parsed.labels))
+                                                   annotation.get("updated_at"), result, parsed.labels,
+                                                   holder=holder, pending=parsed.pending, cancelled=cancelled))
         advanced = advance_when_answered(self.services, self.runner, project)
-        return {"status": "ok", "annotations": outcomes, "skipped_regions": problems, "advance": advanced}
+        return {"status": "ok", "annotations": outcomes, "skipped_regions": problems, "pending_regions": pending,
+                "advance": advanced}
 
     # introspection -------------------------------------------------------------------------------
     def versions(self, project: int | None = None) -> list[str]:

@@ -3,9 +3,14 @@
 sync:    fetch the task list and the images not seen yet; if the project has no round, run round 0.
 advance: when every query of the open round is answered (or on START_TRAINING), train a head on
          all labeled pixels, swap it in, run the next round and push its queries.
+push:    put the open round's queries that no annotator can meet onto query tasks
+         (ml_backend/query_tasks.py): after a round is selected, and when a submitted query task
+         left points with the placeholder.
+segment: push the new head's segmentation of every image task (ml_backend/segmentations.py).
 
 Each step is safe to repeat: a round is recorded before its queries are pushed and a query is
-marked pushed once its prediction exists, so a job that died half-way resumes where it stopped.
+marked placed once its query task and prediction exist, so a job that died half-way resumes
+where it stopped.
 """
 
 from __future__ import annotations
@@ -13,24 +18,19 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections import defaultdict
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from ml_backend.labeled_set import ExpansionCache, build_labeled_set
-from ml_backend.regions import keypoint_region
+from ml_backend.query_tasks import is_query_task, publish_round, queue_version, retire_outside_queue
 from ml_backend.services import Services
 from model.head import train_head
 from model.preprocessing import MAX_IMAGE_PIXELS, resize_image
 from model.selection import image_record, labeled_features, needs_noise_draws, record_digest, run_round
 
 log = logging.getLogger(__name__)
-
-
-def round_version(round_index: int) -> str:
-    return f"round-{round_index}"
 
 
 def handle_job(services: Services, runner, project: int, kind: str, payload: dict | None = None) -> None:
@@ -43,6 +43,14 @@ def handle_job(services: Services, runner, project: int, kind: str, payload: dic
         compute_records(services, project, payload["tasks"])
     elif kind == "select":
         select_round(services, runner, project, payload["round"], payload.get("head"))
+    elif kind == "push":
+        current = services.store.current_round(project)
+        if current is not None and current["status"] in ("selected", "open"):
+            push_round(services, runner, project, current["round"])
+    elif kind == "segment":
+        from ml_backend.segmentations import push_segmentations  # it reads images through this module
+
+        push_segmentations(services, project)
     else:
         raise ValueError(f"unknown job kind {kind!r}")
 
@@ -95,25 +103,28 @@ def original_image(services: Services, project: int, task: int, url: str | None 
         return np.array(im.convert("RGB"))
 
 
-def sync_tasks(services: Services, project: int) -> int:
-    """Bring the task list up to date and fetch new images; returns the number of usable images."""
+def sync_tasks(services: Services, project: int) -> list[dict]:
+    """Bring the task list up to date and fetch new images; returns Label Studio's task list."""
     store, schema = services.store, services.schema(project)
     services.progress.update(project, "listing tasks")
     tasks = services.client(project).tasks(project)
-    store.upsert_tasks(project, [(t["id"], str(t["data"].get(schema.image_key, ""))) for t in tasks])
+    store.upsert_tasks(project, [(t["id"], str(t["data"].get(schema.image_key, ""))) for t in tasks
+                                 if not is_query_task(services, project, t)])
     pending = store.tasks(project, "pending")
     for n, row in enumerate(pending):
         fetch_image(services, project, row["task"], row["image_url"])
         services.progress.update(project, "fetching images", n + 1, len(pending))
-    return len(store.tasks(project, "ready"))
+    return tasks
 
 
 # rounds ----------------------------------------------------------------------------------------
 def sync_project(services: Services, runner, project: int) -> None:
-    ready = sync_tasks(services, project)
+    tasks = sync_tasks(services, project)
     current = services.store.current_round(project)
+    # new images join the loop as candidates, never as tasks of the labeling queue
+    retire_outside_queue(services, project, current["round"] if current else None, tasks)
     if current is None:
-        if ready:
+        if services.store.tasks(project, "ready"):
             plan_round(services, runner, project, 0)
         else:
             services.progress.update(project, "waiting for tasks", message="no usable images in the project yet")
@@ -134,6 +145,8 @@ def advance_when_answered(services: Services, runner, project: int) -> bool:
     if counts["open"] == 0 and services.settings.auto_advance:
         runner.submit(project, "advance")
         return True
+    if services.store.unplaced_queries(project, current["round"]):
+        runner.submit(project, "push")  # points submitted with the placeholder go onto a new query task
     services.progress.update(project, f"round {current['round']} open",
                              counts["answered"] + counts["dismissed"], sum(counts.values()))
     return False
@@ -178,6 +191,7 @@ class RoundContext:
         self.pixels = {i: px for i, (px, _) in self.labeled.items()}  # image index -> labeled pixels
         # image index -> every pixel queried in an earlier round, answered or not: never asked again
         self.queried = {self.index[t]: px for t, px in store.queried_pixels(project).items() if t in self.index}
+        self.need_draws = needs_noise_draws(self.config.acquisition)
 
     def record(self, i: int):
         """The image's stage-1 record for its labeled and queried pixels (computed when missing)."""
@@ -188,7 +202,6 @@ class RoundContext:
         i = self.index[task]
         return self.cache.get(self.source.key(i), record_digest(self.pixels.get(i, ()), self.queried.get(i, ()))) \
             is not None
-        self.need_draws = needs_noise_draws(self.config.acquisition)
 
 
 def plan_round(services: Services, runner, project: int, round_index: int) -> None:
@@ -206,7 +219,7 @@ def plan_round(services: Services, runner, project: int, round_index: int) -> No
                                           services.progress.reporter(project, "training features "), ctx.queried)
         services.progress.update(project, "training head", message=f"{len(classes)} labeled pixels")
         head, report = train_head(feats, classes, len(services.schema(project).classes), engine.train_config())
-        version = f"head-{len(store.heads(project)) + 1}"
+        version = f"p{project}-head-{len(store.heads(project)) + 1}"
         path = ctx.files.head_path(version)
         tmp = path.with_suffix(".tmp")
         torch.save(head.checkpoint(), tmp)
@@ -265,25 +278,18 @@ def select_round(services: Services, runner, project: int, round_index: int, hea
 
 
 def push_round(services: Services, runner, project: int, round_index: int) -> None:
-    store, schema, client = services.store, services.schema(project), services.client(project)
-    version = round_version(round_index)
-    by_task = defaultdict(list)
-    for q in store.queries(project, round_index):
-        if q["prediction"] is None:
-            by_task[q["task"]].append(q)
-    for n, (task, qs) in enumerate(sorted(by_task.items())):
-        row = store.task(project, task)
-        regions = [keypoint_region(q["region"], q["pixel"], services.settings.resolution, schema, row["width"],
-                                   row["height"], q["suggested"]) for q in qs]
-        scores = [q["score"] for q in qs if q["score"] is not None]
-        prediction = client.find_prediction(task, version)  # pushed before a crash cut this job short?
-        if prediction is None:
-            prediction = client.create_prediction(task, regions, version, max(scores) if scores else None)
-        store.mark_pushed(project, round_index, task, prediction)
-        services.progress.update(project, f"pushing round {round_index}", n + 1, len(by_task))
-    client.show_round(project, version)
-    store.open_round(project, round_index)
-    prefetch_expansions(services, project, sorted({q["task"] for q in store.queries(project, round_index)}))
+    """Publish the round's queries in Label Studio's queue and open the round; after a round chosen
+    by a new head, queue the segmentation of every task by that head."""
+    store = services.store
+    publish_round(services, project, round_index)
+    round_row = store.round(project, round_index)
+    if round_row["status"] == "selected":
+        store.open_round(project, round_index)
+        if round_row["head_version"]:
+            runner.submit(project, "segment")
+        prefetch_expansions(services, project, sorted({q["task"] for q in store.queries(project, round_index)}))
+        log.info("project %s: round %d open in Label Studio as %s", project, round_index,
+                 queue_version(project, round_row))
     advance_when_answered(services, runner, project)
 
 
