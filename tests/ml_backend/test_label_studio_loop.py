@@ -15,16 +15,10 @@ from PIL import Image
 from ml_backend.label_config import SHIPPED_CONFIG
 from ml_backend.label_studio import QUERY_VIEW_TITLE, LabelStudioClient
 from model.datasets import CAMVID_CLASSES
-from tests.ml_backend.servers import label_studio_server, start_backend, stop, wait_until
+from tests.ml_backend.servers import start_backend, stop, wait_until
 
 N_IMAGES, BUDGET_FACTOR = 8, 0.5
 B = round(N_IMAGES * BUDGET_FACTOR)
-
-
-@pytest.fixture(scope="module")
-def ls(tmp_path_factory):
-    with label_studio_server(tmp_path_factory.mktemp("label-studio")) as server:
-        yield server
 
 
 def import_camvid(ls, project: int, root, count: int) -> dict[int, str]:
@@ -223,8 +217,7 @@ def test_interactive_click_on_a_query_task_expands_in_its_image(ls, camvid_root,
         import_camvid(ls, project, camvid_root, 2)
         ml = ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "m",
                                               "is_interactive": True}).json()
-        wait_until(lambda: model_version(ls, project) == f"p{project}-round-0", 300, "round 0")
-        task = next_task(ls, project)
+        task = wait_until(lambda: next_task(ls, project), 300, "round 0's first query task")
         click = {"id": "c1", "from_name": "query", "to_name": "image", "type": "keypointlabels",
                  "original_width": 480, "original_height": 360, "image_rotation": 0,
                  "value": {"x": 50.0, "y": 85.0, "width": 0.6, "keypointlabels": ["Road"]}}
