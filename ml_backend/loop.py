@@ -178,6 +178,7 @@ class RoundContext:
         self.pixels = {i: px for i, (px, _) in self.labeled.items()}  # image index -> labeled pixels
         # image index -> every pixel queried in an earlier round, answered or not: never asked again
         self.queried = {self.index[t]: px for t, px in store.queried_pixels(project).items() if t in self.index}
+        self.need_draws = needs_noise_draws(self.config.acquisition)
 
     def record(self, i: int):
         """The image's stage-1 record for its labeled and queried pixels (computed when missing)."""
@@ -188,7 +189,6 @@ class RoundContext:
         i = self.index[task]
         return self.cache.get(self.source.key(i), record_digest(self.pixels.get(i, ()), self.queried.get(i, ()))) \
             is not None
-        self.need_draws = needs_noise_draws(self.config.acquisition)
 
 
 def plan_round(services: Services, runner, project: int, round_index: int) -> None:
