@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ml_backend.labeled_set import ExpansionCache, build_labeled_set
+from ml_backend.labeled_set import ExpansionCache, build_labeled_set, labels_digest
 from ml_backend.regions import keypoint_region
 from ml_backend.services import Services
 from model.head import train_head
@@ -152,9 +152,19 @@ def advance_project(services: Services, runner, project: int, force: bool) -> No
     if counts["open"] and not force:
         log.info("project %s: round %s still has %d open queries", project, current["round"], counts["open"])
         return
+    if force and not labeled_since_last_head(store, project):
+        log.info("project %s: nothing labeled since the last head: the training request ends here", project)
+        return
     sync_tasks(services, project)
     store.complete_round(project, current["round"])
     plan_round(services, runner, project, current["round"] + 1)
+
+
+def labeled_since_last_head(store, project: int) -> bool:
+    """Whether the stored labels differ from those the current head was trained on (a project
+    without a head: whether anything is labeled at all). Repeated training requests stop here."""
+    head, labels = store.current_head(project), store.labels(project)
+    return head["labels_digest"] != labels_digest(labels) if head else bool(labels)
 
 
 class RoundContext:
@@ -173,7 +183,9 @@ class RoundContext:
         self.cache = engine.records(self.files.records)
         self.config = engine.round_config(len(self.tasks))
         expansions = ExpansionCache(self.files.root / "expansions", engine.expander()) if s.expander != "none" else None
-        labeled = build_labeled_set(store.labels(project), self.files.load_image, expansions, s.region_pixel_cap)
+        rows = store.labels(project)
+        self.labels_digest = labels_digest(rows)  # recorded with the head trained on them
+        labeled = build_labeled_set(rows, self.files.load_image, expansions, s.region_pixel_cap)
         self.labeled = {self.index[t]: v for t, v in labeled.items() if t in self.index}
         self.pixels = {i: px for i, (px, _) in self.labeled.items()}  # image index -> labeled pixels
         # image index -> every pixel queried in an earlier round, answered or not: never asked again
@@ -212,7 +224,7 @@ def plan_round(services: Services, runner, project: int, round_index: int) -> No
         torch.save(head.checkpoint(), tmp)
         tmp.replace(path)
         engine.remember_head(project, version, head)
-        store.add_head(project, version, round_index, str(path), len(classes), report.as_dict())
+        store.add_head(project, version, round_index, str(path), len(classes), report.as_dict(), ctx.labels_digest)
         log.info("project %s: %s trained on %d pixels (%s)", project, version, len(classes), report.as_dict())
     missing = [t for t in ctx.tasks if not ctx.has_record(t)]
     size = services.settings.records_batch
