@@ -59,14 +59,20 @@ def decode_image(data: bytes) -> Image.Image:
     return image.convert("RGB")
 
 
+class ImageUnavailable(ValueError):
+    """A task's image that cannot be had right now; the message names the task."""
+
+
 def fetch_image(services: Services, project: int, task: int, url: str) -> None:
-    """Download, decode and store the task's image (original and model-resolution copies)."""
+    """Download, decode and store the task's image (original and model-resolution copies). A file
+    that cannot be fetched or read marks this task failed, with the reason, and nothing else: the
+    round goes on without it. Only Label Studio itself being unreachable fails the job."""
     files = services.files(project)
     try:
         if not url:
             raise ValueError(f"task has no '{services.schema(project).image_key}' field")
         image = decode_image(services.client(project).download(url))
-    except ValueError as exc:
+    except ValueError as exc:  # DownloadError or an unreadable file
         log.warning("project %s task %s: image unusable, skipped: %s", project, task, exc)
         services.store.set_task_image(project, task, None, None, "failed", str(exc))
         return
@@ -82,17 +88,24 @@ def fetch_image(services: Services, project: int, task: int, url: str) -> None:
 
 
 def original_image(services: Services, project: int, task: int, url: str | None = None) -> np.ndarray:
+    """The task's image at its original size, for /predict and click expansion. It reads the store
+    and never writes it: a task the sync has not fetched yet (or not seen at all) is downloaded
+    into memory, from the stored URL when there is one, else from `url`, under the same limits as
+    every download. Errors name the task; a download's reason is only logged for a URL the caller
+    chose, so that /predict cannot be used to probe other hosts."""
     path = services.files(project).root / "originals" / f"{task}.png"
-    if not path.exists():
-        row = services.store.task(project, task)
-        if row is None or row["status"] != "ready":
-            services.store.upsert_tasks(project, [(task, url or (row or {}).get("image_url", ""))])
-            fetch_image(services, project, task, url or (row or {}).get("image_url", ""))
-        row = services.store.task(project, task)
-        if row is None or row["status"] != "ready":
-            raise ValueError(f"task {task}: {row['error'] if row else 'unknown task'}")
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
+    row = services.store.task(project, task)
+    if row is not None and row["status"] == "ready" and path.exists():
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    if row is not None and row["status"] == "failed":
+        raise ImageUnavailable(f"task {task}: its image is unusable: {row['error']}")
+    try:
+        return np.asarray(decode_image(services.client(project).download(row["image_url"] if row else url)))
+    except ValueError as exc:
+        log.warning("project %s task %s: image not available: %s", project, task, exc)
+        reason = f": {exc}" if row else " (the backend's log says why)"
+        raise ImageUnavailable(f"task {task}: its image could not be fetched{reason}") from None
 
 
 def sync_tasks(services: Services, project: int) -> int:
