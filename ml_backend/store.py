@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     status TEXT NOT NULL, error TEXT, created REAL NOT NULL, started REAL, finished REAL);
 """
 
+# Columns added after the first stores were written: the round a label answered, the labels a head saw.
+ADDED_COLUMNS = (("labels", "round", "INTEGER"), ("heads", "labels_digest", "TEXT"))
+
 
 @dataclass(frozen=True)
 class Label:
@@ -85,12 +88,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
-        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(labels)")}
-        if "round" not in columns:  # a store written before labels recorded their round
-            self._db.execute("ALTER TABLE labels ADD COLUMN round INTEGER")
-        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(heads)")}
-        if "labels_digest" not in columns:  # a store written before heads recorded what they saw
-            self._db.execute("ALTER TABLE heads ADD COLUMN labels_digest TEXT")
+        for table, column, kind in ADDED_COLUMNS:  # a store written before the column existed
+            if column not in {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
