@@ -228,8 +228,7 @@ def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvi
             wait_until(lambda: len(keypoints(predictions(ls, project, "round-0"))) == B, 300, f"round 0 ({mode})")
             results[mode] = round0_by_image(ls, project, names)
             if mode == "redis":
-                health = requests.get(backend.url + "/health", timeout=5).json()
-                assert health["jobs"]["kind"] == "redis"
+                assert requests.get(backend.url + "/metrics", timeout=5).json()["jobs"]["kind"] == "redis"
                 jobs = wait_until(lambda: (j := read_store(model_dir).recent_jobs(50)) and all(
                     x["status"] in ("done", "failed") for x in j) and j, 120, "the round's jobs to finish")
                 assert {"sync", "records", "select"} <= {j["kind"] for j in jobs}
