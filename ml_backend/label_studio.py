@@ -100,6 +100,13 @@ def _shut(sock: socket.socket) -> None:
         pass
 
 
+def _scheme(url: str) -> str | None:
+    try:
+        return urlparse(url).scheme
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return None
+
+
 class _Transient(Exception):
     """A failure worth retrying on Label Studio's own host: no connection, or a 5xx."""
 
@@ -156,7 +163,7 @@ class LabelStudioClient:
         if not isinstance(url, str) or not url:
             raise DownloadError("the task has no image URL")
         absolute = urljoin(self.url + "/", url) if url.startswith("/") else url
-        if urlparse(absolute).scheme not in ("http", "https"):
+        if _scheme(absolute) not in ("http", "https"):
             raise DownloadError("only Label Studio paths and http(s) URLs can be fetched (configure cloud "
                                 "storage with presigned URLs in Label Studio)")
         own_host = self._own_host(absolute)
@@ -205,7 +212,7 @@ class LabelStudioClient:
                     try:
                         if response.is_redirect:
                             url = urljoin(str(response.url), response.headers.get("location", ""))
-                            if urlparse(url).scheme not in ("http", "https"):
+                            if _scheme(url) not in ("http", "https"):
                                 raise DownloadError("redirected to an address that is not http(s)")
                             continue
                         if response.status_code >= 500:
@@ -215,6 +222,8 @@ class LabelStudioClient:
                         return self._body(response)
                     finally:
                         response.close()
+                except (httpx.InvalidURL, UnicodeError):  # e.g. a host name IDNA cannot encode
+                    raise DownloadError("not a valid URL") from None
                 except httpx.TransportError as exc:
                     if deadline.expired or isinstance(exc, httpx.TimeoutException):
                         raise DownloadError(f"no complete answer within {seconds:g} s") from None

@@ -120,6 +120,9 @@ def test_a_failing_file_is_its_own_error_and_only_label_studio_is_retried():
             with pytest.raises(DownloadError, match=reason) as caught:
                 client.download(other.url + path)
             assert other.url not in str(caught.value)  # the reason, not the address or the remote answer
+        for bad in ("https://a..b/x.png", "http://[::1/x.png"):  # URLs the parser or IDNA refuse
+            with pytest.raises(DownloadError, match="URL"):
+                client.download(bad)
         assert sum(path == "/busy.png" for path, _ in other.requests) == 1  # another host: one attempt
         with pytest.raises(DownloadError, match="HTTP 503"):
             client.download("/busy.png")  # Label Studio's own host: retried, then this file fails
