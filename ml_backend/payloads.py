@@ -130,13 +130,11 @@ class Annotation:
     id: int
     task: int
     updated_at: str  # normalised by `timestamp`: "" when Label Studio sent none
-    result: list  # the regions as sent (an unusable one is skipped later, not here)
-    cancelled: bool
+    result: list  # the regions as sent, [] for a cancelled (skipped) task (an unusable region is skipped later)
 
 
 @dataclass(frozen=True)
 class Event:
-    action: str
     project: int
     label_config: str | None  # the project's config when the payload carries the project object
     annotations: list[Annotation]  # annotation events
@@ -160,7 +158,7 @@ def event(action: str, data: dict) -> Event:
         ids = [entity_id(item["id"], "a deleted task's id") for item in _items(data, "tasks")]
     elif action == "ANNOTATIONS_DELETED":
         ids = [entity_id(item["id"], "a deleted annotation's id") for item in _items(data, "annotations")]
-    return Event(action, project_id(project), label_config, annotations, ids)
+    return Event(project_id(project), label_config, annotations, ids)
 
 
 def _annotation(item: dict, default_task) -> Annotation:
@@ -173,7 +171,7 @@ def _annotation(item: dict, default_task) -> Annotation:
     # Label Studio's own clock orders versions: updated_at, else created_at (a first version)
     stamp = timestamp(item.get("updated_at") or item.get("created_at"))
     return Annotation(entity_id(item["id"], "an annotation id"), entity_id(task, "the annotation's task id"),
-                      stamp, result, bool(item.get("was_cancelled")))
+                      stamp, result)
 
 
 def _items(data: dict, key: str) -> list[dict]:
