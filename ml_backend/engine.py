@@ -63,14 +63,18 @@ class Engine:
         return self.settings.diffusion_checkpoint
 
     def checkpoint_problem(self) -> str | None:
-        """A cheap check fit for /setup: is the checkpoint file there at all?"""
+        """A cheap check fit for /setup and /health: is the checkpoint file there at all? The answer
+        names the one thing to do: where to download the file and the path it is expected at."""
         if self.backbone_error:
             return self.backbone_error
         path = self.checkpoint_path()
-        if self.backbone.pretrained and (path is None or not path.is_file()):
-            return (f"diffusion checkpoint {path} not found for BACKBONE={self.backbone.name}: download "
-                    f"{self.backbone.checkpoint_file} from {self.backbone.url} and set DIFFUSION_CHECKPOINT")
-        return None
+        if not self.backbone.pretrained or (path is not None and path.is_file()):
+            return None
+        if path is None:
+            return (f"the diffusion checkpoint for BACKBONE={self.backbone.name} is not configured: download "
+                    f"{self.backbone.url} and set DIFFUSION_CHECKPOINT to its path")
+        return (f"the diffusion checkpoint for BACKBONE={self.backbone.name} is missing: download "
+                f"{self.backbone.url} to {path} (or set DIFFUSION_CHECKPOINT to where the file is)")
 
     def record_fingerprint(self) -> dict:
         path = self.checkpoint_path()
@@ -138,7 +142,8 @@ class Engine:
         if self._expander is not None:
             expander.update(self._expander.describe())
         return {
-            "backbone": self.backbone.name, "pretrained": self.backbone.pretrained, "loaded": loaded,
-            "device": str(self.device), "checkpoint": str(self.checkpoint_path()) if self.checkpoint_path() else None,
+            "backbone": self.backbone.name, "pretrained": self.backbone.pretrained and problem is None,
+            "loaded": loaded, "device": str(self.device),
+            "checkpoint": str(self.checkpoint_path()) if self.checkpoint_path() else None,
             "error": problem, "feature_dim": self._extractor.dim if loaded else None, "expander": expander,
         }

@@ -8,8 +8,9 @@ query tasks) and `segment` (the current head's segmentation of every task, to La
 
 Every job is a row in the store before it runs, so a process that dies mid-job leaves a queued or
 running row behind and the next start runs it again. `sync`, `advance`, `train`, `push` and
-`segment` are not stacked:
-while one is queued, submitting another returns it.
+`segment` are not stacked: a project has at most one of each waiting to start (submitting another
+returns it), and a `train` with nothing labeled since the last head ends at once, so repeated
+training requests give one head.
 
 Without REDIS_URL one thread in the server process runs the jobs in submission order (the
 embedded default); with it, jobs go to an RQ queue (ml_backend.queue) and `rq worker` processes on
@@ -49,9 +50,9 @@ def record_job(store: Store, project: int, kind: str, payload: dict | None) -> t
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
     if kind in SINGLETON_KINDS:
-        pending = store.pending_job(project, kind)
-        if pending and pending["status"] == "queued":
-            return int(pending["id"]), False
+        queued = store.queued_job(project, kind)
+        if queued:
+            return int(queued["id"]), False
     return store.add_job(project, kind, payload), True
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ml_backend.labeled_set import ExpansionCache, build_labeled_set
+from ml_backend.labeled_set import ExpansionCache, build_labeled_set, labels_digest
 from ml_backend.query_tasks import is_query_task, publish_round, queue_version, retire_outside_queue
 from ml_backend.services import Services
 from model.head import train_head
@@ -67,14 +67,20 @@ def decode_image(data: bytes) -> Image.Image:
     return image.convert("RGB")
 
 
+class ImageUnavailable(ValueError):
+    """A task's image that cannot be had right now; the message names the task."""
+
+
 def fetch_image(services: Services, project: int, task: int, url: str) -> None:
-    """Download, decode and store the task's image (original and model-resolution copies)."""
+    """Download, decode and store the task's image (original and model-resolution copies). A file
+    that cannot be fetched or read marks this task failed, with the reason, and nothing else: the
+    round goes on without it. Only Label Studio itself being unreachable fails the job."""
     files = services.files(project)
     try:
         if not url:
             raise ValueError(f"task has no '{services.schema(project).image_key}' field")
         image = decode_image(services.client(project).download(url))
-    except ValueError as exc:
+    except ValueError as exc:  # DownloadError or an unreadable file
         log.warning("project %s task %s: image unusable, skipped: %s", project, task, exc)
         services.store.set_task_image(project, task, None, None, "failed", str(exc))
         return
@@ -90,17 +96,24 @@ def fetch_image(services: Services, project: int, task: int, url: str) -> None:
 
 
 def original_image(services: Services, project: int, task: int, url: str | None = None) -> np.ndarray:
+    """The task's image at its original size, for /predict and click expansion. It reads the store
+    and never writes it: a task the sync has not fetched yet (or not seen at all) is downloaded
+    into memory, from the stored URL when there is one, else from `url`, under the same limits as
+    every download. Errors name the task; a download's reason is only logged for a URL the caller
+    chose, so that /predict cannot be used to probe other hosts."""
     path = services.files(project).root / "originals" / f"{task}.png"
-    if not path.exists():
-        row = services.store.task(project, task)
-        if row is None or row["status"] != "ready":
-            services.store.upsert_tasks(project, [(task, url or (row or {}).get("image_url", ""))])
-            fetch_image(services, project, task, url or (row or {}).get("image_url", ""))
-        row = services.store.task(project, task)
-        if row is None or row["status"] != "ready":
-            raise ValueError(f"task {task}: {row['error'] if row else 'unknown task'}")
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
+    row = services.store.task(project, task)
+    if row is not None and row["status"] == "ready" and path.exists():
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    if row is not None and row["status"] == "failed":
+        raise ImageUnavailable(f"task {task}: its image is unusable: {row['error']}")
+    try:
+        return np.asarray(decode_image(services.client(project).download(row["image_url"] if row else url)))
+    except ValueError as exc:
+        log.warning("project %s task %s: image not available: %s", project, task, exc)
+        reason = f": {exc}" if row else " (the backend's log says why)"
+        raise ImageUnavailable(f"task {task}: its image could not be fetched{reason}") from None
 
 
 def sync_tasks(services: Services, project: int) -> list[dict]:
@@ -165,9 +178,19 @@ def advance_project(services: Services, runner, project: int, force: bool) -> No
     if counts["open"] and not force:
         log.info("project %s: round %s still has %d open queries", project, current["round"], counts["open"])
         return
+    if force and not labeled_since_last_head(store, project):
+        log.info("project %s: nothing labeled since the last head: the training request ends here", project)
+        return
     sync_tasks(services, project)
     store.complete_round(project, current["round"])
     plan_round(services, runner, project, current["round"] + 1)
+
+
+def labeled_since_last_head(store, project: int) -> bool:
+    """Whether the stored labels differ from those the current head was trained on (a project
+    without a head: whether anything is labeled at all). Repeated training requests stop here."""
+    head, labels = store.current_head(project), store.labels(project)
+    return head["labels_digest"] != labels_digest(labels) if head else bool(labels)
 
 
 class RoundContext:
@@ -186,7 +209,9 @@ class RoundContext:
         self.cache = engine.records(self.files.records)
         self.config = engine.round_config(len(self.tasks))
         expansions = ExpansionCache(self.files.root / "expansions", engine.expander()) if s.expander != "none" else None
-        labeled = build_labeled_set(store.labels(project), self.files.load_image, expansions, s.region_pixel_cap)
+        rows = store.labels(project)
+        self.labels_digest = labels_digest(rows)  # recorded with the head trained on them
+        labeled = build_labeled_set(rows, self.files.load_image, expansions, s.region_pixel_cap)
         self.labeled = {self.index[t]: v for t, v in labeled.items() if t in self.index}
         self.pixels = {i: px for i, (px, _) in self.labeled.items()}  # image index -> labeled pixels
         # image index -> every pixel queried in an earlier round, answered or not: never asked again
@@ -225,7 +250,7 @@ def plan_round(services: Services, runner, project: int, round_index: int) -> No
         torch.save(head.checkpoint(), tmp)
         tmp.replace(path)
         engine.remember_head(project, version, head)
-        store.add_head(project, version, round_index, str(path), len(classes), report.as_dict())
+        store.add_head(project, version, round_index, str(path), len(classes), report.as_dict(), ctx.labels_digest)
         log.info("project %s: %s trained on %d pixels (%s)", project, version, len(classes), report.as_dict())
     missing = [t for t in ctx.tasks if not ctx.has_record(t)]
     size = services.settings.records_batch

@@ -52,19 +52,17 @@ CREATE TABLE IF NOT EXISTS segmentations (
 CREATE TABLE IF NOT EXISTS heads (
     project INTEGER NOT NULL, version TEXT NOT NULL, round INTEGER NOT NULL, path TEXT NOT NULL,
     labeled INTEGER NOT NULL, report TEXT NOT NULL, created REAL NOT NULL, current INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (project, version));
+    labels_digest TEXT, PRIMARY KEY (project, version));
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, project INTEGER NOT NULL, kind TEXT NOT NULL, payload TEXT,
     status TEXT NOT NULL, error TEXT, created REAL NOT NULL, started REAL, finished REAL);
 """
 
-MIGRATIONS = [
-    ("labels", "round", "INTEGER"),
-    ("annotations", "holder", "INTEGER"),
-    ("annotations", "pending", "TEXT NOT NULL DEFAULT '[]'"),
-    ("annotations", "cancelled", "INTEGER NOT NULL DEFAULT 0"),
-    ("queries", "holder", "INTEGER"),
-]
+# Columns added after the first stores were written: the round a label answered, the labels a head saw,
+# the task an annotation was made on and its points left with the placeholder, the query task a query waits on.
+ADDED_COLUMNS = (("labels", "round", "INTEGER"), ("heads", "labels_digest", "TEXT"),
+                 ("annotations", "holder", "INTEGER"), ("annotations", "pending", "TEXT NOT NULL DEFAULT '[]'"),
+                 ("annotations", "cancelled", "INTEGER NOT NULL DEFAULT 0"), ("queries", "holder", "INTEGER"))
 
 
 @dataclass(frozen=True)
@@ -77,14 +75,17 @@ class Label:
 
 
 def parse_timestamp(value: str | None) -> str:
-    """Label Studio's ISO timestamps normalised to sortable UTC text (now, if absent or unreadable)."""
+    """Label Studio's ISO timestamps normalised to sortable UTC text; "" when absent, which sorts
+    before every timestamp (a version Label Studio did not date never replaces one it did)."""
+    if value is None or value == "":
+        return ""
     try:
         stamp = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         if stamp.tzinfo is None:
             stamp = stamp.replace(tzinfo=timezone.utc)
-    except ValueError:
-        stamp = datetime.now(timezone.utc)
-    return stamp.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return stamp.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    except OverflowError:  # a date near year 1 or 9999 that leaves the range once moved to UTC
+        raise ValueError(f"timestamp {value!r} is out of range") from None
 
 
 class Store:
@@ -97,7 +98,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
-        for table, column, kind in MIGRATIONS:  # columns a store written by an older version lacks
+        for table, column, kind in ADDED_COLUMNS:  # a store written before the column existed
             if column not in {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
@@ -222,12 +223,14 @@ class Store:
 
     def labels(self, project: int) -> list[dict]:
         """Labeled pixels of every task not deleted (synced or not yet), oldest annotation first per
-        pixel, so that a consumer keeping the last value per pixel keeps the newest."""
+        pixel (by Label Studio's timestamp, then annotation id), so that a consumer keeping the last
+        value per pixel keeps the newest."""
         return self._all(
             "SELECT l.task, l.pixel, l.class, l.source, l.region, l.annotation, l.round FROM labels l "
             "JOIN annotations a ON a.project=l.project AND a.annotation=l.annotation "
             "LEFT JOIN tasks t ON t.project=l.project AND t.task=l.task "
-            "WHERE l.project=? AND COALESCE(t.deleted, 0)=0 AND a.deleted=0 ORDER BY l.task, l.pixel, a.updated_at",
+            "WHERE l.project=? AND COALESCE(t.deleted, 0)=0 AND a.deleted=0 "
+            "ORDER BY l.task, l.pixel, a.updated_at, a.annotation",
             (project,))
 
     def annotation_count(self, project: int) -> int:
@@ -344,12 +347,15 @@ class Store:
             db.execute("UPDATE rounds SET status='complete' WHERE project=? AND round=?", (project, round_index))
 
     # head versions ----------------------------------------------------------------------------
-    def add_head(self, project: int, version: str, round_index: int, path: str, labeled: int, report: dict) -> None:
-        """Register a trained head and make it the one that serves, in one transaction."""
+    def add_head(self, project: int, version: str, round_index: int, path: str, labeled: int, report: dict,
+                 labels_digest: str | None = None) -> None:
+        """Register a trained head and make it the one that serves, in one transaction; with the
+        digest of the labels it was trained on, so that a repeated training request can tell."""
         with self.transaction() as db:
             db.execute("UPDATE heads SET current=0 WHERE project=?", (project,))
-            db.execute("INSERT OR REPLACE INTO heads VALUES (?,?,?,?,?,?,?,1)",
-                       (project, version, round_index, path, labeled, json.dumps(report), time.time()))
+            db.execute("INSERT OR REPLACE INTO heads (project, version, round, path, labeled, report, created, "
+                       "current, labels_digest) VALUES (?,?,?,?,?,?,?,1,?)",
+                       (project, version, round_index, path, labeled, json.dumps(report), time.time(), labels_digest))
 
     def current_head(self, project: int) -> dict | None:
         return self._one("SELECT * FROM heads WHERE project=? AND current=1", (project,))
@@ -364,9 +370,11 @@ class Store:
                              (project, kind, json.dumps(payload) if payload is not None else None, time.time()))
             return int(cur.lastrowid)
 
-    def pending_job(self, project: int, kind: str) -> dict | None:
-        return self._one("SELECT * FROM jobs WHERE project=? AND kind=? AND status IN ('queued','running') "
-                         "ORDER BY id LIMIT 1", (project, kind))
+    def queued_job(self, project: int, kind: str) -> dict | None:
+        """The project's job of this kind that waits to start, if any (a running one does not count:
+        work submitted while it runs may need a run of its own)."""
+        return self._one("SELECT * FROM jobs WHERE project=? AND kind=? AND status='queued' ORDER BY id LIMIT 1",
+                         (project, kind))
 
     def start_job(self, job: int) -> None:
         with self.transaction() as db:

@@ -4,9 +4,9 @@ round 1, segmentation and interactive clicks. The backend runs the tiny backbone
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
-import pytest
 import requests
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter.brush import decode_rle
@@ -15,7 +15,7 @@ from PIL import Image
 from ml_backend.label_config import SHIPPED_CONFIG
 from ml_backend.label_studio import QUERY_VIEW_TITLE, LabelStudioClient
 from model.datasets import CAMVID_CLASSES
-from tests.ml_backend.servers import start_backend, stop, wait_until
+from tests.ml_backend.servers import ImageHost, drip, redirect_to, send_bytes, start_backend, stop, wait_until
 
 N_IMAGES, BUDGET_FACTOR = 8, 0.5
 B = round(N_IMAGES * BUDGET_FACTOR)
@@ -331,8 +331,7 @@ def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvi
             wait_until(lambda: len(keypoints(predictions(ls, project, f"p{project}-round-0"))) == B, 300, f"round 0 ({mode})")
             results[mode] = round0_by_image(ls, project, names)
             if mode == "redis":
-                health = requests.get(backend.url + "/health", timeout=5).json()
-                assert health["jobs"]["kind"] == "redis"
+                assert requests.get(backend.url + "/metrics", timeout=5).json()["jobs"]["kind"] == "redis"
                 jobs = wait_until(lambda: (j := read_store(model_dir).recent_jobs(50)) and all(
                     x["status"] in ("done", "failed") for x in j) and j, 120, "the round's jobs to finish")
                 assert {"sync", "records", "select"} <= {j["kind"] for j in jobs}
@@ -345,3 +344,50 @@ def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvi
                 stop(w)
             stop(backend.process)
     assert len(results["redis"]) == B and results["redis"] == results["in-process"]
+
+
+def test_bad_images_fail_only_their_tasks_and_repeated_training_gives_one_head(ls, camvid_root, tmp_path):
+    """Five image hosts that misbehave do not stop round 0; /health names each failed task and why.
+    Then five START_TRAINING webhooks and one /train, sent while the first trains, give one head."""
+    routes = {"/gone.png": send_bytes(b"", 404), "/busy.png": send_bytes(b"", 503), "/loop": redirect_to("/loop"),
+              "/local": redirect_to("file:///etc/passwd"), "/slow.png": drip(0.5)}
+    with ImageHost(routes) as host:
+        backend = start_backend(tmp_path / "model", {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token,
+                                                     "BUDGET_FACTOR": str(BUDGET_FACTOR), "DOWNLOAD_TIMEOUT": "3",
+                                                     "AUTO_ADVANCE": "false", "EXPANDER": "none"})
+        try:
+            config = SHIPPED_CONFIG.read_text()
+            project = ls.api("POST", "/api/projects", json={"title": "bad images", "label_config": config}).json()["id"]
+            names = import_camvid(ls, project, camvid_root, N_IMAGES)
+            ls.api("POST", f"/api/projects/{project}/import", json=[{"image": host.url + path} for path in routes])
+            ml = ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "m"}).json()
+
+            round0 = wait_until(lambda: (p := query_predictions(ls, project, f"p{project}-round-0"))
+                                and len(keypoints(p)) == B and p, 300, "round 0 without the bad images")
+            assert {image_of(ls, p["task"]) for p in round0} <= set(names)
+            failed = requests.get(backend.url + "/health", timeout=5).json()["failed_tasks"][str(project)]
+            reasons = sorted(f["error"] for f in failed)
+            assert reasons == ["HTTP 404", "HTTP 503", "more than 5 redirects", "no complete answer within 3 s",
+                               "redirected to an address that is not http(s)"]
+            assert sum(path == "/busy.png" for path, _ in host.requests) == 1  # not Label Studio: no retries
+
+            answered = answer_with_ground_truth(LabelStudio(base_url=ls.url, api_key=ls.token), ls, round0, names,
+                                                camvid_root)
+            metrics = lambda: requests.get(backend.url + "/metrics", timeout=5).json()  # noqa: E731
+            wait_until(lambda: metrics()["projects"][str(project)]["labeled_pixels"] >= answered, 60, "the answers")
+            for n in range(6):
+                if n < 5:
+                    ls.api("POST", f"/api/ml/{ml['id']}/train")  # START_TRAINING webhook
+                else:
+                    requests.post(backend.url + "/train", json={"project": project}, timeout=10)
+                time.sleep(0.3)
+            wait_until(lambda: query_predictions(ls, project, f"p{project}-head-1"), 300, "round 1")
+            store = read_store(tmp_path / "model")
+            wait_until(lambda: not store.interrupted_jobs(), 300, "every job to finish")
+            assert [h["version"] for h in store.heads(project)] == [f"p{project}-head-1"]
+            jobs = store.recent_jobs(100)
+            assert [j["payload"] for j in jobs if j["kind"] == "select"] == [
+                f'{{"round": 1, "head": "p{project}-head-1"}}', '{"round": 0, "head": null}']
+            assert all(j["status"] == "done" for j in jobs)
+        finally:
+            stop(backend.process)

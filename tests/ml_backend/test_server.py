@@ -15,6 +15,7 @@ from ml_backend.config import Settings
 from ml_backend.label_config import SHIPPED_CONFIG
 from ml_backend.server import create_app
 from ml_backend.services import Services
+from tests.ml_backend.servers import ImageHost, send_bytes
 
 CONFIG = SHIPPED_CONFIG.read_text()
 
@@ -55,17 +56,32 @@ def annotation_event(annotation_id, task, result, updated="2026-01-01T00:00:00Z"
             "task": {"id": task, "data": {"image": "/data/upload/7/x.png"}}}
 
 
+def png_bytes(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 @pytest.fixture
 def client(tmp_path):
     return make_client(tmp_path)
 
 
-def test_health_reports_backbone_jobs_and_hides_secrets(client):
-    c, _, _ = client
+def test_health_answers_without_credentials_and_the_rest_is_in_metrics(tmp_path):
+    c, _, _ = make_client(tmp_path, basic_auth_user="ann", basic_auth_pass="pw-123",
+                          label_studio_url="http://ls.internal:8080")
     r = c.get("/health")
-    assert r.status_code == 200 and r.json["status"] == "UP"
-    assert r.json["backbone"]["backbone"] == "tiny" and not r.json["backbone"]["pretrained"]
-    assert "secret-key-123" not in r.get_data(as_text=True) and r.json["settings"]["label_studio_api_key_set"]
+    assert r.status_code == 200 and r.json["status"] == "UP" and r.json["ready"]
+    assert r.json["model"] == {"backbone": "tiny", "pretrained": False}
+    text = r.get_data(as_text=True)
+    for private in ("secret-key-123", "pw-123", "ann", "ls.internal", str(tmp_path), "settings", "jobs"):
+        assert private not in text
+    m = c.get("/metrics", headers=auth_header("ann", "pw-123")).json
+    assert m["settings"]["basic_auth_user"] == "ann" and m["settings"]["label_studio_api_key_set"]
+    assert m["backbone"]["backbone"] == "tiny" and m["jobs"]["kind"] == "recording"
+    assert "secret-key-123" not in json.dumps(m) and "pw-123" not in json.dumps(m)
 
 
 def test_setup_validates_the_config_and_starts_a_sync(client):
@@ -80,11 +96,23 @@ def test_setup_validates_the_config_and_starts_a_sync(client):
     assert r.status_code == 400 and "BrushLabels" in r.json["error"]
 
 
-def test_setup_with_a_missing_checkpoint_names_file_and_url(tmp_path):
-    c, _, _ = make_client(tmp_path, backbone="imagenet256", diffusion_checkpoint=tmp_path / "none.pt")
+def test_a_missing_checkpoint_is_not_ready_and_names_the_file_its_path_and_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    for name in ("BACKBONE", "DIFFUSION_CHECKPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings.from_env()  # the default: MODEL_DIR/checkpoints/256x256_diffusion_uncond.pt
+    c, _, _ = make_client(tmp_path, diffusion_checkpoint=settings.diffusion_checkpoint, backbone="imagenet256")
     r = c.post("/setup", json={"project": "1.1", "schema": CONFIG})
-    assert r.status_code == 400 and "256x256_diffusion_uncond.pt" in r.json["error"]
-    assert "openaipublic" in r.json["error"] and "none.pt" in c.get("/health").json["backbone"]["error"]
+    expected = str(tmp_path / "checkpoints" / "256x256_diffusion_uncond.pt")
+    url = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"
+    assert r.status_code == 400 and expected in r.json["error"] and url in r.json["error"]
+    health = c.get("/health")
+    assert health.status_code == 200  # Label Studio needs a 200 to connect
+    assert health.json["status"] == "NOT_READY" and not health.json["ready"]
+    assert health.json["model"]["pretrained"] is False and expected in health.json["todo"] and url in health.json["todo"]
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "256x256_diffusion_uncond.pt").write_bytes(b"weights")  # the file at that path is enough
+    assert c.get("/health").json["ready"] and c.get("/health").json["model"]["pretrained"]
 
 
 @pytest.mark.parametrize("path,body,fragment", [
@@ -103,6 +131,64 @@ def test_malformed_requests_get_a_400_with_a_message(client, path, body, fragmen
     c, _, _ = client
     r = c.post(path, data=body, content_type="application/json")
     assert r.status_code == 400 and fragment in r.json["error"]
+
+
+def click(task_id, value) -> dict:
+    return {"tasks": [{"id": task_id, "data": {"image": "/data/upload/7/a.png"}}], "project": "7.1",
+            "label_config": CONFIG, "params": {"context": {"result": [{"type": "keypointlabels", "value": value}]}}}
+
+
+def webhook_with(action="ANNOTATION_CREATED", **annotation) -> dict:
+    return {"action": action, "project": {"id": 7, "label_config": CONFIG},
+            "annotation": {"id": 1, "task": 5, "result": [], "updated_at": "2026-01-01T00:00:00Z", **annotation}}
+
+
+MALFORMED = [  # each answered 500 before it was checked at the edge
+    ("/setup", "[" * 100_000, "JSON"),
+    ("/setup", {"project": 10 ** 23, "schema": CONFIG}, "project id"),
+    ("/setup", {"project": "100000000000000000000000.17", "schema": CONFIG}, "project id"),
+    ("/setup", {"project": "7.1", "schema": {"View": 1}}, "'schema' must be a string"),
+    ("/setup", {"project": "7.1", "schema": 5}, "'schema' must be a string"),
+    ("/setup", {"project": "7.1", "schema": CONFIG, "hostname": 5, "access_token": "t"}, "'hostname'"),
+    ("/predict", click("abc", {"x": 5, "y": 5, "keypointlabels": ["Road"]}), "task id"),
+    ("/predict", click(1, "x=5,y=5"), "object 'value'"),
+    ("/webhook", webhook_with(task="x"), "task id"),
+    ("/webhook", webhook_with(task={}), "'task' object needs an 'id'"),
+    ("/webhook", webhook_with(id="abc"), "annotation id"),
+    ("/webhook", webhook_with(updated_at="0001-01-01T00:00:00+05:00"), "timestamp"),
+    ("/webhook", {"action": "TASKS_DELETED", "project": {"id": 7}, "tasks": [{"id": "abc"}]}, "task's id"),
+    ("/webhook", {"action": "ANNOTATIONS_DELETED", "project": {"id": 7}, "annotations": [{"id": "abc"}]}, "annotation's id"),
+    ("/webhook", {"action": "PROJECT_UPDATED", "project": 7}, "'project' object"),
+    ("/webhook", {"action": "START_TRAINING", "project": {"id": True}}, "project id"),
+    ("/versions", "[1, 2]", "object"),
+    ("/versions", {"project": [7]}, "project id"),
+]
+
+
+@pytest.mark.parametrize("path,body,fragment", MALFORMED, ids=[f"{p} {str(b)[:40]}" for p, b, _ in MALFORMED])
+def test_malformed_inputs_get_a_400_that_names_the_field(client, path, body, fragment):
+    c, _, _ = client
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    r = c.post(path, **({"data": body, "content_type": "application/json"} if isinstance(body, str) else {"json": body}))
+    assert r.status_code == 400 and fragment in r.json["error"], r.json
+
+
+@pytest.mark.parametrize("value", ["x=5", [5, 5]])
+def test_an_unusable_region_is_skipped_and_the_rest_of_the_annotation_kept(client, value):
+    c, backend, _ = client
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    broken = {"id": "bad", "from_name": "query", "to_name": "image", "type": "keypointlabels", "value": value}
+    r = c.post("/webhook", json=annotation_event(1, 5, [broken, keypoint("good", 10.0, 20.0, "Road")]))
+    assert r.status_code == 201 and r.json["result"]["skipped_regions"] == ["region bad: 'value' is not an object"]
+    assert [row["region"] for row in backend.services.store.labels(7)] == ["good"]
+
+
+def test_a_body_over_the_size_cap_gets_a_413(tmp_path):
+    c, _, _ = make_client(tmp_path, max_request_mb=1)
+    body = json.dumps({"action": "X", "project": 1, "padding": "x" * 2 ** 20})
+    r = c.post("/webhook", data=body, content_type="application/json")
+    assert r.status_code == 413 and r.json["error"]
+    assert c.post("/webhook", json={"action": "X", "project": 1}).status_code == 201
 
 
 def test_unknown_webhook_actions_are_acknowledged_and_ignored(client):
@@ -171,7 +257,11 @@ def test_versions_and_metrics(client):
     assert c.get("/versions").json == {"versions": []}
     assert c.post("/versions", json={"project": "7.1"}).json == {"versions": []}
     m = c.get("/metrics").json
-    assert set(m) == {"projects", "heads", "recent_jobs"}
+    assert set(m) == {"uptime_s", "backbone", "jobs", "settings", "projects", "heads", "recent_jobs"}
+
+
+def auth_header(user: str, password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def test_basic_auth_guards_everything_but_health(tmp_path):
@@ -180,11 +270,66 @@ def test_basic_auth_guards_everything_but_health(tmp_path):
     for method, path in [("post", "/setup"), ("post", "/predict"), ("post", "/webhook"), ("get", "/metrics"),
                          ("get", "/versions"), ("post", "/train")]:
         assert getattr(c, method)(path, json={}).status_code == 401
-    bad = base64.b64encode(b"ann:wrong").decode()
-    assert c.get("/metrics", headers={"Authorization": f"Basic {bad}"}).status_code == 401
-    good = base64.b64encode(b"ann:pw-123").decode()
-    assert c.get("/metrics", headers={"Authorization": f"Basic {good}"}).status_code == 200
+    assert c.get("/metrics", headers=auth_header("ann", "wrong")).status_code == 401
+    assert c.get("/metrics", headers=auth_header("ann", "pw-123")).status_code == 200
     assert "pw-123" not in json.dumps(c.get("/health").json)
+
+
+def test_basic_auth_with_characters_beyond_ascii(tmp_path):
+    c, _, _ = make_client(tmp_path, basic_auth_user="zoë", basic_auth_pass="pässwörd-✓")
+    assert c.get("/metrics", headers=auth_header("zoë", "pässwörd-✓")).status_code == 200
+    for user, password in [("zoe", "pässwörd-✓"), ("zoë", "passwort"), ("ann", "pw"), ("", "")]:
+        assert c.get("/metrics", headers=auth_header(user, password)).status_code == 401
+
+
+def test_an_anonymous_setup_cannot_re_point_a_project(tmp_path):
+    c, backend, _ = make_client(tmp_path, label_studio_api_key="")
+    services = backend.services
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG, "hostname": "http://ls.example:8080",
+                           "access_token": "real-token"})
+    assert services.client(7).url == "http://ls.example:8080"  # the first address a project gets is kept
+    r = c.post("/setup", json={"project": "7.1", "schema": CONFIG, "hostname": "http://attacker.example",
+                               "access_token": "other-token"})
+    assert r.status_code == 200 and services.client(7).url == "http://ls.example:8080"
+    health = c.get("/health").json
+    assert "BASIC_AUTH_USER" in health["refused_credentials"]["7"]
+    assert "attacker.example" not in json.dumps(health) and "ls.example" not in json.dumps(health)
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG, "hostname": "http://ls.example:8080/",
+                           "access_token": "real-token"})  # the same ones again: fine, the refusal is cleared
+    assert "refused_credentials" not in c.get("/health").json
+
+
+def test_an_authenticated_setup_may_change_the_address_and_a_configured_key_always_wins(tmp_path):
+    c, backend, _ = make_client(tmp_path / "a", label_studio_api_key="", basic_auth_user="ann", basic_auth_pass="pw")
+    for host in ("http://old.example", "http://new.example"):
+        c.post("/setup", headers=auth_header("ann", "pw"), json={"project": "7.1", "schema": CONFIG, "hostname": host,
+                                                                 "access_token": "t"})
+    assert backend.services.client(7).url == "http://new.example"
+    c, backend, _ = make_client(tmp_path / "b", label_studio_url="http://configured.example")
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG, "hostname": "http://other.example", "access_token": "t"})
+    assert backend.services.client(7).url == "http://configured.example"
+
+
+def test_a_click_on_a_task_outside_the_store_leaves_the_store_unchanged(tmp_path):
+    from PIL import Image
+
+    image = Image.new("RGB", (80, 60), (20, 20, 200))
+    image.paste((200, 30, 30), (0, 30, 80, 60))  # two flat halves: a clear superpixel
+    with ImageHost({"/img.png": send_bytes(png_bytes(image))}) as host:
+        c, backend, _ = make_client(tmp_path, superpixel_tau=0.0)
+        c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+        store = backend.services.store
+        before = (store.tasks(7), store.task(7, 7777))
+        body = click(7777, {"x": 50.0, "y": 75.0, "keypointlabels": ["Road"]})
+        body["tasks"][0]["data"]["image"] = host.url + "/img.png"
+        r = c.post("/predict", json=body)
+        assert r.status_code == 200 and len(r.json["results"][0]["result"]) == 1
+        body["tasks"][0]["data"]["image"] = host.url + "/missing.png"  # a made-up task whose URL answers 404
+        r = c.post("/predict", json=body)
+        assert r.status_code == 422 and "task 7777" in r.json["error"]
+        assert "404" not in r.json["error"] and host.url not in r.json["error"]  # no probing through errors
+        assert (store.tasks(7), store.task(7, 7777)) == before == ([], None)
+        assert not (backend.services.files(7).root / "originals" / "7777.png").exists()
 
 
 def test_interactive_click_returns_the_expanded_region_in_the_clicks_class(tmp_path, camvid_root):
@@ -209,7 +354,7 @@ def test_interactive_click_returns_the_expanded_region_in_the_clicks_class(tmp_p
     assert region["type"] == "brushlabels" and region["from_name"] == "mask" and region["value"]["brushlabels"] == ["Road"]
     mask = decode_rle(region["value"]["rle"]).reshape(360, 480, 4)[:, :, 3] > 0
     assert mask[int(0.85 * 360), 240] and 1 < mask.sum() < 360 * 480 // 10
-    assert c.get("/health").json["backbone"]["expander"]["name"] == "superpixel"
+    assert c.get("/metrics").json["backbone"]["expander"]["name"] == "superpixel"
     backend.services.engine.expander().tau = 1.01  # nothing passes: no region, just the confidence
     r = c.post("/predict", json=body)
     assert r.json["results"][0]["result"] == [] and 0 <= r.json["results"][0]["score"] <= 1
