@@ -15,7 +15,8 @@ from dataclasses import asdict
 from ml_backend import payloads
 from ml_backend.jobs import InProcessRunner
 from ml_backend.label_config import LabelConfigError, LabelSchema, parse_label_config
-from ml_backend.loop import advance_when_answered, original_image
+from ml_backend.images import original_image
+from ml_backend.loop import advance_when_answered
 from ml_backend.payloads import RequestError
 from ml_backend.regions import RegionError, brush_region, labels_from_result, pixel_from_percent
 from ml_backend.segmentations import image_task, segmentation

@@ -15,19 +15,17 @@ where it stopped.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from ml_backend.images import fetch_image, original_image
 from ml_backend.labeled_set import ExpansionCache, build_labeled_set, labels_digest
 from ml_backend.query_tasks import is_query_task, publish_round, queue_version, retire_outside_queue
+from ml_backend.segmentations import push_segmentations
 from ml_backend.services import Services
 from model.head import train_head
-from model.preprocessing import MAX_IMAGE_PIXELS, resize_image
 from model.selection import image_record, labeled_features, needs_noise_draws, record_digest, run_round
 
 log = logging.getLogger(__name__)
@@ -48,94 +46,32 @@ def handle_job(services: Services, runner, project: int, kind: str, payload: dic
         if current is not None and current["status"] in ("selected", "open"):
             push_round(services, runner, project, current["round"])
     elif kind == "segment":
-        from ml_backend.segmentations import push_segmentations  # it reads images through this module
-
         push_segmentations(services, project)
     else:
         raise ValueError(f"unknown job kind {kind!r}")
 
 
-# images ----------------------------------------------------------------------------------------
-def decode_image(data: bytes) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_IMAGE_PIXELS:
-            raise ValueError(f"image of {image.width}x{image.height} pixels is too large")
-        image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"not a readable image ({exc})") from None
-    return image.convert("RGB")
-
-
-class ImageUnavailable(ValueError):
-    """A task's image that cannot be had right now; the message names the task."""
-
-
-def fetch_image(services: Services, project: int, task: int, url: str) -> None:
-    """Download, decode and store the task's image (original and model-resolution copies). A file
-    that cannot be fetched or read marks this task failed, with the reason, and nothing else: the
-    round goes on without it. Only Label Studio itself being unreachable fails the job."""
-    files = services.files(project)
-    try:
-        if not url:
-            raise ValueError(f"task has no '{services.schema(project).image_key}' field")
-        image = decode_image(services.client(project).download(url))
-    except ValueError as exc:  # DownloadError or an unreadable file
-        log.warning("project %s task %s: image unusable, skipped: %s", project, task, exc)
-        services.store.set_task_image(project, task, None, None, "failed", str(exc))
-        return
-    originals = files.root / "originals"
-    originals.mkdir(exist_ok=True)
-    tmp = originals / f".{task}.tmp.png"
-    image.save(tmp)
-    tmp.replace(originals / f"{task}.png")
-    resized = resize_image(image, services.settings.resolution)
-    files.save_image(task, resized)
-    services.store.set_task_image(project, task, image.width, image.height, "ready",
-                                  digest=hashlib.sha1(resized.tobytes()).hexdigest()[:20])
-
-
-def original_image(services: Services, project: int, task: int, url: str | None = None) -> np.ndarray:
-    """The task's image at its original size, for /predict and click expansion. It reads the store
-    and never writes it: a task the sync has not fetched yet (or not seen at all) is downloaded
-    into memory, from the stored URL when there is one, else from `url`, under the same limits as
-    every download. Errors name the task; a download's reason is only logged for a URL the caller
-    chose, so that /predict cannot be used to probe other hosts."""
-    path = services.files(project).root / "originals" / f"{task}.png"
-    row = services.store.task(project, task)
-    if row is not None and row["status"] == "ready" and path.exists():
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    if row is not None and row["status"] == "failed":
-        raise ImageUnavailable(f"task {task}: its image is unusable: {row['error']}")
-    try:
-        return np.asarray(decode_image(services.client(project).download(row["image_url"] if row else url)))
-    except ValueError as exc:
-        log.warning("project %s task %s: image not available: %s", project, task, exc)
-        reason = f": {exc}" if row else " (the backend's log says why)"
-        raise ImageUnavailable(f"task {task}: its image could not be fetched{reason}") from None
-
-
-def sync_tasks(services: Services, project: int) -> list[dict]:
-    """Bring the task list up to date and fetch new images; returns Label Studio's task list."""
+def sync_tasks(services: Services, project: int) -> None:
+    """Bring the task list up to date, take new tasks out of the labeling queue, fetch new images."""
     store, schema = services.store, services.schema(project)
     services.progress.update(project, "listing tasks")
     tasks = services.client(project).tasks(project)
     store.upsert_tasks(project, [(t["id"], str(t["data"].get(schema.image_key, ""))) for t in tasks
                                  if not is_query_task(services, project, t)])
+    # new images join the loop as candidates, never as tasks of the labeling queue: out of it first
+    current = store.current_round(project)
+    live = current["round"] if current and current["status"] in ("selected", "open") else None
+    retire_outside_queue(services, project, live, tasks)
     pending = store.tasks(project, "pending")
     for n, row in enumerate(pending):
         fetch_image(services, project, row["task"], row["image_url"])
         services.progress.update(project, "fetching images", n + 1, len(pending))
-    return tasks
 
 
 # rounds ----------------------------------------------------------------------------------------
 def sync_project(services: Services, runner, project: int) -> None:
-    tasks = sync_tasks(services, project)
+    sync_tasks(services, project)
     current = services.store.current_round(project)
-    # new images join the loop as candidates, never as tasks of the labeling queue
-    retire_outside_queue(services, project, current["round"] if current else None, tasks)
     if current is None:
         if services.store.tasks(project, "ready"):
             plan_round(services, runner, project, 0)

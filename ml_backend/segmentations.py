@@ -15,7 +15,7 @@ import logging
 import numpy as np
 from PIL import Image
 
-from ml_backend.loop import original_image
+from ml_backend.images import original_image
 from ml_backend.regions import brush_region
 from ml_backend.services import Services
 

@@ -137,8 +137,9 @@ def test_label_all_tasks_serves_exactly_the_open_queries_round_after_round(ls, c
         assert settings["sampling"] == "Uncertainty sampling" and settings["show_collab_predictions"]
         assert settings["show_instruction"] and "Label me" in settings["expert_instruction"]
         assert not settings["start_training_on_annotation_update"]
-        views = [v["data"] for v in ls.api("GET", f"/api/dm/views/?project={project}").json()]
-        assert any(v.get("title") == QUERY_VIEW_TITLE and round0 in json.dumps(v["filters"]) for v in views)
+        wait_until(lambda: any(v["data"].get("title") == QUERY_VIEW_TITLE and round0 in json.dumps(v["data"]["filters"])
+                               for v in ls.api("GET", f"/api/dm/views/?project={project}").json()),
+                   60, "the saved view of the round's open query tasks")
 
         asked0 = query_predictions(ls, project, round0)
         assert len(keypoints(asked0)) == budget
@@ -217,7 +218,9 @@ def test_interactive_click_on_a_query_task_expands_in_its_image(ls, camvid_root,
         import_camvid(ls, project, camvid_root, 2)
         ml = ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "m",
                                               "is_interactive": True}).json()
-        task = wait_until(lambda: next_task(ls, project), 300, "round 0's first query task")
+        wait_until(lambda: model_version(ls, project) == f"p{project}-round-0", 300, "round 0")
+        task = wait_until(lambda: next_task(ls, project), 60, "round 0's first query task")
+        assert "query_key" in task["data"]  # the queue serves query tasks only
         click = {"id": "c1", "from_name": "query", "to_name": "image", "type": "keypointlabels",
                  "original_width": 480, "original_height": 360, "image_rotation": 0,
                  "value": {"x": 50.0, "y": 85.0, "width": 0.6, "keypointlabels": ["Road"]}}
