@@ -132,6 +132,8 @@ def labels_from_result(result: list, schema: LabelSchema, task: int, resolution:
             continue
         try:
             if kind == "keypointlabels" and region.get("from_name") == schema.keypoint_name:
+                if region.get("is_positive") is False:  # an Alt-click: a negative prompt for SAM, not a label
+                    continue
                 names = [n for n in value.get("keypointlabels") or [] if n != schema.placeholder]
                 if not names:
                     pending.append(rid)

@@ -42,7 +42,8 @@ def test_annotation_results_to_labels():
     query = query_region("k1", 65, 16, SCHEMA, 480, 360)
     kp = {**query, "value": {**query["value"], "keypointlabels": ["Car"]}}  # the annotator gave it a class
     untouched = query_region("k2", 66, 16, SCHEMA, 480, 360, suggestion="Model suggests: Road")
-    parsed = labels_from_result([kp, brush, accepted, "junk", untouched], SCHEMA, task=3, resolution=16,
+    negative = {**kp, "id": "k3", "is_positive": False}  # an Alt-click prompt: not a label of its pixel
+    parsed = labels_from_result([kp, brush, accepted, "junk", untouched, negative], SCHEMA, task=3, resolution=16,
                                 region_cap=50)
     assert parsed.problems == ["region 3 is not an object"]
     assert parsed.pending == ["k2"]  # still the placeholder: no label, the query stays open
