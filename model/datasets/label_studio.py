@@ -26,7 +26,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+from skimage.draw import polygon2mask
 
 from model.datasets.segmentation import IGNORE_INDEX, SegmentationDataset
 
@@ -124,12 +125,15 @@ def brush_mask(value: dict, width: int, height: int, where: str) -> np.ndarray:
 
 
 def polygon_mask(value: dict, width: int, height: int, where: str) -> np.ndarray:
+    """The pixels whose centre lies inside the polygon (its points are in percent of the image size)."""
     points = value.get("points") or []
     if len(points) < 3:
         raise ValueError(f"{where}: polygon with {len(points)} points")
-    canvas = Image.new("1", (width, height))
-    ImageDraw.Draw(canvas).polygon([(x / 100 * width, y / 100 * height) for x, y in points], fill=1)
-    return np.asarray(canvas)
+    try:
+        rows_cols = np.array([(y / 100 * height - 0.5, x / 100 * width - 0.5) for x, y in points], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: polygon points must be [x, y] pairs in percent") from None
+    return polygon2mask((height, width), rows_cols)
 
 
 def paint(task: TaskRegions, classes: tuple[str, ...]) -> np.ndarray:
