@@ -1,5 +1,7 @@
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -8,6 +10,9 @@ from PIL import Image
 
 from model.datasets import CAMVID_CLASSES, IGNORE_INDEX, detect, load_camvid, load_dataset
 from model.preprocessing import center_crop_image, center_crop_labels, remap_void, resize_image, resize_labels
+from tests.conftest import REPO
+from tests.model.test_simulate import rows
+from tests.model.test_simulate import run as simulate_smoke
 
 
 def test_camvid_layout_and_order(camvid_root):
@@ -209,3 +214,46 @@ def test_camvid_in_the_folder_layout_is_the_same_dataset(tmp_path, camvid_root):
     assert replace(folder, image_paths=[renamed], label_sources=folder.label_sources[:1], _digests={}).key(0) == folder.key(0)
     Image.new("RGB", (480, 360)).save(renamed)
     assert replace(folder, image_paths=[renamed], label_sources=folder.label_sources[:1], _digests={}).key(0) != folder.key(0)
+
+
+# through the command line ----------------------------------------------------------------------------
+
+def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "model", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def simulated(data, out, *args: str) -> list[dict]:
+    """metrics.csv of `simulate` with the smoke settings, timings left out."""
+    run = simulate_smoke([*args], out, data)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [{k: v for k, v in row.items() if not k.startswith("seconds_")} for row in rows(out)]
+
+
+def test_camvid_in_the_folder_layout_simulates_to_the_same_numbers(tmp_path, camvid_root):
+    folder = camvid_as_folder(camvid_root, tmp_path / "camvid-folder", {"train": 8, "val": 4})
+    args = ["--strategy", "two-stage-edald", "--rounds", "2", "--max-train-images", "8", "--max-eval-images", "4"]
+    from_folder = simulated(folder, tmp_path / "folder-run", *args)
+    from_camvid = simulated(camvid_root, tmp_path / "camvid-run", *args)
+    assert len(from_folder) == 2 and from_folder == from_camvid
+
+
+def test_simulate_checks_every_label_map_before_any_feature(tmp_path):
+    root = write_folder(tmp_path / "d", count=3)
+    write_folder(root, "val", count=2)
+    Image.fromarray(np.full((4, 6), 9, dtype=np.uint8)).save(root / "val" / "masks" / "img1.png")
+    out = cli("simulate", "--data", str(root), "--backbone", "tiny", "--resolution", "32", "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and "error: " in out.stderr and "img1.png: values 9 are neither a class" in out.stderr
+    assert not (tmp_path / "o").exists()
+    out = cli("simulate", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and "holds no known dataset layout" in out.stderr
+    out = cli("simulate", "--data", str(root), "--dataset", "kitti", "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and "invalid choice: 'kitti'" in out.stderr
+
+
+def test_expansion_report_loads_any_layout(tmp_path, camvid_root):
+    folder = camvid_as_folder(camvid_root, tmp_path / "f", {"val": 2})
+    out = cli("expansion", "--data", str(folder), "--split", "val", "--clicks", "6", "--resolution", "64",
+              "--taus", "0.5", "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| 0.50 |" in (tmp_path / "out" / "expansion.md").read_text()
