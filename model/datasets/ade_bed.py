@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.datasets.segmentation import IGNORE_INDEX, SegmentationDataset, read_png_labels
+from model.datasets.segmentation import (IGNORE_INDEX, SegmentationDataset, label_files, read_png_labels, require_split,
+                                         subdirectories)
 
 LAYOUT = "sceneCategories.txt, images/<split>/*.jpg, annotations/<split>/*.png (ADEChallengeData2016)"
 PREPROCESS = "center-crop"
@@ -55,21 +56,14 @@ def read_npy(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-def _splits(directory: Path) -> str:
-    return ", ".join(sorted(d.name for d in directory.iterdir() if d.is_dir())) if directory.is_dir() else "none"
-
-
 def load_release(root: Path, split: str, preprocess: str) -> SegmentationDataset:
     """The reference's ADE_Bed_256: images and .npy label maps side by side in real/<split>/."""
     directory = root / "real" / split
-    if not directory.is_dir():
-        raise FileNotFoundError(f"ADE_Bed_256 split '{split}' needs {directory}; splits here: {_splits(root / 'real')}")
+    require_split("ADE_Bed_256", split, subdirectories(root / "real"), directory)
     images = sorted(directory.glob("*.jpg"))
-    labels = [p.with_suffix(".npy") for p in images]
-    missing = [p.name for p in labels if not p.exists()]
-    if not images or missing:
-        raise FileNotFoundError(f"{directory}: needs <name>.jpg images with <name>.npy label maps "
-                                f"({len(images)} images, {len(missing)} without labels{', e.g. ' + missing[0] if missing else ''})")
+    if not images:
+        raise FileNotFoundError(f"no <name>.jpg images (with <name>.npy label maps) in {directory}")
+    labels = label_files(images, lambda p: p.with_suffix(".npy"), directory)
     return SegmentationDataset("ade-bed", split, images, labels, CLASSES, IGNORE_INDEX, preprocess, read_npy)
 
 
@@ -81,16 +75,11 @@ def load(root: Path, split: str, preprocess: str = PREPROCESS) -> SegmentationDa
         raise FileNotFoundError(f"{root} is neither ADEChallengeData2016 ({LAYOUT}) nor the reference's ADE_Bed_256 "
                                 f"(real/<split>/*.jpg and *.npy)")
     image_dir, label_dir = root / "images" / split, root / "annotations" / split
-    if not image_dir.is_dir() or not label_dir.is_dir():
-        raise FileNotFoundError(f"ADE20K split '{split}' needs {image_dir} and {label_dir}; "
-                                f"splits here: {_splits(root / 'images')}")
+    require_split("ADE20K", split, subdirectories(root / "images"), image_dir, label_dir)
     scenes = dict(line.split(maxsplit=1) for line in (root / "sceneCategories.txt").read_text().splitlines()
                   if len(line.split()) == 2)
     images = [p for p in sorted(image_dir.glob("*.jpg")) if scenes.get(p.stem) == SCENE]
     if not images:
         raise FileNotFoundError(f"no {SCENE} images in {image_dir} (by sceneCategories.txt)")
-    labels = [label_dir / f"{p.stem}.png" for p in images]
-    missing = [p.name for p in labels if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} annotations missing in {label_dir}, e.g. {missing[0]}")
+    labels = label_files(images, lambda p: label_dir / f"{p.stem}.png", label_dir)
     return SegmentationDataset("ade-bed", split, images, labels, CLASSES, IGNORE_INDEX, preprocess, read_ade150)

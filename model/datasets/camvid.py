@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.datasets.segmentation import SegmentationDataset
+from model.datasets.segmentation import SegmentationDataset, label_files, require_split, subdirectories
 
 LAYOUT = "<split>/ and <split>annot/ with PNGs of the same names (SegNet's CamVid)"
 PREPROCESS = "resize"
@@ -21,7 +21,7 @@ VOID = 11
 
 
 def splits(root: Path) -> list[str]:
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and (root / f"{d.name}annot").is_dir())
+    return [d for d in subdirectories(root) if (root / f"{d}annot").is_dir()]
 
 
 def recognizes(root: Path) -> bool:
@@ -31,14 +31,9 @@ def recognizes(root: Path) -> bool:
 def load(root: Path, split: str, preprocess: str = PREPROCESS) -> SegmentationDataset:
     root = Path(root)
     image_dir, label_dir = root / split, root / f"{split}annot"
-    if not image_dir.is_dir() or not label_dir.is_dir():
-        raise FileNotFoundError(f"CamVid split '{split}' needs {image_dir} and {label_dir}; "
-                                f"splits here: {', '.join(splits(root)) or 'none'}")
+    require_split("CamVid", split, splits(root), image_dir, label_dir)
     images = sorted(image_dir.glob("*.png"))
     if not images:
         raise FileNotFoundError(f"no PNG images in {image_dir}")
-    labels = [label_dir / p.name for p in images]
-    missing = [p.name for p in labels if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} label maps missing in {label_dir}, e.g. {missing[0]}")
+    labels = label_files(images, lambda p: label_dir / p.name, label_dir)
     return SegmentationDataset("camvid", split, images, labels, CLASSES, VOID, preprocess)

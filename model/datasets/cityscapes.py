@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.datasets.segmentation import IGNORE_INDEX, SegmentationDataset, read_png_labels
+from model.datasets.segmentation import (IGNORE_INDEX, SegmentationDataset, label_files, read_png_labels, require_split,
+                                         subdirectories)
 
 LAYOUT = "leftImg8bit/<split>/<city>/*_leftImg8bit.png and gtFine/<split>/<city>/*_gtFine_labelIds.png"
 PREPROCESS = "center-crop"
@@ -27,7 +28,7 @@ TRAIN_ID[list(LABEL_IDS)] = np.arange(len(LABEL_IDS))
 
 
 def splits(root: Path) -> list[str]:
-    return sorted(d.name for d in (root / "leftImg8bit").iterdir() if d.is_dir() and (root / "gtFine" / d.name).is_dir())
+    return [d for d in subdirectories(root / "leftImg8bit") if (root / "gtFine" / d).is_dir()]
 
 
 def recognizes(root: Path) -> bool:
@@ -44,15 +45,10 @@ def read_train_ids(path: Path) -> np.ndarray:
 def load(root: Path, split: str, preprocess: str = PREPROCESS) -> SegmentationDataset:
     root = Path(root)
     image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
-    if not image_dir.is_dir() or not label_dir.is_dir():
-        raise FileNotFoundError(f"Cityscapes split '{split}' needs {image_dir} and {label_dir}; "
-                                f"splits here: {', '.join(splits(root)) or 'none'}")
+    require_split("Cityscapes", split, splits(root), image_dir, label_dir)
     images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
     if not images:
         raise FileNotFoundError(f"no <city>/*_leftImg8bit.png images in {image_dir}")
-    labels = [label_dir / p.parent.name / p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png") for p in images]
-    missing = [str(p.relative_to(label_dir)) for p in labels if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} label maps missing in {label_dir}, e.g. {missing[0]} "
-                                f"(gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com/downloads/)")
+    labels = label_files(images, lambda p: label_dir / p.parent.name / p.name.replace("leftImg8bit", "gtFine_labelIds"),
+                         label_dir, "gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com/downloads/")
     return SegmentationDataset("cityscapes", split, images, labels, CLASSES, IGNORE_INDEX, preprocess, read_train_ids)

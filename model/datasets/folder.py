@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from model.datasets.segmentation import IGNORE_INDEX, SegmentationDataset
+from model.datasets.segmentation import IGNORE_INDEX, SegmentationDataset, require_split, subdirectories
 
 LAYOUT = "classes.txt or classes.json, and <split>/images/ with <split>/masks/ of the same names"
 PREPROCESS = "resize"
@@ -25,7 +25,7 @@ TXT_EXAMPLE = "one class name per line in index order, and a line 'void: 255'"
 
 
 def splits(root: Path) -> list[str]:
-    return sorted(d.name for d in root.iterdir() if (d / "images").is_dir())
+    return [d for d in subdirectories(root) if (root / d / "images").is_dir()]
 
 
 def recognizes(root: Path) -> bool:
@@ -88,9 +88,7 @@ def load(root: Path, split: str, preprocess: str = PREPROCESS) -> SegmentationDa
     root = Path(root)
     classes, void = read_classes(root)
     image_dir, mask_dir = root / split / "images", root / split / "masks"
-    if not image_dir.is_dir() or not mask_dir.is_dir():
-        raise FileNotFoundError(f"split '{split}' needs {image_dir} and {mask_dir}; "
-                                f"splits here: {', '.join(splits(root)) or 'none'}")
+    require_split("folder", split, splits(root), image_dir, mask_dir)
     images = _by_stem(image_dir, IMAGE_SUFFIXES)
     if not images:
         raise FileNotFoundError(f"no PNG or JPEG images in {image_dir}")

@@ -40,6 +40,7 @@ COMMON_59 = (("aeroplane", 2), ("bag", 9), ("bed", 18), ("bedclothes", 19), ("be
              ("track", 415), ("train", 416), ("tree", 420), ("truck", 424), ("tvmonitor", 427), ("wall", 440),
              ("water", 445), ("window", 454), ("wood", 458))
 LABELS = 459
+DOWNLOAD = "https://cs.stanford.edu/~roozbeh/pascal-context/"
 
 
 def _lookup(classes: tuple[tuple[str, int], ...]) -> np.ndarray:
@@ -78,7 +79,7 @@ def load(root: Path, split: str, preprocess: str = PREPROCESS, classes: tuple[tu
     images = [root / "JPEGImages" / f"{i}.jpg" for i in ids]
     labels = [root / "trainval" / f"{i}.mat" for i in ids]
     for kind, paths, where in (("images", images, "VOCtrainval_03-May-2010.tar"),
-                               ("label files", labels, "trainval.tar.gz from https://cs.stanford.edu/~roozbeh/pascal-context/")):
+                               ("label files", labels, f"trainval.tar.gz from {DOWNLOAD}")):
         missing = [p for p in paths if not p.exists()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} of the {len(ids)} {kind} of {listing.name} are missing, "

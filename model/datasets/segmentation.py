@@ -24,6 +24,28 @@ from model.preprocessing import PREPROCESSING, remap_void
 IGNORE_INDEX = 255
 
 
+def require_split(dataset: str, split: str, available: list[str], *directories: Path) -> None:
+    """An error naming what a split lacks and the splits there are."""
+    if not all(d.is_dir() for d in directories):
+        raise FileNotFoundError(f"{dataset} split '{split}' needs {' and '.join(map(str, directories))}; "
+                                f"splits here: {', '.join(available) or 'none'}")
+
+
+def label_files(images: list[Path], label_for: Callable[[Path], Path], label_dir: Path,
+                download: str = "") -> list[Path]:
+    """Each image's label file; an error naming the missing ones (and where they come from)."""
+    labels = [label_for(p) for p in images]
+    missing = [str(p.relative_to(label_dir)) for p in labels if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} label maps missing in {label_dir}, e.g. {missing[0]}"
+                                + (f" ({download})" if download else ""))
+    return labels
+
+
+def subdirectories(directory: Path) -> list[str]:
+    return sorted(d.name for d in directory.iterdir() if d.is_dir()) if directory.is_dir() else []
+
+
 def read_png_labels(path: Path) -> np.ndarray:
     """A single-channel PNG of class indices (grey or palette)."""
     with Image.open(path) as im:
@@ -48,7 +70,7 @@ class SegmentationDataset:
         if self.preprocess not in PREPROCESSING:
             raise ValueError(f"unknown preprocessing {self.preprocess!r}; choose {', '.join(PREPROCESSING)}")
         if not 0 < len(self.class_names) <= IGNORE_INDEX:
-            raise ValueError(f"{self.name}: {len(self.class_names)} classes; between 1 and {IGNORE_INDEX} are supported")
+            raise ValueError(f"{self.name}: {len(self.class_names)} classes; 1 to {IGNORE_INDEX} are supported")
         if len(self.image_paths) != len(self.label_sources):
             raise ValueError(f"{self.name}: {len(self.image_paths)} images but {len(self.label_sources)} label maps")
 

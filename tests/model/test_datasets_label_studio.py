@@ -36,7 +36,8 @@ def brush_regions(labels: np.ndarray, classes, from_name="mask", to_name="photo"
 
 def polygon(points, label, size=(8, 4)):
     return {"id": f"p-{label}", "from_name": "outline", "to_name": "photo", "type": "polygonlabels",
-            "original_width": size[0], "original_height": size[1], "value": {"points": points, "polygonlabels": [label]}}
+            "original_width": size[0], "original_height": size[1],
+            "value": {"points": points, "polygonlabels": [label]}}
 
 
 def write_export(root: Path, tasks: list[dict], split="train", config=CONFIG) -> Path:
@@ -101,7 +102,8 @@ def test_bad_exports_get_clear_errors(tmp_path):
             load_dataset(root, "train").check() if on_read else load_dataset(root, "train")
 
     load_with({**good, "data": {"img": "/data/upload/1/missing.png"}},
-              r"task 1 of train.json: image /data/upload/1/missing.png expected at .*upload/1/missing.png", FileNotFoundError)
+              r"task 1 of train.json: image /data/upload/1/missing.png expected at .*upload/1/missing.png",
+              FileNotFoundError)
     load_with({**good, "data": {"img": "https://example.com/a.png"}}, "neither an upload")
     load_with({**good, "data": {"img": "/data/upload/../../etc/passwd"}}, "points outside")
     load_with({**good, "data": {}}, r"no image URL in data.img")
@@ -159,7 +161,8 @@ def test_a_label_studio_export_simulates_like_the_images_it_holds(tmp_path, camv
     data_dir, export_dir = tmp_path / "label-studio", tmp_path / "export"
     data_dir.mkdir()
     with label_studio_server(data_dir) as ls:
-        project = ls.api("POST", "/api/projects", json={"title": "CamVid ground truth", "label_config": config}).json()["id"]
+        project = ls.api("POST", "/api/projects",
+                         json={"title": "CamVid ground truth", "label_config": config}).json()["id"]
         files = [(f"file{i}", (n, open(camvid_root / "train" / n, "rb"), "image/png")) for i, n in enumerate(names)]
         ls.api("POST", f"/api/projects/{project}/import", files=files)
         for task in ls.api("GET", f"/api/tasks?project={project}&page_size=100").json()["tasks"]:

@@ -58,7 +58,8 @@ def test_cityscapes_maps_label_ids_to_the_19_train_ids_and_center_crops(tmp_path
     assert train.image(1, 8)[0, :, 0].tolist() == [40, 50, 60, 70, 80, 90, 100, 110]
     # at 4 the label map is halved first (nearest), then cropped the same way
     assert train.labels(1, 4).tolist() == [[0, 0, 13, 13]] * 4
-    assert len(load_dataset(root, "val")) == 1 and load_dataset(root, "val", preprocess="resize").labels(0, 4)[0].tolist() == [18, 0, 13, V]
+    assert len(load_dataset(root, "val")) == 1
+    assert load_dataset(root, "val", preprocess="resize").labels(0, 4)[0].tolist() == [18, 0, 13, V]
     (root / "gtFine" / "train" / "zurich" / "zurich_000000_000001_gtFine_labelIds.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"1 label maps missing .*zurich_000000_000001_gtFine_labelIds.png"):
         load_dataset(root, "train")
