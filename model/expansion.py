@@ -10,8 +10,9 @@ expanders:
 - `sam`: Segment Anything. One point: three mask proposals, the one with the highest predicted
   IoU (the confidence). More points or a box: the session is replayed click by click as SAM was
   trained for interaction, each step decoding all points so far with the previous step's
-  low-resolution mask logits as `mask_input`; the decoder is cheap next to the image encoder, and
-  the answer depends only on the prompt, never on which process saw the earlier clicks.
+  low-resolution mask logits as `mask_input`. A process remembers the steps it decoded, so a
+  session's next click costs one decoder pass there and a replay elsewhere, with the same answer:
+  it depends only on the prompt, never on which process saw the earlier clicks.
 - `superpixel`: the segment under the click (Felzenszwalb's graph segmentation by default, chosen
   over SLIC and quickshift on CamVid: see the README), segmented at about 256 x 256 pixels whatever
   the image's size, so that time and segment scale do not grow with it; its confidence is the
@@ -48,7 +49,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from model.embedding_cache import DEFAULT_DISK_BYTES, EmbeddingCache
+from model.embedding_cache import DEFAULT_DISK_BYTES, EmbeddingCache, LRUCache, image_digest
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,7 @@ class SamExpander(Expander):
         weights = sam.image_encoder.patch_embed.proj.weight.detach().cpu().numpy().tobytes()
         namespace = f"sam-{model_type}-{hashlib.sha1(weights).hexdigest()[:12]}"
         self.cache = EmbeddingCache(cache_size, Path(cache_dir) / namespace if cache_dir else None, cache_bytes)
+        self.steps = LRUCache(64)  # (image, points so far, box) -> that step's low-resolution logits
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | None, model_type: str = "vit_b", tau: float = 0.85,
@@ -353,14 +355,21 @@ class SamExpander(Expander):
         return Expansion(mask.cpu().numpy(), float(iou[0, best])), logits
 
     def expand_prompt(self, image: np.ndarray, prompt: Prompt) -> Expansion:
-        """The session replayed: step k decodes points 1..k (and the box) with step k-1's logits."""
+        """The session replayed: step k decodes points 1..k (and the box) with step k-1's logits. The
+        steps this process decoded before are remembered, so a session's next click costs one pass."""
         size = image.shape[:2]
         prompt.check(*size)
         features = self.embedding(image)
-        steps = range(1, len(prompt.points) + 1) if prompt.points else [0]  # [0]: the box alone
-        logits = None
-        for k in steps:
+        digest = image_digest(image)
+        start, logits = 0, None
+        for k in range(len(prompt.points) - 1, 0, -1):  # the longest part of the session decoded before
+            logits = self.steps.get((digest, prompt.points[:k], prompt.box))
+            if logits is not None:
+                start = k
+                break
+        for k in range(start + 1, len(prompt.points) + 1) if prompt.points else [0]:  # [0]: the box alone
             e, logits = self._decode(features, size, prompt.points[:k], prompt.box, logits)
+            self.steps.put((digest, prompt.points[:k], prompt.box), logits)
         return e
 
     def expand(self, image: np.ndarray, row: int, col: int) -> Expansion:

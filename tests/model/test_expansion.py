@@ -228,9 +228,17 @@ def test_sam_replays_the_session_with_all_points_the_box_and_the_previous_mask(i
     step1, logits1 = expander._decode(expander.embedding(image), (h, w), session.points[:1], session.box, None)
     assert torch.equal(seen[1]["mask_input"], logits1)
     assert refined.mask.shape == (h, w) and 0 <= refined.confidence and first.mask.shape == (h, w)
-    # the answer depends on the prompt alone: a fresh expander (another process) gives the same mask
-    again = SamExpander(tiny_sam(), tau=0.0).expand_prompt(image, session)
-    assert np.array_equal(again.mask, refined.mask) and again.confidence == pytest.approx(refined.confidence)
+    # the session's next click: one decoder pass, from the remembered logits of the last step
+    seen.clear()
+    longer = Prompt(session.points + ((90, 90, True),), session.box)
+    fourth = expander.expand_prompt(image, longer)
+    assert len(seen) == 1 and seen[0]["labels"] == [1, 0, 1, 1]
+    # the answer depends on the prompt alone: a fresh expander (another process) replays all four steps
+    fresh = tiny_sam()
+    replayed = _prompts_seen(fresh)
+    again = SamExpander(fresh, tau=0.0).expand_prompt(image, longer)
+    assert len(replayed) == 4 and torch.equal(replayed[3]["mask_input"], seen[0]["mask_input"])
+    assert np.array_equal(again.mask, fourth.mask) and again.confidence == pytest.approx(fourth.confidence)
     box_only = expander.expand_prompt(image, Prompt(box=(8.0, 4.0, 120.0, 110.0)))
     assert box_only.mask.shape == (h, w)
 
