@@ -147,9 +147,9 @@ def label(expander: Expander) -> str:
 
 
 def draw_examples(dataset: SegmentationDataset, expanders: list[Expander], stats: list[list[dict]], resolution: int,
-                  path: Path, images: int = 3) -> None:
-    """One row per image, one column per expander: segment boundaries (yellow) and each click's
-    region, green when expanded, red when it stays a single pixel."""
+                  path: Path, images: int = 3, clicks_per_image: int = 6) -> None:
+    """One row per image, one column per expander: segment boundaries (yellow) and the region of each
+    of the image's first clicks, green when expanded, red when it stays a single pixel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,7 +167,7 @@ def draw_examples(dataset: SegmentationDataset, expanders: list[Expander], stats
             overlay = image.astype(float) / 255
             if isinstance(expander, SuperpixelExpander):
                 overlay[find_boundaries(expander.segments(image)[0], mode="inner")] = (1.0, 0.9, 0.1)
-            for s in (s for s in clicks if s["image"] == i):
+            for s in [s for s in clicks if s["image"] == i][:clicks_per_image]:
                 mask, _, expanded = expander.region(image, s["row"], s["col"])
                 color = np.array([0.1, 0.9, 0.2]) if expanded else np.array([0.9, 0.2, 0.1])
                 overlay[mask] = 0.4 * overlay[mask] + 0.6 * color
@@ -179,7 +179,7 @@ def draw_examples(dataset: SegmentationDataset, expanders: list[Expander], stats
     fig.suptitle(f"clicks expanded at tau = {taus}: yellow = segment boundaries, green = expanded region, "
                  "red = single pixel")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
