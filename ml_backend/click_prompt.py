@@ -59,7 +59,8 @@ def _percent(value: dict, key: str, low: float = 0.0) -> float:
 
 
 def click_session(result: list, schema: LabelSchema) -> ClickSession:
-    controls = {"keypointlabels": schema.keypoint_name, "rectanglelabels": schema.rectangle_name}
+    controls = {kind: name for kind, name in (("keypointlabels", schema.keypoint_name),
+                                              ("rectanglelabels", schema.rectangle_name)) if name}
     regions = [r for r in result if isinstance(r, dict) and r.get("type") in controls
                and r.get("from_name", controls[r["type"]]) == controls[r["type"]]]
     if not regions:
