@@ -10,6 +10,7 @@ import sys
 import torch
 
 from model.backbones import BACKBONES, NOT_PRETRAINED_WARNING, get_backbone
+from model.expansion import SEGMENTATIONS
 from model.features import FeatureConfig
 from model.unet import GuidedDiffusionUNet, decoder_block_shapes
 
@@ -55,16 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=_ints, default=defaults.timesteps)
     p.set_defaults(run=lambda a: print(json.dumps(info(a), indent=2)))
 
-    p = sub.add_parser("expansion", help="purity and pixels per click of an expander on a labeled split")
+    p = sub.add_parser("expansion", help="purity and pixels per click of expanders on a labeled split, side by side")
     add_dataset_arguments(p)
     p.add_argument("--split", default="val")
     p.add_argument("--expander", default="superpixel", choices=["superpixel", "sam", "none"])
+    p.add_argument("--methods", nargs="+", default=list(SEGMENTATIONS), choices=list(SEGMENTATIONS),
+                   help="superpixel segmentations to compare (the first is drawn first)")
     p.add_argument("--sam-checkpoint", default=None)
     p.add_argument("--sam-model-type", default="vit_b")
     p.add_argument("--clicks", type=int, default=500)
     p.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.9])
     p.add_argument("--tau", type=float, default=None, help="threshold drawn in the PNG (default: the expander's)")
     p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--region-cap", type=int, default=256,
+                   help="training pixels a region gives at most (REGION_PIXEL_CAP)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/expansion")
     p.set_defaults(run=expansion)
@@ -180,14 +185,19 @@ def expansion(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from model.datasets import load_dataset
-    from model.expansion import build_expander
+    from model.expansion import SuperpixelExpander, build_expander
     from model.expansion_report import markdown, run_report
 
     dataset = load_dataset(args.data, args.split, args.dataset, args.preprocess)
-    expander = build_expander(args.expander, tau=args.tau, sam_checkpoint=args.sam_checkpoint,
-                              sam_model_type=args.sam_model_type)
-    rows = run_report(dataset, expander, args.clicks, args.taus, args.resolution, Path(args.out), args.seed)
-    print(markdown(rows))
+    if args.expander == "superpixel":  # every image's segmentation stays in memory for the clicks
+        expanders = [SuperpixelExpander(tau=0.5 if args.tau is None else args.tau, method=m, cache_size=len(dataset))
+                     for m in args.methods]
+    else:
+        expanders = [build_expander(args.expander, tau=args.tau, sam_checkpoint=args.sam_checkpoint,
+                                    sam_model_type=args.sam_model_type)]
+    reports = run_report(dataset, expanders, args.clicks, args.taus, args.resolution, Path(args.out), args.seed,
+                         args.region_cap)
+    print(markdown(reports))
     print(f"wrote {args.out}/expansion.md, expansion.json and expansion.png")
 
 

@@ -8,7 +8,6 @@ from scipy.io import savemat
 from model.datasets import IGNORE_INDEX, detect, load_dataset
 from model.datasets.ade_bed import CLASSES as ADE_CLASSES
 from model.datasets.cityscapes import CLASSES as CITYSCAPES_CLASSES
-from model.preprocessing import resize_labels
 
 V = IGNORE_INDEX
 
