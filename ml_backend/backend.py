@@ -13,12 +13,13 @@ import time
 from dataclasses import asdict
 
 from ml_backend import payloads
+from ml_backend.click_prompt import ContextError, click_session
 from ml_backend.jobs import InProcessRunner
 from ml_backend.label_config import LabelConfigError, LabelSchema, parse_label_config
 from ml_backend.images import original_image
 from ml_backend.loop import advance_when_answered
 from ml_backend.payloads import RequestError
-from ml_backend.regions import RegionError, brush_region, labels_from_result, pixel_from_percent
+from ml_backend.regions import brush_region, labels_from_result
 from ml_backend.segmentations import image_task, segmentation
 from ml_backend.services import Services
 
@@ -79,26 +80,25 @@ class ActiveLearningBackend:
         return self._segmentations(project, schema, tasks)
 
     def _expand_click(self, project: int, schema: LabelSchema, task: dict, result: list) -> dict:
-        clicks = [r for r in result if isinstance(r, dict) and r.get("type") == "keypointlabels"]
-        if not clicks:
-            raise RequestError("interactive context holds no keypoint click")
-        value = clicks[-1].get("value") or {}
-        names = value.get("keypointlabels") or []
-        if not names:
-            raise RequestError("the click has no class: pick a label before clicking")
+        """The region of the annotator's session so far (every point and the box of the newest click's
+        class, see ml_backend/click_prompt.py), or no region when its confidence stays below tau."""
         try:
-            cls = schema.class_index(names[0])
-            x, y = float(value["x"]), float(value["y"])
-            pixel_from_percent(x, y, 100)  # range check
-        except (KeyError, TypeError, ValueError, RegionError, LabelConfigError) as exc:
+            session = click_session(result, schema)
+        except ContextError as exc:
             raise RequestError(f"unusable click: {exc}") from None
         image = original_image(self.services, project, int(task["id"]), (task.get("data") or {}).get(schema.image_key))
         h, w = image.shape[:2]
-        row, col = min(h - 1, int(y / 100 * h)), min(w - 1, int(x / 100 * w))
+        try:
+            prompt = session.prompt(w, h)
+        except ContextError as exc:
+            raise RequestError(f"unusable click: {exc}") from None
         expander = self.services.engine.expander()
-        mask, confidence, expanded = expander.region(image, row, col)
-        regions = [brush_region(f"click-{row}-{col}", mask, cls, schema, confidence)] if expanded else []
-        log.info("task %s: click (%d, %d) -> %s region of %d pixels, confidence %.3f (tau %.2f)", task["id"], row, col,
+        mask, confidence, expanded = expander.prompt_region(image, prompt)
+        regions = []
+        if expanded:
+            regions.append(brush_region(f"expanded-{session.newest}", mask, session.cls, schema, confidence))
+        log.info("task %s: %d points (%d negative)%s -> %s region of %d pixels, confidence %.3f (tau %.2f)", task["id"],
+                 len(prompt.points), len(prompt.points) - len(prompt.positives), " and a box" if prompt.box else "",
                  expander.name, int(mask.sum()) if expanded else 0, confidence, expander.tau)
         return {"result": regions, "score": confidence, "model_version": f"expander-{expander.name}"}
 

@@ -16,7 +16,8 @@ import torch
 from ml_backend.config import Settings
 from model.acquisition import get_acquisition
 from model.backbones import CheckpointError, get_backbone, load_unet
-from model.expansion import Expander, LRUCache, build_expander
+from model.embedding_cache import LRUCache
+from model.expansion import Expander, build_expander
 from model.features import DiffusionFeatureExtractor, FeatureConfig, ImageFeatureSource
 from model.head import SegmentationHead, TrainConfig
 from model.prediction import segment
@@ -106,13 +107,16 @@ class Engine:
         return RecordCache(self.record_fingerprint(), directory)
 
     def expander(self) -> Expander:
+        """The click expander; its per-image work (SAM embeddings, segmentations) is shared on disk under
+        MODEL_DIR/embeddings by every process: web workers, threads, and the RQ worker that prefetches."""
         with self._lock:
             if self._expander is None:
                 s = self.settings
                 tau = s.sam_tau if s.expander == "sam" else s.superpixel_tau
                 try:
                     self._expander = build_expander(s.expander, tau=tau, sam_checkpoint=s.sam_checkpoint,
-                                                    sam_model_type=s.sam_model_type, device=str(self.device))
+                                                    sam_model_type=s.sam_model_type, device=str(self.device),
+                                                    cache_dir=s.model_dir / "embeddings")
                 except (FileNotFoundError, ValueError, ImportError) as exc:
                     self.expander_error = str(exc)
                     raise

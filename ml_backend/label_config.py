@@ -4,6 +4,8 @@ The backend needs an Image, a KeyPointLabels control on it (queries and clicks) 
 control on it (regions) with the same labels; class i is the i-th label, in config order. The
 KeyPointLabels control also holds the placeholder label "Label me" that every query point carries
 until an annotator gives it its class: it is no class, so an untouched point is never ground truth.
+A RectangleLabels control on the image is optional: its boxes prompt the click expander (SAM takes
+a box as Label Studio's own SAM backend does), so its labels must be among the classes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class LabelSchema:
     brush_name: str
     classes: tuple[str, ...]
     smart_keypoints: bool
+    rectangle_name: str | None = None  # the optional box prompt
     placeholder: str = QUERY_PLACEHOLDER  # the KeyPointLabels label of an unanswered query point
 
     def class_index(self, name: str) -> int:
@@ -93,6 +96,13 @@ def parse_label_config(xml: str | None) -> LabelSchema:
     if len(set(kp_labels)) != len(kp_labels):
         raise LabelConfigError("a label appears twice in KeyPointLabels")
     image = images[kp.get("toName")]
+    rectangle = next((r for r in root.iter("RectangleLabels") if r.get("toName") == kp.get("toName")), None)
+    if rectangle is not None:
+        unknown = [label for label in _labels(rectangle) if label not in kp_labels]
+        if unknown:
+            raise LabelConfigError(f"RectangleLabels '{rectangle.get('name')}' has labels that are not classes: "
+                                   f"{', '.join(unknown)} (its boxes prompt the click expander; use the labels of "
+                                   "KeyPointLabels)")
     value = image.get("value", "")
     if not value.startswith("$") or len(value) < 2:
         raise LabelConfigError(f"<Image name='{image.get('name')}'> needs value=\"$field\" naming the task's image field")
@@ -100,4 +110,5 @@ def parse_label_config(xml: str | None) -> LabelSchema:
         image_name=image.get("name"), image_key=value[1:], keypoint_name=kp.get("name"),
         brush_name=brush.get("name"), classes=tuple(kp_labels),
         smart_keypoints=kp.get("smart", "").lower() in ("true", "1"),
+        rectangle_name=rectangle.get("name") if rectangle is not None else None,
     )

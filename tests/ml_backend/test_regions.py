@@ -61,7 +61,7 @@ def test_config_errors_name_what_is_missing():
     with pytest.raises(LabelConfigError, match="KeyPointLabels"):
         parse_label_config('<View><Image name="i" value="$image"/></View>')
     text = SHIPPED_CONFIG.read_text()
-    last = text.rindex('<Label value="Bicyclist"')
+    last = text.rindex('<Label value="Bicyclist"', 0, text.index("</BrushLabels>"))
     mismatch = text[:last] + text[last:].replace('<Label value="Bicyclist" background="#0080C0"/>', "", 1)
     with pytest.raises(LabelConfigError, match="only in KeyPointLabels: Bicyclist"):
         parse_label_config(mismatch)

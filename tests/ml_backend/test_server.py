@@ -333,6 +333,7 @@ def test_a_click_on_a_task_outside_the_store_leaves_the_store_unchanged(tmp_path
 
 
 def test_interactive_click_returns_the_expanded_region_in_the_clicks_class(tmp_path, camvid_root):
+    import numpy as np
     from label_studio_sdk.converter.brush import decode_rle
     from PIL import Image
 
@@ -353,8 +354,98 @@ def test_interactive_click_returns_the_expanded_region_in_the_clicks_class(tmp_p
     region = result["result"][0]
     assert region["type"] == "brushlabels" and region["from_name"] == "mask" and region["value"]["brushlabels"] == ["Road"]
     mask = decode_rle(region["value"]["rle"]).reshape(360, 480, 4)[:, :, 3] > 0
-    assert mask[int(0.85 * 360), 240] and 1 < mask.sum() < 360 * 480 // 10
+    truth = np.asarray(Image.open(camvid_root / "valannot" / sorted((camvid_root / "val").glob("*.png"))[0].name))
+    assert mask[int(0.85 * 360), 240] and mask.sum() > 1000 and (truth[mask & (truth != 11)] == 3).mean() > 0.95
     assert c.get("/metrics").json["backbone"]["expander"]["name"] == "superpixel"
     backend.services.engine.expander().tau = 1.01  # nothing passes: no region, just the confidence
     r = c.post("/predict", json=body)
     assert r.json["results"][0]["result"] == [] and 0 <= r.json["results"][0]["score"] <= 1
+
+
+def camvid_click_project(tmp_path, camvid_root, **overrides):
+    """A client whose project 7 has one task (1): CamVid val's first image, 480 x 360, a street."""
+    from PIL import Image
+
+    c, backend, runner = make_client(tmp_path, **overrides)
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    store, files = backend.services.store, backend.services.files(7)
+    (files.root / "originals").mkdir(exist_ok=True)
+    Image.open(sorted((camvid_root / "val").glob("*.png"))[0]).convert("RGB").save(files.root / "originals" / "1.png")
+    store.upsert_tasks(7, [(1, "/data/upload/7/a.png")])
+    store.set_task_image(7, 1, 480, 360, "ready")
+    return c, backend
+
+
+def click_body(*regions):
+    return {"tasks": [{"id": 1, "data": {"image": "/data/upload/7/a.png"}}], "project": "7.1", "label_config": CONFIG,
+            "params": {"context": {"result": list(regions)}}}
+
+
+def negative(region):
+    return {**region, "is_positive": False}
+
+
+def rectangle(rid, x, y, width, height, label, rotation=0.0):
+    return {"id": rid, "from_name": "box", "to_name": "image", "type": "rectanglelabels", "original_width": 480,
+            "original_height": 360, "value": {"x": x, "y": y, "width": width, "height": height,
+                                              "rotation": rotation, "rectanglelabels": [label]}}
+
+
+def answered_mask(response):
+    from label_studio_sdk.converter.brush import decode_rle
+
+    regions = response.json["results"][0]["result"]
+    assert len(regions) == 1, response.json
+    return decode_rle(regions[0]["value"]["rle"]).reshape(360, 480, 4)[:, :, 3] > 0
+
+
+def test_a_click_session_prompts_with_its_points_negatives_and_box(tmp_path, camvid_root):
+    """Label Studio sends every region of the session: later clicks of the class refine the region,
+    Alt-clicks take away, a box bounds it, and a click of another class starts another object."""
+    c, _ = camvid_click_project(tmp_path, camvid_root)
+    road = keypoint("k1", 50.0, 85.0, "Road")  # the middle of the road
+    right = keypoint("k2", 80.0, 75.0, "Road")  # the road's right lane, a segment of its own
+    first = answered_mask(c.post("/predict", json=click_body(road)))
+    both = answered_mask(c.post("/predict", json=click_body(road, right)))
+    assert first[306, 240] and not first[270, 384] and both[270, 384] and (both & first).sum() == first.sum()
+    assert both.sum() > first.sum() + 1000
+    alt_click = negative(keypoint("k3", 85.0, 80.0, "Road"))  # inside the right lane
+    taken = answered_mask(c.post("/predict", json=click_body(road, right, alt_click)))
+    assert taken[270, 384] and not taken[288, 408] and taken.sum() == first.sum() + 1  # the right lane less its click
+    boxed = answered_mask(c.post("/predict", json=click_body(road, rectangle("r1", 40.0, 70.0, 20.0, 30.0, "Road"))))
+    rows, cols = boxed.nonzero()
+    assert boxed[306, 240] and rows.min() >= 252 and 192 <= cols.min() and cols.max() < 288
+    assert boxed.sum() < first.sum()
+    other = c.post("/predict", json=click_body(road, keypoint("k4", 80.0, 60.0, "Car")))  # a dark car: below tau
+    assert other.status_code == 200 and other.json["results"][0]["result"] == []
+    for bad, message in [(click_body(keypoint("k5", 50.0, 85.0, None)), "pick a label"),
+                         (click_body(keypoint("k6", 150.0, 85.0, "Road")), "outside"),
+                         (click_body(rectangle("r2", 100.0, 50.0, 5.0, 5.0, "Road")), "outside the image"),
+                         (click_body({"type": "choices", "value": {}}), "no keypoint click or box")]:
+        r = c.post("/predict", json=bad)
+        assert r.status_code == 400 and message in r.json["error"], r.json
+
+
+def _click_in_a_fresh_backend(settings) -> dict:
+    """Another process, as a second gunicorn worker: a new backend on the same MODEL_DIR answers a click."""
+    backend = ActiveLearningBackend(Services.create(settings), RecordingRunner())
+    body = click_body(keypoint("k1", 50.0, 85.0, "Road"))
+    answer = backend.predict(body["tasks"], body["params"]["context"], project_uid="7.1", label_config=CONFIG)
+    return {"answer": answer, "expander": backend.services.engine.expander().describe()}
+
+
+def test_a_click_in_another_process_reads_the_prefetched_work_from_disk(tmp_path, camvid_root):
+    import multiprocessing as mp
+
+    from ml_backend.loop import prefetch_expansions
+
+    c, backend = camvid_click_project(tmp_path, camvid_root)
+    prefetch_expansions(backend.services, 7, [1])  # what the round's push does, in an RQ worker
+    assert backend.services.engine.expander().cache.computed == 1
+    with mp.get_context("spawn").Pool(1) as pool:
+        there = pool.apply(_click_in_a_fresh_backend, (backend.services.settings,))
+    cache = there["expander"]["cache"]
+    assert cache["computed"] == 0 and cache["disk_hits"] == 1
+    assert cache["directory"].startswith(str(tmp_path / "embeddings"))
+    here = c.post("/predict", json=click_body(keypoint("k1", 50.0, 85.0, "Road"))).json["results"][0]
+    assert there["answer"][0]["result"] == here["result"] and len(here["result"]) == 1
