@@ -12,16 +12,15 @@ import threading
 import time
 from dataclasses import asdict
 
-import numpy as np
-from PIL import Image
-
 from ml_backend import payloads
 from ml_backend.click_prompt import ContextError, click_session
 from ml_backend.jobs import InProcessRunner
 from ml_backend.label_config import LabelConfigError, LabelSchema, parse_label_config
-from ml_backend.loop import advance_when_answered, original_image
+from ml_backend.images import original_image
+from ml_backend.loop import advance_when_answered
 from ml_backend.payloads import RequestError
 from ml_backend.regions import brush_region, labels_from_result
+from ml_backend.segmentations import image_task, segmentation
 from ml_backend.services import Services
 
 log = logging.getLogger(__name__)
@@ -76,8 +75,9 @@ class ActiveLearningBackend:
         project, tasks = request.project, request.tasks
         schema = self._schema(project, request.label_config)
         if request.clicks:
-            return [self._expand_click(project, schema, tasks[0], request.clicks)]
-        return [self._segmentation(project, schema, task) for task in tasks]
+            task = {**tasks[0], "id": image_task(self.services, project, tasks[0]["id"])}  # a query task's image
+            return [self._expand_click(project, schema, task, request.clicks)]
+        return self._segmentations(project, schema, tasks)
 
     def _expand_click(self, project: int, schema: LabelSchema, task: dict, result: list) -> dict:
         """The region of the annotator's session so far (every point and the box of the newest click's
@@ -102,21 +102,18 @@ class ActiveLearningBackend:
                  expander.name, int(mask.sum()) if expanded else 0, confidence, expander.tau)
         return {"result": regions, "score": confidence, "model_version": f"expander-{expander.name}"}
 
-    def _segmentation(self, project: int, schema: LabelSchema, task: dict) -> dict:
+    def _segmentations(self, project: int, schema: LabelSchema, tasks: list[dict]) -> list[dict]:
+        """The current head's segmentation of each task (a query task gets its image's), from the files
+        the segmentation job writes, computing only what is missing. Before the first head: no result
+        at all, which Label Studio stores nothing for (an empty prediction would be kept and block
+        the real one later)."""
         head_row = self.services.store.current_head(project)
         if head_row is None:
-            log.info("task %s: no prediction yet: no head has been trained in project %s (it trains after round 0 "
-                     "is answered)", task["id"], project)
-            return {"result": [], "score": 0.0, "model_version": "none"}
-        head = self.services.engine.head(project, head_row["version"], head_row["path"])
-        original = original_image(self.services, project, int(task["id"]), (task.get("data") or {}).get(schema.image_key))
-        r = self.services.settings.resolution
-        classes, confidence = self.services.engine.segment(
-            head, np.asarray(Image.fromarray(original).resize((r, r), Image.BILINEAR)))
-        h, w = original.shape[:2]
-        full = np.asarray(Image.fromarray(classes.astype(np.uint8)).resize((w, h), Image.NEAREST))
-        regions = [brush_region(f"seg-{c}", full == c, int(c), schema) for c in np.unique(full)]
-        return {"result": regions, "score": float(confidence.mean()), "model_version": head_row["version"]}
+            log.info("no prediction yet for %d task(s): no head has been trained in project %s (it trains after "
+                     "round 0 is answered)", len(tasks), project)
+            return []
+        return [segmentation(self.services, project, image_task(self.services, project, int(task["id"])), head_row,
+                             (task.get("data") or {}).get(schema.image_key)) for task in tasks]
 
     # fit (webhooks) ------------------------------------------------------------------------------
     def fit(self, event: str, data: dict) -> dict:
@@ -144,17 +141,21 @@ class ActiveLearningBackend:
             store.delete_annotations(project, message.ids)
             return {"status": "ok"}
         schema = self._schema(project, message.label_config)
-        outcomes, problems = [], []
+        outcomes, problems, pending = [], [], []
         for annotation in message.annotations:
-            row = store.task(project, annotation.task)
+            task = image_task(self.services, project, annotation.task)  # answers on a query task label its image
+            row = store.task(project, task)
             size = (row["width"], row["height"]) if row and row["status"] == "ready" else None
-            parsed = labels_from_result(annotation.result, schema, annotation.task, self.services.settings.resolution,
+            parsed = labels_from_result(annotation.result, schema, task, self.services.settings.resolution,
                                         self.services.settings.region_pixel_cap, size)
             problems += parsed.problems
-            outcomes.append(store.apply_annotation(project, annotation.id, annotation.task, annotation.updated_at,
-                                                   annotation.result, parsed.labels))
+            pending += parsed.pending
+            outcomes.append(store.apply_annotation(project, annotation.id, task, annotation.updated_at,
+                                                   annotation.result, parsed.labels, holder=annotation.task,
+                                                   pending=parsed.pending, cancelled=annotation.cancelled))
         advanced = advance_when_answered(self.services, self.runner, project)
-        return {"status": "ok", "annotations": outcomes, "skipped_regions": problems, "advance": advanced}
+        return {"status": "ok", "annotations": outcomes, "skipped_regions": problems, "pending_regions": pending,
+                "advance": advanced}
 
     # introspection -------------------------------------------------------------------------------
     def versions(self, project: int | None = None) -> list[str]:

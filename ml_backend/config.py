@@ -57,6 +57,7 @@ class Settings:
     train_batch_size: int = 8
     train_max_epochs: int = 50
     auto_advance: bool = True
+    suggest_classes: bool = False  # show the head's class beside each query point (region text, never its label)
     records_batch: int = 8
     expander: str = "superpixel"
     sam_checkpoint: Path | None = None
@@ -113,6 +114,7 @@ class Settings:
             train_batch_size=_number("TRAIN_BATCH_SIZE", 8, int),
             train_max_epochs=_number("TRAIN_MAX_EPOCHS", 50, int),
             auto_advance=_flag("AUTO_ADVANCE", True),
+            suggest_classes=_flag("SUGGEST_CLASSES", False),
             records_batch=_number("RECORDS_BATCH", 8, int),
             expander=expander,
             sam_checkpoint=Path(sam_ckpt).expanduser() if sam_ckpt else None,

@@ -1,8 +1,10 @@
 """Reading a project's labeling configuration: which controls the backend writes to and the classes.
 
 The backend needs an Image, a KeyPointLabels control on it (queries and clicks) and a BrushLabels
-control on it (regions) with the same labels; class i is the i-th label, in config order. A
-RectangleLabels control on the image is optional: its boxes prompt the click expander (SAM takes
+control on it (regions) with the same labels; class i is the i-th label, in config order. The
+KeyPointLabels control also holds the placeholder label "Label me" that every query point carries
+until an annotator gives it its class: it is no class, so an untouched point is never ground truth.
+A RectangleLabels control on the image is optional: its boxes prompt the click expander (SAM takes
 a box as Label Studio's own SAM backend does), so its labels must be among the classes.
 """
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SHIPPED_CONFIG = Path(__file__).with_name("label_config.xml")
+QUERY_PLACEHOLDER = "Label me"
 
 
 class LabelConfigError(ValueError):
@@ -28,8 +31,11 @@ class LabelSchema:
     classes: tuple[str, ...]
     smart_keypoints: bool
     rectangle_name: str | None = None  # the optional box prompt
+    placeholder: str = QUERY_PLACEHOLDER  # the KeyPointLabels label of an unanswered query point
 
     def class_index(self, name: str) -> int:
+        if name == self.placeholder:
+            raise LabelConfigError(f"'{name}' is the query placeholder, not a class: pick the pixel's class")
         try:
             return self.classes.index(name)
         except ValueError:
@@ -65,8 +71,16 @@ def parse_label_config(xml: str | None) -> LabelSchema:
     if brush is None:
         raise LabelConfigError("KeyPointLabels and BrushLabels must label the same <Image>")
     kp_labels, brush_labels = _labels(kp), _labels(brush)
+    if QUERY_PLACEHOLDER not in kp_labels:
+        raise LabelConfigError(
+            f"KeyPointLabels '{kp.get('name')}' lacks the query placeholder label: add "
+            f"<Label value=\"{QUERY_PLACEHOLDER}\" background=\"#FF00FF\"/> as its first label (query points carry it "
+            f"until an annotator gives them a class); see ml_backend/label_config.xml")
+    if QUERY_PLACEHOLDER in brush_labels:
+        raise LabelConfigError(f"'{QUERY_PLACEHOLDER}' is the query placeholder, not a class: remove it from BrushLabels")
+    kp_labels = [label for label in kp_labels if label != QUERY_PLACEHOLDER]
     if not kp_labels:
-        raise LabelConfigError(f"KeyPointLabels '{kp.get('name')}' has no <Label value=...> children")
+        raise LabelConfigError(f"KeyPointLabels '{kp.get('name')}' has no class <Label value=...> children")
     if kp_labels != brush_labels:
         only_kp = sorted(set(kp_labels) - set(brush_labels))
         only_brush = sorted(set(brush_labels) - set(kp_labels))

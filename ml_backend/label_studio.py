@@ -145,10 +145,12 @@ class LabelStudioClient:
         raise AssertionError("unreachable")
 
     # reading -----------------------------------------------------------------------------------
-    def tasks(self, project: int) -> list[dict]:
-        """Every task of the project as {"id", "data"}."""
+    def tasks(self, project: int, resolve_uri: bool = True) -> list[dict]:
+        """Every task of the project as {"id", "data", "is_labeled"}; `resolve_uri=False` gives the data
+        as stored (cloud URIs unresolved: what a copy of the task must hold)."""
         def fetch():
-            return [{"id": t.id, "data": dict(t.data or {})} for t in self.sdk.tasks.list(project=project, fields="task_only", resolve_uri=True)]
+            return [{"id": t.id, "data": dict(t.data or {}), "is_labeled": bool(t.is_labeled)}
+                    for t in self.sdk.tasks.list(project=project, fields="task_only", resolve_uri=resolve_uri)]
         return self._call(f"list tasks of project {project}", fetch)
 
     def _auth_headers(self) -> dict[str, str]:
@@ -258,17 +260,42 @@ class LabelStudioClient:
             return None
         return self._call(f"list predictions of task {task}", find)
 
-    def show_round(self, project: int, model_version: str) -> None:
-        """Make Label Studio pre-label tasks with this round's queries and keep a saved view of the
-        tasks that hold them, least-annotated first."""
-        self._call(f"set model version of project {project}",
-                   lambda: self.sdk.projects.update(id=project, model_version=model_version))
+    def create_query_task(self, project: int, data: dict) -> int:
+        """A task created out of the labeling queue (is_labeled, overlap 0): the queue must not serve it
+        before its query points exist and the project shows their version (`release_task`)."""
+        task = self._call(f"create a query task in project {project}", lambda: self.sdk.tasks.create(
+            project=project, data=data, is_labeled=True, overlap=0))
+        return int(task.id)
+
+    def release_task(self, task: int, overlap: int) -> None:
+        """Put a query task into the labeling queue."""
+        self._call(f"put task {task} into the labeling queue",
+                   lambda: self.sdk.tasks.update(id=str(task), overlap=overlap, is_labeled=False))
+
+    def retire_task(self, task: int) -> None:
+        """Take the task out of the labeling queue: a task is served while it is not `is_labeled`, and
+        Label Studio recomputes that as (annotators >= overlap), which overlap 0 keeps true."""
+        self._call(f"take task {task} out of the labeling queue",
+                   lambda: self.sdk.tasks.update(id=str(task), overlap=0, is_labeled=True))
+
+    def prepare_queue(self, project: int, model_version: str, instruction: str, marker: str) -> int:
+        """The project settings the queue of queries needs: uncertainty sampling over the predictions of
+        `model_version` (lowest score first), predictions shown to annotators, no training request on
+        every submission, and the annotator instructions (added once to any the project has).
+        Returns the project's annotations per task (the overlap of a task in the queue)."""
+        current = self._call(f"read project {project}", lambda: self.sdk.projects.get(id=project))
+        existing = current.expert_instruction or ""
+        extra = {} if marker in existing else {"expert_instruction": (existing + "\n" if existing else "") + instruction}
+        self._call(f"set up the labeling queue of project {project}", lambda: self.sdk.projects.update(
+            id=project, model_version=model_version, sampling="Uncertainty sampling", show_collab_predictions=True,
+            min_annotations_to_start_training=0, show_instruction=True, **extra))
         data = {
             "title": QUERY_VIEW_TITLE,
-            "filters": {"conjunction": "and", "items": [{
-                "filter": "filter:tasks:predictions_model_versions", "operator": "contains",
-                "type": "List", "value": [model_version]}]},
-            "ordering": ["tasks:total_annotations"],
+            "filters": {"conjunction": "and", "items": [
+                {"filter": "filter:tasks:predictions_model_versions", "operator": "contains", "type": "List",
+                 "value": [model_version]},
+                {"filter": "filter:tasks:completed_at", "operator": "empty", "type": "Datetime", "value": True}]},
+            "ordering": ["tasks:predictions_score"],
         }
 
         def upsert():
@@ -278,3 +305,4 @@ class LabelStudioClient:
                     return
             self.sdk.views.create(project=project, data=data)
         self._call(f"save the query view of project {project}", upsert)
+        return int(current.maximum_annotations or 1)

@@ -3,34 +3,32 @@
 sync:    fetch the task list and the images not seen yet; if the project has no round, run round 0.
 advance: when every query of the open round is answered (or on START_TRAINING), train a head on
          all labeled pixels, swap it in, run the next round and push its queries.
+push:    put the open round's queries that no annotator can meet onto query tasks
+         (ml_backend/query_tasks.py): after a round is selected, and when a submitted query task
+         left points with the placeholder.
+segment: push the new head's segmentation of every image task (ml_backend/segmentations.py).
 
 Each step is safe to repeat: a round is recorded before its queries are pushed and a query is
-marked pushed once its prediction exists, so a job that died half-way resumes where it stopped.
+marked placed once its query task and prediction exist, so a job that died half-way resumes
+where it stopped.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
-from collections import defaultdict
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from ml_backend.images import fetch_image, original_image
 from ml_backend.labeled_set import ExpansionCache, build_labeled_set, labels_digest
-from ml_backend.regions import keypoint_region
+from ml_backend.query_tasks import is_query_task, publish_round, queue_version, retire_outside_queue
+from ml_backend.segmentations import push_segmentations
 from ml_backend.services import Services
 from model.head import train_head
-from model.preprocessing import MAX_IMAGE_PIXELS, resize_image
 from model.selection import image_record, labeled_features, needs_noise_draws, record_digest, run_round
 
 log = logging.getLogger(__name__)
-
-
-def round_version(round_index: int) -> str:
-    return f"round-{round_index}"
 
 
 def handle_job(services: Services, runner, project: int, kind: str, payload: dict | None = None) -> None:
@@ -43,90 +41,39 @@ def handle_job(services: Services, runner, project: int, kind: str, payload: dic
         compute_records(services, project, payload["tasks"])
     elif kind == "select":
         select_round(services, runner, project, payload["round"], payload.get("head"))
+    elif kind == "push":
+        current = services.store.current_round(project)
+        if current is not None and current["status"] in ("selected", "open"):
+            push_round(services, runner, project, current["round"])
+    elif kind == "segment":
+        push_segmentations(services, project)
     else:
         raise ValueError(f"unknown job kind {kind!r}")
 
 
-# images ----------------------------------------------------------------------------------------
-def decode_image(data: bytes) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_IMAGE_PIXELS:
-            raise ValueError(f"image of {image.width}x{image.height} pixels is too large")
-        image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"not a readable image ({exc})") from None
-    return image.convert("RGB")
-
-
-class ImageUnavailable(ValueError):
-    """A task's image that cannot be had right now; the message names the task."""
-
-
-def fetch_image(services: Services, project: int, task: int, url: str) -> None:
-    """Download, decode and store the task's image (original and model-resolution copies). A file
-    that cannot be fetched or read marks this task failed, with the reason, and nothing else: the
-    round goes on without it. Only Label Studio itself being unreachable fails the job."""
-    files = services.files(project)
-    try:
-        if not url:
-            raise ValueError(f"task has no '{services.schema(project).image_key}' field")
-        image = decode_image(services.client(project).download(url))
-    except ValueError as exc:  # DownloadError or an unreadable file
-        log.warning("project %s task %s: image unusable, skipped: %s", project, task, exc)
-        services.store.set_task_image(project, task, None, None, "failed", str(exc))
-        return
-    originals = files.root / "originals"
-    originals.mkdir(exist_ok=True)
-    tmp = originals / f".{task}.tmp.png"
-    image.save(tmp)
-    tmp.replace(originals / f"{task}.png")
-    resized = resize_image(image, services.settings.resolution)
-    files.save_image(task, resized)
-    services.store.set_task_image(project, task, image.width, image.height, "ready",
-                                  digest=hashlib.sha1(resized.tobytes()).hexdigest()[:20])
-
-
-def original_image(services: Services, project: int, task: int, url: str | None = None) -> np.ndarray:
-    """The task's image at its original size, for /predict and click expansion. It reads the store
-    and never writes it: a task the sync has not fetched yet (or not seen at all) is downloaded
-    into memory, from the stored URL when there is one, else from `url`, under the same limits as
-    every download. Errors name the task; a download's reason is only logged for a URL the caller
-    chose, so that /predict cannot be used to probe other hosts."""
-    path = services.files(project).root / "originals" / f"{task}.png"
-    row = services.store.task(project, task)
-    if row is not None and row["status"] == "ready" and path.exists():
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    if row is not None and row["status"] == "failed":
-        raise ImageUnavailable(f"task {task}: its image is unusable: {row['error']}")
-    try:
-        return np.asarray(decode_image(services.client(project).download(row["image_url"] if row else url)))
-    except ValueError as exc:
-        log.warning("project %s task %s: image not available: %s", project, task, exc)
-        reason = f": {exc}" if row else " (the backend's log says why)"
-        raise ImageUnavailable(f"task {task}: its image could not be fetched{reason}") from None
-
-
-def sync_tasks(services: Services, project: int) -> int:
-    """Bring the task list up to date and fetch new images; returns the number of usable images."""
+def sync_tasks(services: Services, project: int) -> None:
+    """Bring the task list up to date, take new tasks out of the labeling queue, fetch new images."""
     store, schema = services.store, services.schema(project)
     services.progress.update(project, "listing tasks")
     tasks = services.client(project).tasks(project)
-    store.upsert_tasks(project, [(t["id"], str(t["data"].get(schema.image_key, ""))) for t in tasks])
+    store.upsert_tasks(project, [(t["id"], str(t["data"].get(schema.image_key, ""))) for t in tasks
+                                 if not is_query_task(services, project, t)])
+    # new images join the loop as candidates, never as tasks of the labeling queue: out of it first
+    current = store.current_round(project)
+    live = current["round"] if current and current["status"] in ("selected", "open") else None
+    retire_outside_queue(services, project, live, tasks)
     pending = store.tasks(project, "pending")
     for n, row in enumerate(pending):
         fetch_image(services, project, row["task"], row["image_url"])
         services.progress.update(project, "fetching images", n + 1, len(pending))
-    return len(store.tasks(project, "ready"))
 
 
 # rounds ----------------------------------------------------------------------------------------
 def sync_project(services: Services, runner, project: int) -> None:
-    ready = sync_tasks(services, project)
+    sync_tasks(services, project)
     current = services.store.current_round(project)
     if current is None:
-        if ready:
+        if services.store.tasks(project, "ready"):
             plan_round(services, runner, project, 0)
         else:
             services.progress.update(project, "waiting for tasks", message="no usable images in the project yet")
@@ -147,6 +94,8 @@ def advance_when_answered(services: Services, runner, project: int) -> bool:
     if counts["open"] == 0 and services.settings.auto_advance:
         runner.submit(project, "advance")
         return True
+    if services.store.unplaced_queries(project, current["round"]):
+        runner.submit(project, "push")  # points submitted with the placeholder go onto a new query task
     services.progress.update(project, f"round {current['round']} open",
                              counts["answered"] + counts["dismissed"], sum(counts.values()))
     return False
@@ -231,7 +180,7 @@ def plan_round(services: Services, runner, project: int, round_index: int) -> No
                                           services.progress.reporter(project, "training features "), ctx.queried)
         services.progress.update(project, "training head", message=f"{len(classes)} labeled pixels")
         head, report = train_head(feats, classes, len(services.schema(project).classes), engine.train_config())
-        version = f"head-{len(store.heads(project)) + 1}"
+        version = f"p{project}-head-{len(store.heads(project)) + 1}"
         path = ctx.files.head_path(version)
         tmp = path.with_suffix(".tmp")
         torch.save(head.checkpoint(), tmp)
@@ -290,25 +239,18 @@ def select_round(services: Services, runner, project: int, round_index: int, hea
 
 
 def push_round(services: Services, runner, project: int, round_index: int) -> None:
-    store, schema, client = services.store, services.schema(project), services.client(project)
-    version = round_version(round_index)
-    by_task = defaultdict(list)
-    for q in store.queries(project, round_index):
-        if q["prediction"] is None:
-            by_task[q["task"]].append(q)
-    for n, (task, qs) in enumerate(sorted(by_task.items())):
-        row = store.task(project, task)
-        regions = [keypoint_region(q["region"], q["pixel"], services.settings.resolution, schema, row["width"],
-                                   row["height"], q["suggested"]) for q in qs]
-        scores = [q["score"] for q in qs if q["score"] is not None]
-        prediction = client.find_prediction(task, version)  # pushed before a crash cut this job short?
-        if prediction is None:
-            prediction = client.create_prediction(task, regions, version, max(scores) if scores else None)
-        store.mark_pushed(project, round_index, task, prediction)
-        services.progress.update(project, f"pushing round {round_index}", n + 1, len(by_task))
-    client.show_round(project, version)
-    store.open_round(project, round_index)
-    prefetch_expansions(services, project, sorted({q["task"] for q in store.queries(project, round_index)}))
+    """Publish the round's queries in Label Studio's queue and open the round; after a round chosen
+    by a new head, queue the segmentation of every task by that head."""
+    store = services.store
+    publish_round(services, project, round_index)
+    round_row = store.round(project, round_index)
+    if round_row["status"] == "selected":
+        store.open_round(project, round_index)
+        if round_row["head_version"]:
+            runner.submit(project, "segment")
+        prefetch_expansions(services, project, sorted({q["task"] for q in store.queries(project, round_index)}))
+        log.info("project %s: round %d open in Label Studio as %s", project, round_index,
+                 queue_version(project, round_row))
     advance_when_answered(services, runner, project)
 
 

@@ -131,6 +131,7 @@ class Annotation:
     task: int
     updated_at: str  # normalised by `timestamp`: "" when Label Studio sent none
     result: list  # the regions as sent, [] for a cancelled (skipped) task (an unusable region is skipped later)
+    cancelled: bool  # a skip: dismisses the queries of the query task it was made on
 
 
 @dataclass(frozen=True)
@@ -167,11 +168,12 @@ def _annotation(item: dict, default_task) -> Annotation:
         if "id" not in task:
             raise RequestError("the annotation's 'task' object needs an 'id'")
         task = task["id"]
-    result = [] if item.get("was_cancelled") else item.get("result") or []
+    cancelled = bool(item.get("was_cancelled"))
+    result = [] if cancelled else item.get("result") or []
     # Label Studio's own clock orders versions: updated_at, else created_at (a first version)
     stamp = timestamp(item.get("updated_at") or item.get("created_at"))
     return Annotation(entity_id(item["id"], "an annotation id"), entity_id(task, "the annotation's task id"),
-                      stamp, result)
+                      stamp, result, cancelled)
 
 
 def _items(data: dict, key: str) -> list[dict]:

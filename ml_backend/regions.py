@@ -40,14 +40,22 @@ def percent_from_pixel(pixel: int, resolution: int) -> tuple[float, float]:
     return (col + 0.5) / resolution * 100, (row + 0.5) / resolution * 100
 
 
-def keypoint_region(region_id: str, pixel: int, resolution: int, schema: LabelSchema, width: int, height: int,
-                    cls: int | None = None) -> dict:
+QUERY_POINT_SIZE = 1.2  # keypoint size in percent of the image width: about 6 px on a 480 px frame
+
+
+def query_region(region_id: str, pixel: int, resolution: int, schema: LabelSchema, width: int, height: int,
+                 suggestion: str | None = None) -> dict:
+    """A query point: it carries the placeholder label until an annotator gives it a class; the head's
+    suggestion, if any, is region text (meta), never the label, so an untouched point is no answer."""
     x, y = percent_from_pixel(pixel, resolution)
-    return {
+    region = {
         "id": region_id, "from_name": schema.keypoint_name, "to_name": schema.image_name, "type": "keypointlabels",
         "original_width": width, "original_height": height, "image_rotation": 0,
-        "value": {"x": x, "y": y, "width": 0.6, "keypointlabels": [schema.classes[cls]] if cls is not None else []},
+        "value": {"x": x, "y": y, "width": QUERY_POINT_SIZE, "keypointlabels": [schema.placeholder]},
     }
+    if suggestion:
+        region["meta"] = {"text": [suggestion]}
+    return region
 
 
 def brush_region(region_id: str, mask: np.ndarray, cls: int, schema: LabelSchema, score: float | None = None,
@@ -98,18 +106,21 @@ def resize_mask(mask: np.ndarray, resolution: int) -> np.ndarray:
 class ParsedAnnotation:
     labels: list[Label]
     problems: list[str]  # regions skipped, each with its reason
+    pending: list[str]  # ids of keypoints submitted without a class (the placeholder): their queries stay open
 
 
 def labels_from_result(result: list, schema: LabelSchema, task: int, resolution: int, region_cap: int,
                        image_size: tuple[int, int] | None = None) -> ParsedAnnotation:
-    """Labeled pixels of an annotation's regions. Keypoints give one pixel; annotators' brush strokes
+    """Labeled pixels of an annotation's regions. Keypoints give one pixel; a keypoint still carrying
+    the placeholder (or no label) gives none and is reported as pending; annotators' brush strokes
     give their pixels (at most `region_cap` per region); brush regions an annotator accepted from a
     model prediction unchanged are not ground truth and are skipped. `image_size` (width, height):
     the task's image as the backend fetched it, when it has."""
     labels: list[Label] = []
     problems: list[str] = []
+    pending: list[str] = []
     if not isinstance(result, list):
-        return ParsedAnnotation([], ["annotation result is not a list"])
+        return ParsedAnnotation([], ["annotation result is not a list"], [])
     for n, region in enumerate(result):
         if not isinstance(region, dict):
             problems.append(f"region {n} is not an object")
@@ -121,9 +132,12 @@ def labels_from_result(result: list, schema: LabelSchema, task: int, resolution:
             continue
         try:
             if kind == "keypointlabels" and region.get("from_name") == schema.keypoint_name:
-                names = value.get("keypointlabels") or []
+                if region.get("is_positive") is False:  # an Alt-click: a negative prompt for SAM, not a label
+                    continue
+                names = [n for n in value.get("keypointlabels") or [] if n != schema.placeholder]
                 if not names:
-                    raise RegionError("keypoint without a class")
+                    pending.append(rid)
+                    continue
                 pixel = pixel_from_percent(float(value["x"]), float(value["y"]), resolution)
                 labels.append(Label(task, rid, pixel, schema.class_index(names[0]), "keypoint"))
             elif kind == "brushlabels" and region.get("from_name") == schema.brush_name:
@@ -141,4 +155,4 @@ def labels_from_result(result: list, schema: LabelSchema, task: int, resolution:
             problems.append(f"region {rid}: {exc}")
     for problem in problems:
         log.warning("task %s: skipped %s", task, problem)
-    return ParsedAnnotation(labels, problems)
+    return ParsedAnnotation(labels, problems, pending)

@@ -25,7 +25,8 @@ from ml_backend.config import Settings
 from ml_backend.jobs import InProcessRunner
 from ml_backend.label_config import LabelConfigError
 from ml_backend.label_studio import LabelStudioUnavailable
-from ml_backend.loop import ImageUnavailable, handle_job
+from ml_backend.images import ImageUnavailable
+from ml_backend.loop import handle_job
 from ml_backend.payloads import RequestError
 from ml_backend.services import Services
 from model.backbones import CheckpointError

@@ -64,6 +64,8 @@ class LabelStudio:
     token: str
     process: subprocess.Popen
     log: Path
+    email: str = "admin@example.com"
+    password: str = ""
 
     @property
     def headers(self) -> dict:
@@ -79,10 +81,10 @@ class LabelStudio:
 @contextmanager
 def label_studio_server(data_dir: Path):
     exe = ensure_label_studio()
-    port, token = free_port(), secrets.token_hex(20)
+    port, token, password = free_port(), secrets.token_hex(20), secrets.token_hex(8)
     log = data_dir / "label-studio.log"
     env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "LABEL_STUDIO_USERNAME": "admin@example.com",
-           "LABEL_STUDIO_PASSWORD": secrets.token_hex(8), "LABEL_STUDIO_USER_TOKEN": token,
+           "LABEL_STUDIO_PASSWORD": password, "LABEL_STUDIO_USER_TOKEN": token,
            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "ML_BLOCK_LOCAL_IP": "false",
            "SSRF_PROTECTION_ENABLED": "false", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
     env.pop("LABEL_STUDIO_API_KEY", None)
@@ -91,7 +93,7 @@ def label_studio_server(data_dir: Path):
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         wait_for(f"http://127.0.0.1:{port}/health", proc, log, 600, "Label Studio")
-        yield LabelStudio(f"http://127.0.0.1:{port}", token, proc, log)
+        yield LabelStudio(f"http://127.0.0.1:{port}", token, proc, log, password=password)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)

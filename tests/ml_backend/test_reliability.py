@@ -19,7 +19,7 @@ from ml_backend.backend import ActiveLearningBackend
 from ml_backend.config import Settings
 from ml_backend.label_config import SHIPPED_CONFIG
 from ml_backend.label_studio import DownloadError, DownloadLimits, LabelStudioClient, LabelStudioUnavailable
-from ml_backend.loop import decode_image
+from ml_backend.images import decode_image
 from ml_backend.regions import RegionError
 from ml_backend.services import Services
 from tests.ml_backend.servers import ImageHost, drip, free_port, redirect_to, send_bytes

@@ -205,7 +205,8 @@ def test_annotation_webhooks_become_labeled_pixels(client):
     r = c.post("/webhook", json=annotation_event(1, 5, result))
     assert r.status_code == 201 and r.json["result"]["annotations"] == ["applied"]
     skipped = r.json["result"]["skipped_regions"]
-    assert len(skipped) == 3 and any("outside" in s for s in skipped) and any("Dragon" in s for s in skipped)
+    assert len(skipped) == 2 and any("outside" in s for s in skipped) and any("Dragon" in s for s in skipped)
+    assert r.json["result"]["pending_regions"] == ["d"]  # no class yet: its query stays open
     labels = backend.services.store.labels(7)
     assert [(lb["task"], lb["pixel"], lb["class"]) for lb in labels] == [(5, 12 * 64 + 6, 3)]
 
@@ -218,7 +219,7 @@ def test_answers_that_arrive_before_their_round_opens_still_advance_it(client):
     store = backend.services.store
     store.upsert_tasks(7, [(5, "/data/upload/7/x.png")])
     store.save_round(7, 0, None, [{"task": 5, "pixel": 12 * 64 + 6, "rank": 0, "region": "q0-5"}])
-    store.mark_pushed(7, 0, 5, 99)  # in Label Studio, but the round is not marked open yet
+    store.place_queries(7, 0, 5, [12 * 64 + 6], holder=99)  # in Label Studio, round not open yet
     r = c.post("/webhook", json=annotation_event(1, 5, [keypoint("q0-5", 10.0, 20.0, "Road")]))
     assert r.json["result"]["advance"] is False and runner.jobs == [(7, "sync")]
     store.open_round(7, 0)  # what push_round does next, and then it checks again:
@@ -240,7 +241,7 @@ def test_predict_before_any_head_returns_no_regions(client, caplog):
     r = c.post("/predict", json={"tasks": [{"id": 1, "data": {"image": "/x.png"}}, {"id": 2, "data": {}}],
                                  "project": "7.1", "label_config": CONFIG})
     assert r.status_code == 200
-    assert r.json["results"] == [{"result": [], "score": 0.0, "model_version": "none"}] * 2
+    assert r.json["results"] == []  # nothing Label Studio would store as a prediction
     assert "no head has been trained" in caplog.text
 
 

@@ -52,19 +52,40 @@ def test_deleted_tasks_drop_out_of_the_labeled_set_but_keep_their_rows(store):
 
 
 def test_queries_are_answered_dismissed_or_open(store):
+    """Answers arrive on query tasks (holders 100, 101, 102) and label the image tasks 10 and 11."""
     store.save_round(1, 0, None, [
         {"task": 10, "pixel": 5, "rank": 0, "region": "q0-10-5"},
         {"task": 10, "pixel": 9, "rank": 1, "region": "q0-10-9"},
         {"task": 11, "pixel": 3, "rank": 2, "region": "q0-11-3"}])
     assert store.round_progress(1, 0) == {"open": 3, "answered": 0, "dismissed": 0}
+    assert len(store.unplaced_queries(1, 0)) == 3  # on no query task yet
+    store.place_queries(1, 0, 10, [5, 9], holder=100)
+    store.place_queries(1, 0, 11, [3], holder=101)
     store.open_round(1, 0)
-    store.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], [Label(10, "q0-10-5", 5, 1, "keypoint")])
+    assert store.unplaced_queries(1, 0) == []
+    # one point labeled, the other deleted by the annotator
+    store.apply_annotation(1, 500, 10, "2026-01-01T00:00:01Z", [], [Label(10, "q0-10-5", 5, 1, "keypoint")],
+                           holder=100)
     assert {(q["task"], q["pixel"]): q["status"] for q in store.queries(1, 0)} == {
         (10, 5): "answered", (10, 9): "dismissed", (11, 3): "open"}
-    store.apply_annotation(1, 101, 11, "2026-01-01T00:00:01Z", [], [Label(11, "q0-11-3", 4, 0, "keypoint")])
-    assert store.round_progress(1, 0) == {"open": 0, "answered": 2, "dismissed": 1}  # matched by region id
-    store.delete_annotations(1, [101])
-    assert store.round_progress(1, 0)["open"] == 1  # deleting the answer reopens the query
+    # submitted with the placeholder still on the point: open, and its query task is used up
+    store.apply_annotation(1, 501, 11, "2026-01-01T00:00:01Z", [], [], holder=101, pending=["q0-11-3"])
+    assert store.round_progress(1, 0)["open"] == 1 and [q["pixel"] for q in store.unplaced_queries(1, 0)] == [3]
+    store.place_queries(1, 0, 11, [3], holder=102)  # a fresh query task
+    assert store.unplaced_queries(1, 0) == [] and store.round_progress(1, 0)["open"] == 1
+    store.apply_annotation(1, 502, 11, "2026-01-01T00:00:02Z", [], [], holder=102, cancelled=True)  # skipped
+    assert store.round_progress(1, 0) == {"open": 0, "answered": 1, "dismissed": 2}
+    store.delete_annotations(1, [502])  # the skip deleted: open again, on a query task Label Studio serves again
+    assert store.round_progress(1, 0)["open"] == 1 and store.unplaced_queries(1, 0) == []
+    # an answer whose point was moved still answers its query (matched by region id)
+    store.apply_annotation(1, 503, 11, "2026-01-01T00:00:03Z", [], [Label(11, "q0-11-3", 4, 0, "keypoint")],
+                           holder=102)
+    assert store.round_progress(1, 0) == {"open": 0, "answered": 2, "dismissed": 1}
+    store.delete_annotations(1, [500])  # deleting the answer reopens both queries of task 10's query task
+    assert store.round_progress(1, 0)["open"] == 2
+    assert store.query_task(1, 100) is None  # add_query_task records holders; place_queries alone does not
+    store.add_query_task(1, 102, 0, 11, "p1-r0-t11-1")
+    assert store.query_task(1, 102)["task"] == 11 and store.query_task(1, 11) is None
 
 
 def test_heads_swap_atomically_and_jobs_survive_a_restart(tmp_path):
@@ -117,7 +138,7 @@ def test_labels_record_the_round_they_answer_and_old_stores_gain_the_column(stor
     store.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], [Label(10, "a", 5, 1, "brush")])
     store.save_round(1, 0, None, [{"task": 11, "pixel": 7, "rank": 0, "region": "q0"}])
     store.apply_annotation(1, 101, 11, "2026-01-01T00:00:01Z", [], [Label(11, "q0", 7, 2, "keypoint")])
-    store.mark_pushed(1, 0, 11, 555)  # round 0 reaches Label Studio
+    store.place_queries(1, 0, 11, [7], holder=99)  # round 0 reaches Label Studio
     store.apply_annotation(1, 102, 11, "2026-01-01T00:00:02Z", [], [Label(11, "q0", 7, 2, "keypoint")])
     assert {r["annotation"]: r["round"] for r in store.labels(1)} == {100: None, 101: None, 102: 0}
 
