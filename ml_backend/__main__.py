@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from ml_backend.config import Settings, SettingsError
 
     parser = argparse.ArgumentParser(prog="python -m ml_backend", description=__doc__)
-    parser.add_argument("--host", default=None, help="default: HOST or 0.0.0.0")
+    parser.add_argument("--host", default=None, help="default: HOST or 127.0.0.1 (0.0.0.0 to accept other machines)")
     parser.add_argument("--port", type=int, default=None, help="default: PORT or 9090")
     args = parser.parse_args(argv)
     try:

@@ -12,13 +12,15 @@ import threading
 import time
 from dataclasses import asdict
 
-import numpy as np
-from PIL import Image
-
+from ml_backend import payloads
+from ml_backend.click_prompt import ContextError, click_session
 from ml_backend.jobs import InProcessRunner
 from ml_backend.label_config import LabelConfigError, LabelSchema, parse_label_config
-from ml_backend.loop import advance_when_answered, original_image
-from ml_backend.regions import RegionError, brush_region, labels_from_result, pixel_from_percent
+from ml_backend.images import original_image
+from ml_backend.loop import advance_when_answered
+from ml_backend.payloads import RequestError
+from ml_backend.regions import brush_region, labels_from_result
+from ml_backend.segmentations import image_task, segmentation
 from ml_backend.services import Services
 
 log = logging.getLogger(__name__)
@@ -26,21 +28,6 @@ log = logging.getLogger(__name__)
 HANDLED_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
                   "TASKS_CREATED", "TASKS_DELETED", "START_TRAINING", "PROJECT_UPDATED")
 SYNC_INTERVAL = 30.0  # seconds between task-list syncs triggered by /setup
-
-
-class RequestError(ValueError):
-    """A request the backend cannot act on; the message says why (answered with 400)."""
-
-
-def project_id(value) -> int:
-    """Label Studio names projects as "<id>.<created timestamp>" in /setup and /predict, as an object
-    with an "id" in webhooks, or as a bare id."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    try:
-        return int(str(value).split(".", 1)[0])
-    except (TypeError, ValueError):
-        raise RequestError(f"cannot read a project id from {value!r}") from None
 
 
 class ActiveLearningBackend:
@@ -53,14 +40,17 @@ class ActiveLearningBackend:
 
     # setup ---------------------------------------------------------------------------------------
     def setup(self, project_uid, label_config: str | None, hostname: str | None = None,
-              access_token: str | None = None) -> dict:
-        project = project_id(project_uid)
+              access_token: str | None = None, authenticated: bool = False) -> dict:
+        """`authenticated`: the request passed BASIC_AUTH, and may change the project's Label Studio
+        address and token (see Services.accept_setup_credentials)."""
+        request = payloads.setup(project_uid, label_config, hostname, access_token)
+        project, label_config = request.project, request.label_config
         schema = parse_label_config(label_config)
         problem = self.services.engine.checkpoint_problem()
         if problem:
             raise RequestError(problem)
         self.services.store.save_project(project, label_config, asdict(schema))
-        self.services.remember_setup_credentials(project, hostname, access_token)
+        self.services.accept_setup_credentials(project, request.hostname, request.access_token, authenticated)
         with self._lock:
             due = time.time() - self._last_sync.get(project, 0.0) > SYNC_INTERVAL
             if due:
@@ -81,98 +71,91 @@ class ActiveLearningBackend:
     # predict -------------------------------------------------------------------------------------
     def predict(self, tasks: list, context: dict | None = None, project_uid=None,
                 label_config: str | None = None) -> list[dict]:
-        if not isinstance(tasks, list) or not tasks:
-            raise RequestError("'tasks' must be a non-empty list of Label Studio tasks")
-        for task in tasks:
-            if not isinstance(task, dict) or "id" not in task:
-                raise RequestError("every task needs an 'id'")
-        project = project_id(project_uid if project_uid is not None else tasks[0].get("project"))
-        schema = self._schema(project, label_config)
-        if context and isinstance(context, dict) and context.get("result"):
-            return [self._expand_click(project, schema, tasks[0], context["result"])]
-        return [self._segmentation(project, schema, task) for task in tasks]
+        request = payloads.prediction(tasks, context, project_uid, label_config)
+        project, tasks = request.project, request.tasks
+        schema = self._schema(project, request.label_config)
+        if request.clicks:
+            task = {**tasks[0], "id": image_task(self.services, project, tasks[0]["id"])}  # a query task's image
+            return [self._expand_click(project, schema, task, request.clicks)]
+        return self._segmentations(project, schema, tasks)
 
     def _expand_click(self, project: int, schema: LabelSchema, task: dict, result: list) -> dict:
-        clicks = [r for r in result if isinstance(r, dict) and r.get("type") == "keypointlabels"]
-        if not clicks:
-            raise RequestError("interactive context holds no keypoint click")
-        value = clicks[-1].get("value") or {}
-        names = value.get("keypointlabels") or []
-        if not names:
-            raise RequestError("the click has no class: pick a label before clicking")
+        """The region of the annotator's session so far (every point and the box of the newest click's
+        class, see ml_backend/click_prompt.py), or no region when its confidence stays below tau."""
         try:
-            cls = schema.class_index(names[0])
-            x, y = float(value["x"]), float(value["y"])
-            pixel_from_percent(x, y, 100)  # range check
-        except (KeyError, TypeError, ValueError, RegionError, LabelConfigError) as exc:
+            session = click_session(result, schema)
+        except ContextError as exc:
             raise RequestError(f"unusable click: {exc}") from None
         image = original_image(self.services, project, int(task["id"]), (task.get("data") or {}).get(schema.image_key))
         h, w = image.shape[:2]
-        row, col = min(h - 1, int(y / 100 * h)), min(w - 1, int(x / 100 * w))
+        try:
+            prompt = session.prompt(w, h)
+        except ContextError as exc:
+            raise RequestError(f"unusable click: {exc}") from None
         expander = self.services.engine.expander()
-        mask, confidence, expanded = expander.region(image, row, col)
-        regions = [brush_region(f"click-{row}-{col}", mask, cls, schema, confidence)] if expanded else []
-        log.info("task %s: click (%d, %d) -> %s region of %d pixels, confidence %.3f (tau %.2f)", task["id"], row, col,
+        mask, confidence, expanded = expander.prompt_region(image, prompt)
+        regions = []
+        if expanded:
+            regions.append(brush_region(f"expanded-{session.newest}", mask, session.cls, schema, confidence))
+        log.info("task %s: %d points (%d negative)%s -> %s region of %d pixels, confidence %.3f (tau %.2f)", task["id"],
+                 len(prompt.points), len(prompt.points) - len(prompt.positives), " and a box" if prompt.box else "",
                  expander.name, int(mask.sum()) if expanded else 0, confidence, expander.tau)
         return {"result": regions, "score": confidence, "model_version": f"expander-{expander.name}"}
 
-    def _segmentation(self, project: int, schema: LabelSchema, task: dict) -> dict:
+    def _segmentations(self, project: int, schema: LabelSchema, tasks: list[dict]) -> list[dict]:
+        """The current head's segmentation of each task (a query task gets its image's), from the files
+        the segmentation job writes, computing only what is missing. Before the first head: no result
+        at all, which Label Studio stores nothing for (an empty prediction would be kept and block
+        the real one later)."""
         head_row = self.services.store.current_head(project)
         if head_row is None:
-            log.info("task %s: no prediction yet: no head has been trained in project %s (it trains after round 0 "
-                     "is answered)", task["id"], project)
-            return {"result": [], "score": 0.0, "model_version": "none"}
-        head = self.services.engine.head(project, head_row["version"], head_row["path"])
-        original = original_image(self.services, project, int(task["id"]), (task.get("data") or {}).get(schema.image_key))
-        r = self.services.settings.resolution
-        classes, confidence = self.services.engine.segment(
-            head, np.asarray(Image.fromarray(original).resize((r, r), Image.BILINEAR)))
-        h, w = original.shape[:2]
-        full = np.asarray(Image.fromarray(classes.astype(np.uint8)).resize((w, h), Image.NEAREST))
-        regions = [brush_region(f"seg-{c}", full == c, int(c), schema) for c in np.unique(full)]
-        return {"result": regions, "score": float(confidence.mean()), "model_version": head_row["version"]}
+            log.info("no prediction yet for %d task(s): no head has been trained in project %s (it trains after "
+                     "round 0 is answered)", len(tasks), project)
+            return []
+        return [segmentation(self.services, project, image_task(self.services, project, int(task["id"])), head_row,
+                             (task.get("data") or {}).get(schema.image_key)) for task in tasks]
 
     # fit (webhooks) ------------------------------------------------------------------------------
     def fit(self, event: str, data: dict) -> dict:
         if event not in HANDLED_EVENTS:
             log.info("webhook %s ignored: this backend does not use it", event)
             return {"status": "ignored", "reason": f"action {event} is not used by this backend"}
-        project = project_id(data.get("project"))
-        store = self.services.store
+        message = payloads.event(event, data)
+        project, store = message.project, self.services.store
         if event == "PROJECT_UPDATED":
-            config = (data.get("project") or {}).get("label_config")
             try:
-                schema = parse_label_config(config)
+                schema = parse_label_config(message.label_config)
             except LabelConfigError as exc:
                 log.warning("project %s: new label config not usable, keeping the old one: %s", project, exc)
                 return {"status": "ignored", "reason": str(exc)}
-            store.save_project(project, config, asdict(schema))
+            store.save_project(project, message.label_config, asdict(schema))
             return {"status": "ok"}
         if event == "START_TRAINING":
             return {"status": "ok", "job": self.runner.submit(project, "train")}
         if event == "TASKS_CREATED":
             return {"status": "ok", "job": self.runner.submit(project, "sync")}
         if event == "TASKS_DELETED":
-            store.delete_tasks(project, [int(t["id"]) for t in _items(data, "tasks")])
+            store.delete_tasks(project, message.ids)
             return {"status": "ok"}
         if event == "ANNOTATIONS_DELETED":
-            store.delete_annotations(project, [int(a["id"]) for a in _items(data, "annotations")])
+            store.delete_annotations(project, message.ids)
             return {"status": "ok"}
-        annotations = _items(data, "annotation")
-        schema = self._schema(project, (data.get("project") or {}).get("label_config"))
-        outcomes, problems = [], []
-        for annotation in annotations:
-            task = annotation.get("task")
-            task_id = int(task["id"] if isinstance(task, dict) else task if task is not None
-                          else (data.get("task") or {}).get("id"))
-            result = [] if annotation.get("was_cancelled") else annotation.get("result") or []
-            parsed = labels_from_result(result, schema, task_id, self.services.settings.resolution,
-                                        self.services.settings.region_pixel_cap)
+        schema = self._schema(project, message.label_config)
+        outcomes, problems, pending = [], [], []
+        for annotation in message.annotations:
+            task = image_task(self.services, project, annotation.task)  # answers on a query task label its image
+            row = store.task(project, task)
+            size = (row["width"], row["height"]) if row and row["status"] == "ready" else None
+            parsed = labels_from_result(annotation.result, schema, task, self.services.settings.resolution,
+                                        self.services.settings.region_pixel_cap, size)
             problems += parsed.problems
-            outcomes.append(store.apply_annotation(project, int(annotation["id"]), task_id,
-                                                   annotation.get("updated_at"), result, parsed.labels))
+            pending += parsed.pending
+            outcomes.append(store.apply_annotation(project, annotation.id, task, annotation.updated_at,
+                                                   annotation.result, parsed.labels, holder=annotation.task,
+                                                   pending=parsed.pending, cancelled=annotation.cancelled))
         advanced = advance_when_answered(self.services, self.runner, project)
-        return {"status": "ok", "annotations": outcomes, "skipped_regions": problems, "advance": advanced}
+        return {"status": "ok", "annotations": outcomes, "skipped_regions": problems, "pending_regions": pending,
+                "advance": advanced}
 
     # introspection -------------------------------------------------------------------------------
     def versions(self, project: int | None = None) -> list[str]:
@@ -196,28 +179,37 @@ class ActiveLearningBackend:
         return out
 
     def health(self) -> dict:
-        engine = self.services.engine.status()
-        return {
-            "status": "UP", "model_class": type(self).__name__, "uptime_s": round(time.time() - self.started, 1),
-            "backbone": engine, "jobs": self.runner.describe(), "progress": self.services.progress.snapshot(),
-            "settings": self.services.settings.public(),
+        """What Label Studio's connect dialog and an operator need without credentials: whether the
+        backend can work and, if not, the one thing to do; per project its progress, the tasks whose
+        image failed (with the reason) and why credentials from /setup were refused. Always a 200,
+        which Label Studio needs to connect. Settings, paths and jobs are in /metrics."""
+        problem = self.services.engine.checkpoint_problem()
+        engine = self.services.engine
+        out = {
+            "status": "UP" if problem is None else "NOT_READY", "ready": problem is None,
+            "model_class": type(self).__name__,
+            "model": {"backbone": engine.backbone.name, "pretrained": engine.backbone.pretrained and problem is None},
+            "progress": self.services.progress.snapshot(), "failed_tasks": self.failed_tasks(),
         }
+        if problem is not None:
+            out["todo"] = problem
+        if self.services.refused_credentials:
+            out["refused_credentials"] = {str(p): why for p, why in self.services.refused_credentials.items()}
+        return out
+
+    def failed_tasks(self, limit: int = 20) -> dict:
+        """project -> its first `limit` tasks whose image could not be used, with the reason."""
+        store = self.services.store
+        failed = {str(p): store.tasks(p, "failed") for p in store.projects()}
+        return {p: [{"task": r["task"], "error": r["error"]} for r in rows[:limit]] for p, rows in failed.items() if rows}
 
     def metrics(self) -> dict:
         store = self.services.store
         return {
+            "uptime_s": round(time.time() - self.started, 1), "backbone": self.services.engine.status(),
+            "jobs": self.runner.describe(), "settings": self.services.settings.public(),
             "projects": self.projects_status(),
             "heads": {str(p): [{k: h[k] for k in ("version", "round", "labeled", "created", "current")}
                                for h in store.heads(p)] for p in store.projects()},
             "recent_jobs": store.recent_jobs(20),
         }
-
-
-def _items(data: dict, key: str) -> list[dict]:
-    value = data.get(key)
-    if value is None:
-        raise RequestError(f"webhook payload lacks '{key}'")
-    items = value if isinstance(value, list) else [value]
-    if not all(isinstance(v, dict) and "id" in v for v in items):
-        raise RequestError(f"every entry of '{key}' needs an 'id'")
-    return items

@@ -59,6 +59,7 @@ class Settings:
     train_batch_size: int = 8
     train_max_epochs: int = 50
     auto_advance: bool = True
+    suggest_classes: bool = False  # show the head's class beside each query point (region text, never its label)
     records_batch: int = 8
     expander: str = "superpixel"
     sam_checkpoint: Path | None = None
@@ -69,7 +70,10 @@ class Settings:
     basic_auth_user: str = ""
     basic_auth_pass: str = field(default="", repr=False)
     redis_url: str = field(default="", repr=False)
-    host: str = "0.0.0.0"
+    download_timeout: float = 60.0  # seconds for a whole task file: connect, redirects, body
+    max_downloads: int = 4  # task files fetched at once, over all threads
+    max_request_mb: int = 16  # largest request body (413 above it)
+    host: str = "127.0.0.1"  # the Docker image sets HOST=0.0.0.0
     port: int = 9090
     log_level: str = "INFO"
 
@@ -113,6 +117,7 @@ class Settings:
             train_batch_size=_number("TRAIN_BATCH_SIZE", 8, int),
             train_max_epochs=_number("TRAIN_MAX_EPOCHS", 50, int),
             auto_advance=_flag("AUTO_ADVANCE", True),
+            suggest_classes=_flag("SUGGEST_CLASSES", False),
             records_batch=_number("RECORDS_BATCH", 8, int),
             expander=expander,
             sam_checkpoint=Path(sam_ckpt).expanduser() if sam_ckpt else None,
@@ -123,7 +128,10 @@ class Settings:
             basic_auth_user=_env("BASIC_AUTH_USER", ""),
             basic_auth_pass=_env("BASIC_AUTH_PASS", ""),
             redis_url=_env("REDIS_URL", ""),
-            host=_env("HOST", "0.0.0.0"),
+            download_timeout=_number("DOWNLOAD_TIMEOUT", 60.0, float),
+            max_downloads=_number("MAX_DOWNLOADS", 4, int),
+            max_request_mb=_number("MAX_REQUEST_MB", 16, int),
+            host=_env("HOST", "127.0.0.1"),
             port=_number("PORT", 9090, int),
             log_level=_env("LOG_LEVEL", "INFO").upper(),
         )
@@ -148,6 +156,8 @@ class Settings:
             problems.append(f"LOCAL_SKETCH_DIM={self.local_sketch_dim} must be 0 (exact) or a dimension")
         if self.sam_model_type not in ("vit_b", "vit_l", "vit_h"):
             problems.append(f"SAM_MODEL_TYPE={self.sam_model_type!r}; choose vit_b, vit_l or vit_h")
+        if not (self.download_timeout > 0 and self.max_downloads >= 1 and self.max_request_mb >= 1):
+            problems.append("DOWNLOAD_TIMEOUT must be positive, MAX_DOWNLOADS and MAX_REQUEST_MB at least 1")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             problems.append("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if problems:

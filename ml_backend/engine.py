@@ -16,7 +16,8 @@ import torch
 from ml_backend.config import Settings
 from model.acquisition import get_acquisition
 from model.backbones import CheckpointError, get_backbone, load_unet
-from model.expansion import Expander, LRUCache, build_expander
+from model.embedding_cache import LRUCache
+from model.expansion import Expander, build_expander
 from model.features import DiffusionFeatureExtractor, FeatureConfig, ImageFeatureSource, resolve_dtype
 from model.head import SegmentationHead, TrainConfig
 from model.prediction import segment
@@ -65,14 +66,18 @@ class Engine:
         return self.settings.diffusion_checkpoint
 
     def checkpoint_problem(self) -> str | None:
-        """A cheap check fit for /setup: is the checkpoint file there at all?"""
+        """A cheap check fit for /setup and /health: is the checkpoint file there at all? The answer
+        names the one thing to do: where to download the file and the path it is expected at."""
         if self.backbone_error:
             return self.backbone_error
         path = self.checkpoint_path()
-        if self.backbone.pretrained and (path is None or not path.is_file()):
-            return (f"diffusion checkpoint {path} not found for BACKBONE={self.backbone.name}: download "
-                    f"{self.backbone.checkpoint_file} from {self.backbone.url} and set DIFFUSION_CHECKPOINT")
-        return None
+        if not self.backbone.pretrained or (path is not None and path.is_file()):
+            return None
+        if path is None:
+            return (f"the diffusion checkpoint for BACKBONE={self.backbone.name} is not configured: download "
+                    f"{self.backbone.url} and set DIFFUSION_CHECKPOINT to its path")
+        return (f"the diffusion checkpoint for BACKBONE={self.backbone.name} is missing: download "
+                f"{self.backbone.url} to {path} (or set DIFFUSION_CHECKPOINT to where the file is)")
 
     def record_fingerprint(self) -> dict:
         path = self.checkpoint_path()
@@ -105,13 +110,16 @@ class Engine:
         return RecordCache(self.record_fingerprint(), directory)
 
     def expander(self) -> Expander:
+        """The click expander; its per-image work (SAM embeddings, segmentations) is shared on disk under
+        MODEL_DIR/embeddings by every process: web workers, threads, and the RQ worker that prefetches."""
         with self._lock:
             if self._expander is None:
                 s = self.settings
                 tau = s.sam_tau if s.expander == "sam" else s.superpixel_tau
                 try:
                     self._expander = build_expander(s.expander, tau=tau, sam_checkpoint=s.sam_checkpoint,
-                                                    sam_model_type=s.sam_model_type, device=str(self.device))
+                                                    sam_model_type=s.sam_model_type, device=str(self.device),
+                                                    cache_dir=s.model_dir / "embeddings")
                 except (FileNotFoundError, ValueError, ImportError) as exc:
                     self.expander_error = str(exc)
                     raise
@@ -141,7 +149,8 @@ class Engine:
         if self._expander is not None:
             expander.update(self._expander.describe())
         return {
-            "backbone": self.backbone.name, "pretrained": self.backbone.pretrained, "loaded": loaded,
-            "device": str(self.device), "checkpoint": str(self.checkpoint_path()) if self.checkpoint_path() else None,
+            "backbone": self.backbone.name, "pretrained": self.backbone.pretrained and problem is None,
+            "loaded": loaded, "device": str(self.device),
+            "checkpoint": str(self.checkpoint_path()) if self.checkpoint_path() else None,
             "error": problem, "feature_dim": self._extractor.dim if loaded else None, "expander": expander,
         }

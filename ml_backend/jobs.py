@@ -1,13 +1,16 @@
 """Background jobs.
 
 Kinds: `sync` (fetch tasks and images; start round 0), `advance` (next round once the open one is
-answered), `train` (next round now: START_TRAINING), and the two steps a round fans out into:
+answered), `train` (next round now: START_TRAINING), the two steps a round fans out into:
 `records` (per-image features and local herding for a batch of images) and `select` (global
-herding, uncertainty, push), which waits for the round's `records` jobs.
+herding, uncertainty, push), which waits for the round's `records` jobs; `push` (open queries onto
+query tasks) and `segment` (the current head's segmentation of every task, to Label Studio).
 
 Every job is a row in the store before it runs, so a process that dies mid-job leaves a queued or
-running row behind and the next start runs it again. `sync`, `advance` and `train` are not stacked:
-while one is queued, submitting another returns it.
+running row behind and the next start runs it again. `sync`, `advance`, `train`, `push` and
+`segment` are not stacked: a project has at most one of each waiting to start (submitting another
+returns it), and a `train` with nothing labeled since the last head ends at once, so repeated
+training requests give one head.
 
 Without REDIS_URL one thread in the server process runs the jobs in submission order (the
 embedded default); with it, jobs go to an RQ queue (ml_backend.queue) and `rq worker` processes on
@@ -27,8 +30,8 @@ from ml_backend.store import Store
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = ("sync", "advance", "train", "records", "select")
-SINGLETON_KINDS = ("sync", "advance", "train")
+JOB_KINDS = ("sync", "advance", "train", "records", "select", "push", "segment")
+SINGLETON_KINDS = ("sync", "advance", "train", "push", "segment")
 
 Handler = Callable[[int, str, dict], None]  # (project, kind, payload)
 
@@ -47,9 +50,9 @@ def record_job(store: Store, project: int, kind: str, payload: dict | None) -> t
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
     if kind in SINGLETON_KINDS:
-        pending = store.pending_job(project, kind)
-        if pending and pending["status"] == "queued":
-            return int(pending["id"]), False
+        queued = store.queued_job(project, kind)
+        if queued:
+            return int(queued["id"]), False
     return store.add_job(project, kind, payload), True
 
 

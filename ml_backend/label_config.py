@@ -1,7 +1,11 @@
 """Reading a project's labeling configuration: which controls the backend writes to and the classes.
 
 The backend needs an Image, a KeyPointLabels control on it (queries and clicks) and a BrushLabels
-control on it (regions) with the same labels; class i is the i-th label, in config order.
+control on it (regions) with the same labels; class i is the i-th label, in config order. The
+KeyPointLabels control also holds the placeholder label "Label me" that every query point carries
+until an annotator gives it its class: it is no class, so an untouched point is never ground truth.
+A RectangleLabels control on the image is optional: its boxes prompt the click expander (SAM takes
+a box as Label Studio's own SAM backend does), so its labels must be among the classes.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SHIPPED_CONFIG = Path(__file__).with_name("label_config.xml")
+QUERY_PLACEHOLDER = "Label me"
 
 
 class LabelConfigError(ValueError):
@@ -25,8 +30,12 @@ class LabelSchema:
     brush_name: str
     classes: tuple[str, ...]
     smart_keypoints: bool
+    rectangle_name: str | None = None  # the optional box prompt
+    placeholder: str = QUERY_PLACEHOLDER  # the KeyPointLabels label of an unanswered query point
 
     def class_index(self, name: str) -> int:
+        if name == self.placeholder:
+            raise LabelConfigError(f"'{name}' is the query placeholder, not a class: pick the pixel's class")
         try:
             return self.classes.index(name)
         except ValueError:
@@ -62,8 +71,16 @@ def parse_label_config(xml: str | None) -> LabelSchema:
     if brush is None:
         raise LabelConfigError("KeyPointLabels and BrushLabels must label the same <Image>")
     kp_labels, brush_labels = _labels(kp), _labels(brush)
+    if QUERY_PLACEHOLDER not in kp_labels:
+        raise LabelConfigError(
+            f"KeyPointLabels '{kp.get('name')}' lacks the query placeholder label: add "
+            f"<Label value=\"{QUERY_PLACEHOLDER}\" background=\"#FF00FF\"/> as its first label (query points carry it "
+            f"until an annotator gives them a class); see ml_backend/label_config.xml")
+    if QUERY_PLACEHOLDER in brush_labels:
+        raise LabelConfigError(f"'{QUERY_PLACEHOLDER}' is the query placeholder, not a class: remove it from BrushLabels")
+    kp_labels = [label for label in kp_labels if label != QUERY_PLACEHOLDER]
     if not kp_labels:
-        raise LabelConfigError(f"KeyPointLabels '{kp.get('name')}' has no <Label value=...> children")
+        raise LabelConfigError(f"KeyPointLabels '{kp.get('name')}' has no class <Label value=...> children")
     if kp_labels != brush_labels:
         only_kp = sorted(set(kp_labels) - set(brush_labels))
         only_brush = sorted(set(brush_labels) - set(kp_labels))
@@ -79,6 +96,13 @@ def parse_label_config(xml: str | None) -> LabelSchema:
     if len(set(kp_labels)) != len(kp_labels):
         raise LabelConfigError("a label appears twice in KeyPointLabels")
     image = images[kp.get("toName")]
+    rectangle = next((r for r in root.iter("RectangleLabels") if r.get("toName") == kp.get("toName")), None)
+    if rectangle is not None:
+        unknown = [label for label in _labels(rectangle) if label not in kp_labels]
+        if unknown:
+            raise LabelConfigError(f"RectangleLabels '{rectangle.get('name')}' has labels that are not classes: "
+                                   f"{', '.join(unknown)} (its boxes prompt the click expander; use the labels of "
+                                   "KeyPointLabels)")
     value = image.get("value", "")
     if not value.startswith("$") or len(value) < 2:
         raise LabelConfigError(f"<Image name='{image.get('name')}'> needs value=\"$field\" naming the task's image field")
@@ -86,4 +110,5 @@ def parse_label_config(xml: str | None) -> LabelSchema:
         image_name=image.get("name"), image_key=value[1:], keypoint_name=kp.get("name"),
         brush_name=brush.get("name"), classes=tuple(kp_labels),
         smart_keypoints=kp.get("smart", "").lower() in ("true", "1"),
+        rectangle_name=rectangle.get("name") if rectangle is not None else None,
     )

@@ -3,11 +3,20 @@
 The SDK takes either a legacy token or a personal access token (it trades the latter for short-
 lived access tokens). Every call retries with exponential backoff when Label Studio is
 unreachable or answers 5xx, and logs what it is waiting for; the key is never logged.
+
+Task files are fetched with httpx directly (the SDK has no download call for arbitrary task URLs).
+Only files on Label Studio's own host get the key and retries; any other host gets one plain
+attempt. Each download has an overall deadline that covers connecting, redirects, headers and
+body (a server sending one byte every few seconds is cut off at the deadline, not after each
+read), a size cap, and a cap on how many run at once, so that slow image hosts cannot occupy every
+thread of the server.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -21,10 +30,15 @@ T = TypeVar("T")
 
 QUERY_VIEW_TITLE = "Active learning: open queries"
 MAX_DOWNLOAD_BYTES = 100 * 1024 * 1024
+MAX_REDIRECTS = 5
 
 
 class LabelStudioUnavailable(RuntimeError):
-    """Label Studio did not answer after all retries."""
+    """Label Studio did not answer after all retries (or the backend has no credentials for it)."""
+
+
+class DownloadError(ValueError):
+    """One file that could not be fetched. The reason is short and never quotes the remote answer."""
 
 
 def _retryable(exc: Exception) -> bool:
@@ -34,13 +48,82 @@ def _retryable(exc: Exception) -> bool:
     return isinstance(status, int) and status >= 500
 
 
+class DownloadLimits:
+    """What every download of the process shares: seconds per file (all of it), files at once, bytes."""
+
+    def __init__(self, timeout: float = 60.0, concurrent: int = 4, max_bytes: int = MAX_DOWNLOAD_BYTES):
+        self.timeout, self.concurrent, self.max_bytes = timeout, concurrent, max_bytes
+        self.slots = threading.BoundedSemaphore(concurrent)
+
+
+class _Deadline:
+    """Shuts a download's sockets when its time is up, whatever it is waiting for (connect, headers
+    that trickle in, body); httpx's own timeouts bound each read, not the whole transfer."""
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
+
+    def trace(self, event: str, info: dict) -> None:  # httpcore's trace extension
+        if event == "connection.connect_tcp.complete":
+            sock = info["return_value"].get_extra_info("socket")
+            with self._lock:
+                self._sockets.append(sock)
+                if self.expired:
+                    _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv(), which close() does not
+    except OSError:
+        pass
+
+
+def _scheme(url: str) -> str | None:
+    try:
+        return urlparse(url).scheme
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return None
+
+
+class _Transient(Exception):
+    """A failure worth retrying on Label Studio's own host: no connection, or a 5xx."""
+
+    def __init__(self, reason: str, connection: bool):
+        super().__init__(reason)
+        self.connection = connection
+
+
 class LabelStudioClient:
-    def __init__(self, url: str, api_key: str, attempts: int = 5, backoff: float = 1.0):
+    def __init__(self, url: str, api_key: str, attempts: int = 5, backoff: float = 1.0,
+                 downloads: DownloadLimits | None = None):
         if not url or not api_key:
             raise ValueError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to talk to Label Studio")
         self.url = url.rstrip("/")
         self.attempts = attempts
         self.backoff = backoff
+        self.downloads = downloads or DownloadLimits()
         self.sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=60)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
@@ -62,10 +145,12 @@ class LabelStudioClient:
         raise AssertionError("unreachable")
 
     # reading -----------------------------------------------------------------------------------
-    def tasks(self, project: int) -> list[dict]:
-        """Every task of the project as {"id", "data"}."""
+    def tasks(self, project: int, resolve_uri: bool = True) -> list[dict]:
+        """Every task of the project as {"id", "data", "is_labeled"}; `resolve_uri=False` gives the data
+        as stored (cloud URIs unresolved: what a copy of the task must hold)."""
         def fetch():
-            return [{"id": t.id, "data": dict(t.data or {})} for t in self.sdk.tasks.list(project=project, fields="task_only", resolve_uri=True)]
+            return [{"id": t.id, "data": dict(t.data or {}), "is_labeled": bool(t.is_labeled)}
+                    for t in self.sdk.tasks.list(project=project, fields="task_only", resolve_uri=resolve_uri)]
         return self._call(f"list tasks of project {project}", fetch)
 
     def _auth_headers(self) -> dict[str, str]:
@@ -74,26 +159,92 @@ class LabelStudioClient:
 
     def download(self, url: str) -> bytes:
         """Fetch a task's file. Label Studio paths (/data/upload/..., /data/local-files/...) and URLs on
-        Label Studio's host get the API credentials; other hosts never see them."""
+        Label Studio's host get the API credentials and retries; other hosts never see the key and
+        get one attempt. Raises DownloadError for this file, LabelStudioUnavailable when Label
+        Studio's own host cannot be reached at all."""
+        if not isinstance(url, str) or not url:
+            raise DownloadError("the task has no image URL")
         absolute = urljoin(self.url + "/", url) if url.startswith("/") else url
-        parsed = urlparse(absolute)
-        if parsed.scheme not in ("http", "https"):
-            raise ValueError(f"cannot fetch {url!r}: only Label Studio paths and http(s) URLs are supported "
-                             f"(configure cloud storage with presigned URLs in Label Studio)")
-        same_host = parsed.netloc == urlparse(self.url).netloc
+        if _scheme(absolute) not in ("http", "https"):
+            raise DownloadError("only Label Studio paths and http(s) URLs can be fetched (configure cloud "
+                                "storage with presigned URLs in Label Studio)")
+        own_host = self._own_host(absolute)
+        limits = self.downloads
+        with _Deadline(limits.timeout) as deadline:
+            if not limits.slots.acquire(timeout=max(0.0, deadline.remaining())):
+                raise DownloadError(f"{limits.concurrent} other downloads held every slot for {limits.timeout:g} s")
+            try:
+                delay = self.backoff
+                for attempt in range(1, self.attempts + 1):
+                    try:
+                        return self._fetch(absolute, deadline)
+                    except _Transient as exc:
+                        last = attempt == self.attempts or deadline.remaining() < delay
+                        if not own_host or last:
+                            if own_host and exc.connection:
+                                raise LabelStudioUnavailable(
+                                    f"Label Studio at {self.url} did not answer a download after {attempt} "
+                                    f"attempts: {exc}") from None
+                            raise DownloadError(str(exc)) from None
+                        log.warning("Label Studio at %s: download failed (%s); retry %d/%d in %.1fs", self.url, exc,
+                                    attempt, self.attempts - 1, delay)
+                        time.sleep(delay)
+                        delay *= 2
+            finally:
+                limits.slots.release()
+        raise AssertionError("unreachable")
 
-        def fetch() -> bytes:
-            headers = self._auth_headers() if same_host else {}
-            with httpx.stream("GET", absolute, headers=headers, timeout=60, follow_redirects=True) as response:
-                response.raise_for_status()
-                chunks, size = [], 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > MAX_DOWNLOAD_BYTES:
-                        raise ValueError(f"{url} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MB")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        return self._call(f"download {url}", fetch)
+    def _own_host(self, url: str) -> bool:
+        return urlparse(url).netloc == urlparse(self.url).netloc
+
+    def _fetch(self, url: str, deadline: _Deadline) -> bytes:
+        """One attempt: follow at most MAX_REDIRECTS redirects by hand (each target checked and given
+        the key only on Label Studio's host), then read the body within the deadline and size cap."""
+        seconds = self.downloads.timeout
+        with httpx.Client(follow_redirects=False) as client:
+            for _ in range(MAX_REDIRECTS + 1):
+                remaining = deadline.remaining()
+                if remaining <= 0:
+                    raise DownloadError(f"no complete answer within {seconds:g} s")
+                headers = self._auth_headers() if self._own_host(url) else {}
+                request = client.build_request("GET", url, headers=headers, timeout=remaining,
+                                               extensions={"trace": deadline.trace})
+                try:
+                    response = client.send(request, stream=True)
+                    try:
+                        if response.is_redirect:
+                            url = urljoin(str(response.url), response.headers.get("location", ""))
+                            if _scheme(url) not in ("http", "https"):
+                                raise DownloadError("redirected to an address that is not http(s)")
+                            continue
+                        if response.status_code >= 500:
+                            raise _Transient(f"HTTP {response.status_code}", connection=False)
+                        if response.status_code >= 400:
+                            raise DownloadError(f"HTTP {response.status_code}")
+                        return self._body(response)
+                    finally:
+                        response.close()
+                except (httpx.InvalidURL, UnicodeError):  # e.g. a host name IDNA cannot encode
+                    raise DownloadError("not a valid URL") from None
+                except httpx.TransportError as exc:
+                    if deadline.expired or isinstance(exc, httpx.TimeoutException):
+                        raise DownloadError(f"no complete answer within {seconds:g} s") from None
+                    raise _Transient(f"connection failed ({type(exc).__name__})",
+                                     connection=isinstance(exc, (httpx.ConnectError, httpx.ProxyError))) from None
+        raise DownloadError(f"more than {MAX_REDIRECTS} redirects")
+
+    def _body(self, response: httpx.Response) -> bytes:
+        cap = self.downloads.max_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise DownloadError(f"larger than {cap:,} bytes")
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise DownloadError(f"larger than {cap:,} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     # writing -----------------------------------------------------------------------------------
     def create_prediction(self, task: int, result: list[dict], model_version: str, score: float | None) -> int:
@@ -109,17 +260,42 @@ class LabelStudioClient:
             return None
         return self._call(f"list predictions of task {task}", find)
 
-    def show_round(self, project: int, model_version: str) -> None:
-        """Make Label Studio pre-label tasks with this round's queries and keep a saved view of the
-        tasks that hold them, least-annotated first."""
-        self._call(f"set model version of project {project}",
-                   lambda: self.sdk.projects.update(id=project, model_version=model_version))
+    def create_query_task(self, project: int, data: dict) -> int:
+        """A task created out of the labeling queue (is_labeled, overlap 0): the queue must not serve it
+        before its query points exist and the project shows their version (`release_task`)."""
+        task = self._call(f"create a query task in project {project}", lambda: self.sdk.tasks.create(
+            project=project, data=data, is_labeled=True, overlap=0))
+        return int(task.id)
+
+    def release_task(self, task: int, overlap: int) -> None:
+        """Put a query task into the labeling queue."""
+        self._call(f"put task {task} into the labeling queue",
+                   lambda: self.sdk.tasks.update(id=str(task), overlap=overlap, is_labeled=False))
+
+    def retire_task(self, task: int) -> None:
+        """Take the task out of the labeling queue: a task is served while it is not `is_labeled`, and
+        Label Studio recomputes that as (annotators >= overlap), which overlap 0 keeps true."""
+        self._call(f"take task {task} out of the labeling queue",
+                   lambda: self.sdk.tasks.update(id=str(task), overlap=0, is_labeled=True))
+
+    def prepare_queue(self, project: int, model_version: str, instruction: str, marker: str) -> int:
+        """The project settings the queue of queries needs: uncertainty sampling over the predictions of
+        `model_version` (lowest score first), predictions shown to annotators, no training request on
+        every submission, and the annotator instructions (added once to any the project has).
+        Returns the project's annotations per task (the overlap of a task in the queue)."""
+        current = self._call(f"read project {project}", lambda: self.sdk.projects.get(id=project))
+        existing = current.expert_instruction or ""
+        extra = {} if marker in existing else {"expert_instruction": (existing + "\n" if existing else "") + instruction}
+        self._call(f"set up the labeling queue of project {project}", lambda: self.sdk.projects.update(
+            id=project, model_version=model_version, sampling="Uncertainty sampling", show_collab_predictions=True,
+            min_annotations_to_start_training=0, show_instruction=True, **extra))
         data = {
             "title": QUERY_VIEW_TITLE,
-            "filters": {"conjunction": "and", "items": [{
-                "filter": "filter:tasks:predictions_model_versions", "operator": "contains",
-                "type": "List", "value": [model_version]}]},
-            "ordering": ["tasks:total_annotations"],
+            "filters": {"conjunction": "and", "items": [
+                {"filter": "filter:tasks:predictions_model_versions", "operator": "contains", "type": "List",
+                 "value": [model_version]},
+                {"filter": "filter:tasks:completed_at", "operator": "empty", "type": "Datetime", "value": True}]},
+            "ordering": ["tasks:predictions_score"],
         }
 
         def upsert():
@@ -129,3 +305,4 @@ class LabelStudioClient:
                     return
             self.sdk.views.create(project=project, data=data)
         self._call(f"save the query view of project {project}", upsert)
+        return int(current.maximum_annotations or 1)

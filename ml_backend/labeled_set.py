@@ -48,6 +48,13 @@ class ExpansionCache:
         return pixels
 
 
+def labels_digest(rows: list[dict]) -> str:
+    """A fingerprint of stored label rows (Store.labels): equal digests mean training would see the
+    same pixels with the same classes again."""
+    keys = sorted((r["task"], r["pixel"], r["class"], r["source"], r["region"], r["annotation"]) for r in rows)
+    return hashlib.sha1(json.dumps(keys).encode()).hexdigest()
+
+
 def build_labeled_set(rows: list[dict], load_image, expansions: ExpansionCache | None,
                       region_cap: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """task -> (pixels, classes), pixels sorted and unique. `rows` come from Store.labels (ordered so

@@ -3,34 +3,32 @@
 sync:    fetch the task list and the images not seen yet; if the project has no round, run round 0.
 advance: when every query of the open round is answered (or on START_TRAINING), train a head on
          all labeled pixels, swap it in, run the next round and push its queries.
+push:    put the open round's queries that no annotator can meet onto query tasks
+         (ml_backend/query_tasks.py): after a round is selected, and when a submitted query task
+         left points with the placeholder.
+segment: push the new head's segmentation of every image task (ml_backend/segmentations.py).
 
 Each step is safe to repeat: a round is recorded before its queries are pushed and a query is
-marked pushed once its prediction exists, so a job that died half-way resumes where it stopped.
+marked placed once its query task and prediction exist, so a job that died half-way resumes
+where it stopped.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
-from collections import defaultdict
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from ml_backend.labeled_set import ExpansionCache, build_labeled_set
-from ml_backend.regions import keypoint_region
+from ml_backend.images import fetch_image, original_image
+from ml_backend.labeled_set import ExpansionCache, build_labeled_set, labels_digest
+from ml_backend.query_tasks import is_query_task, publish_round, queue_version, retire_outside_queue
+from ml_backend.segmentations import push_segmentations
 from ml_backend.services import Services
 from model.head import train_head
-from model.preprocessing import MAX_IMAGE_PIXELS, resize_image
 from model.selection import image_record, labeled_features, needs_noise_draws, record_digest, run_round
 
 log = logging.getLogger(__name__)
-
-
-def round_version(round_index: int) -> str:
-    return f"round-{round_index}"
 
 
 def handle_job(services: Services, runner, project: int, kind: str, payload: dict | None = None) -> None:
@@ -43,77 +41,39 @@ def handle_job(services: Services, runner, project: int, kind: str, payload: dic
         compute_records(services, project, payload["tasks"])
     elif kind == "select":
         select_round(services, runner, project, payload["round"], payload.get("head"))
+    elif kind == "push":
+        current = services.store.current_round(project)
+        if current is not None and current["status"] in ("selected", "open"):
+            push_round(services, runner, project, current["round"])
+    elif kind == "segment":
+        push_segmentations(services, project)
     else:
         raise ValueError(f"unknown job kind {kind!r}")
 
 
-# images ----------------------------------------------------------------------------------------
-def decode_image(data: bytes) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_IMAGE_PIXELS:
-            raise ValueError(f"image of {image.width}x{image.height} pixels is too large")
-        image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"not a readable image ({exc})") from None
-    return image.convert("RGB")
-
-
-def fetch_image(services: Services, project: int, task: int, url: str) -> None:
-    """Download, decode and store the task's image (original and model-resolution copies)."""
-    files = services.files(project)
-    try:
-        if not url:
-            raise ValueError(f"task has no '{services.schema(project).image_key}' field")
-        image = decode_image(services.client(project).download(url))
-    except ValueError as exc:
-        log.warning("project %s task %s: image unusable, skipped: %s", project, task, exc)
-        services.store.set_task_image(project, task, None, None, "failed", str(exc))
-        return
-    originals = files.root / "originals"
-    originals.mkdir(exist_ok=True)
-    tmp = originals / f".{task}.tmp.png"
-    image.save(tmp)
-    tmp.replace(originals / f"{task}.png")
-    resized = resize_image(image, services.settings.resolution)
-    files.save_image(task, resized)
-    services.store.set_task_image(project, task, image.width, image.height, "ready",
-                                  digest=hashlib.sha1(resized.tobytes()).hexdigest()[:20])
-
-
-def original_image(services: Services, project: int, task: int, url: str | None = None) -> np.ndarray:
-    path = services.files(project).root / "originals" / f"{task}.png"
-    if not path.exists():
-        row = services.store.task(project, task)
-        if row is None or row["status"] != "ready":
-            services.store.upsert_tasks(project, [(task, url or (row or {}).get("image_url", ""))])
-            fetch_image(services, project, task, url or (row or {}).get("image_url", ""))
-        row = services.store.task(project, task)
-        if row is None or row["status"] != "ready":
-            raise ValueError(f"task {task}: {row['error'] if row else 'unknown task'}")
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
-
-
-def sync_tasks(services: Services, project: int) -> int:
-    """Bring the task list up to date and fetch new images; returns the number of usable images."""
+def sync_tasks(services: Services, project: int) -> None:
+    """Bring the task list up to date, take new tasks out of the labeling queue, fetch new images."""
     store, schema = services.store, services.schema(project)
     services.progress.update(project, "listing tasks")
     tasks = services.client(project).tasks(project)
-    store.upsert_tasks(project, [(t["id"], str(t["data"].get(schema.image_key, ""))) for t in tasks])
+    store.upsert_tasks(project, [(t["id"], str(t["data"].get(schema.image_key, ""))) for t in tasks
+                                 if not is_query_task(services, project, t)])
+    # new images join the loop as candidates, never as tasks of the labeling queue: out of it first
+    current = store.current_round(project)
+    live = current["round"] if current and current["status"] in ("selected", "open") else None
+    retire_outside_queue(services, project, live, tasks)
     pending = store.tasks(project, "pending")
     for n, row in enumerate(pending):
         fetch_image(services, project, row["task"], row["image_url"])
         services.progress.update(project, "fetching images", n + 1, len(pending))
-    return len(store.tasks(project, "ready"))
 
 
 # rounds ----------------------------------------------------------------------------------------
 def sync_project(services: Services, runner, project: int) -> None:
-    ready = sync_tasks(services, project)
+    sync_tasks(services, project)
     current = services.store.current_round(project)
     if current is None:
-        if ready:
+        if services.store.tasks(project, "ready"):
             plan_round(services, runner, project, 0)
         else:
             services.progress.update(project, "waiting for tasks", message="no usable images in the project yet")
@@ -134,6 +94,8 @@ def advance_when_answered(services: Services, runner, project: int) -> bool:
     if counts["open"] == 0 and services.settings.auto_advance:
         runner.submit(project, "advance")
         return True
+    if services.store.unplaced_queries(project, current["round"]):
+        runner.submit(project, "push")  # points submitted with the placeholder go onto a new query task
     services.progress.update(project, f"round {current['round']} open",
                              counts["answered"] + counts["dismissed"], sum(counts.values()))
     return False
@@ -152,9 +114,19 @@ def advance_project(services: Services, runner, project: int, force: bool) -> No
     if counts["open"] and not force:
         log.info("project %s: round %s still has %d open queries", project, current["round"], counts["open"])
         return
+    if force and not labeled_since_last_head(store, project):
+        log.info("project %s: nothing labeled since the last head: the training request ends here", project)
+        return
     sync_tasks(services, project)
     store.complete_round(project, current["round"])
     plan_round(services, runner, project, current["round"] + 1)
+
+
+def labeled_since_last_head(store, project: int) -> bool:
+    """Whether the stored labels differ from those the current head was trained on (a project
+    without a head: whether anything is labeled at all). Repeated training requests stop here."""
+    head, labels = store.current_head(project), store.labels(project)
+    return head["labels_digest"] != labels_digest(labels) if head else bool(labels)
 
 
 class RoundContext:
@@ -173,11 +145,14 @@ class RoundContext:
         self.cache = engine.records(self.files.records)
         self.config = engine.round_config(len(self.tasks))
         expansions = ExpansionCache(self.files.root / "expansions", engine.expander()) if s.expander != "none" else None
-        labeled = build_labeled_set(store.labels(project), self.files.load_image, expansions, s.region_pixel_cap)
+        rows = store.labels(project)
+        self.labels_digest = labels_digest(rows)  # recorded with the head trained on them
+        labeled = build_labeled_set(rows, self.files.load_image, expansions, s.region_pixel_cap)
         self.labeled = {self.index[t]: v for t, v in labeled.items() if t in self.index}
         self.pixels = {i: px for i, (px, _) in self.labeled.items()}  # image index -> labeled pixels
         # image index -> every pixel queried in an earlier round, answered or not: never asked again
         self.queried = {self.index[t]: px for t, px in store.queried_pixels(project).items() if t in self.index}
+        self.need_draws = needs_noise_draws(self.config.acquisition)
 
     def record(self, i: int):
         """The image's stage-1 record for its labeled and queried pixels (computed when missing)."""
@@ -188,7 +163,6 @@ class RoundContext:
         i = self.index[task]
         return self.cache.get(self.source.key(i), record_digest(self.pixels.get(i, ()), self.queried.get(i, ()))) \
             is not None
-        self.need_draws = needs_noise_draws(self.config.acquisition)
 
 
 def plan_round(services: Services, runner, project: int, round_index: int) -> None:
@@ -206,13 +180,13 @@ def plan_round(services: Services, runner, project: int, round_index: int) -> No
                                           services.progress.reporter(project, "training features "), ctx.queried)
         services.progress.update(project, "training head", message=f"{len(classes)} labeled pixels")
         head, report = train_head(feats, classes, len(services.schema(project).classes), engine.train_config())
-        version = f"head-{len(store.heads(project)) + 1}"
+        version = f"p{project}-head-{len(store.heads(project)) + 1}"
         path = ctx.files.head_path(version)
         tmp = path.with_suffix(".tmp")
         torch.save(head.checkpoint(), tmp)
         tmp.replace(path)
         engine.remember_head(project, version, head)
-        store.add_head(project, version, round_index, str(path), len(classes), report.as_dict())
+        store.add_head(project, version, round_index, str(path), len(classes), report.as_dict(), ctx.labels_digest)
         log.info("project %s: %s trained on %d pixels (%s)", project, version, len(classes), report.as_dict())
     missing = [t for t in ctx.tasks if not ctx.has_record(t)]
     size = services.settings.records_batch
@@ -265,25 +239,18 @@ def select_round(services: Services, runner, project: int, round_index: int, hea
 
 
 def push_round(services: Services, runner, project: int, round_index: int) -> None:
-    store, schema, client = services.store, services.schema(project), services.client(project)
-    version = round_version(round_index)
-    by_task = defaultdict(list)
-    for q in store.queries(project, round_index):
-        if q["prediction"] is None:
-            by_task[q["task"]].append(q)
-    for n, (task, qs) in enumerate(sorted(by_task.items())):
-        row = store.task(project, task)
-        regions = [keypoint_region(q["region"], q["pixel"], services.settings.resolution, schema, row["width"],
-                                   row["height"], q["suggested"]) for q in qs]
-        scores = [q["score"] for q in qs if q["score"] is not None]
-        prediction = client.find_prediction(task, version)  # pushed before a crash cut this job short?
-        if prediction is None:
-            prediction = client.create_prediction(task, regions, version, max(scores) if scores else None)
-        store.mark_pushed(project, round_index, task, prediction)
-        services.progress.update(project, f"pushing round {round_index}", n + 1, len(by_task))
-    client.show_round(project, version)
-    store.open_round(project, round_index)
-    prefetch_expansions(services, project, sorted({q["task"] for q in store.queries(project, round_index)}))
+    """Publish the round's queries in Label Studio's queue and open the round; after a round chosen
+    by a new head, queue the segmentation of every task by that head."""
+    store = services.store
+    publish_round(services, project, round_index)
+    round_row = store.round(project, round_index)
+    if round_row["status"] == "selected":
+        store.open_round(project, round_index)
+        if round_row["head_version"]:
+            runner.submit(project, "segment")
+        prefetch_expansions(services, project, sorted({q["task"] for q in store.queries(project, round_index)}))
+        log.info("project %s: round %d open in Label Studio as %s", project, round_index,
+                 queue_version(project, round_row))
     advance_when_answered(services, runner, project)
 
 

@@ -6,7 +6,9 @@ label-studio-sdk 2.x and are past their security support. The routes and payload
 Label Studio 1.23 sends (ml/api_connector.py) and the model class keeps label-studio-ml's shape.
 
 Routes: GET /health (and /), POST /setup, POST /predict, POST /webhook, POST /train (older Label
-Studio), GET|POST /versions, GET /metrics. Bad requests get a 4xx with a JSON message.
+Studio), GET|POST /versions, GET /metrics. Bodies are read and checked by ml_backend.payloads; bad
+requests get a 4xx with a JSON message, bodies over MAX_REQUEST_MB a 413. With BASIC_AUTH every
+route but /health needs the credentials.
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ import hmac
 import logging
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.exceptions import HTTPException
 
-from ml_backend.backend import ActiveLearningBackend, RequestError, project_id
+from ml_backend import payloads
+from ml_backend.backend import ActiveLearningBackend
 from ml_backend.config import Settings
 from ml_backend.jobs import InProcessRunner
 from ml_backend.label_config import LabelConfigError
 from ml_backend.label_studio import LabelStudioUnavailable
+from ml_backend.images import ImageUnavailable
 from ml_backend.loop import handle_job
+from ml_backend.payloads import RequestError
 from ml_backend.services import Services
 from model.backbones import CheckpointError
 
@@ -30,12 +35,16 @@ log = logging.getLogger(__name__)
 
 
 def _json_body() -> dict:
-    data = request.get_json(silent=True)
-    if data is None:
-        raise RequestError("the request body must be JSON (Content-Type: application/json)")
-    if not isinstance(data, dict):
-        raise RequestError("the request body must be a JSON object")
-    return data
+    return payloads.json_object(request.get_data(cache=True))
+
+
+def credentials_match(auth, user: str, password: str) -> bool:
+    """Basic-auth check on bytes (any characters), user and password compared together so that the
+    time taken does not tell which of them was wrong."""
+    if auth is None or auth.type != "basic":
+        return False
+    given = [(auth.username or "").encode(), (auth.password or "").encode()]
+    return hmac.compare_digest(given[0], user.encode()) & hmac.compare_digest(given[1], password.encode())
 
 
 def create_backend(settings: Settings) -> ActiveLearningBackend:
@@ -57,16 +66,13 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
     backend = backend or create_backend(settings)
     app = Flask("ml_backend")
     app.config["backend"] = backend
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 2 ** 20
 
     @app.before_request
     def basic_auth():
         if not settings.basic_auth_user or request.path in ("/health", "/"):
             return None
-        auth = request.authorization
-        ok = auth is not None and auth.type == "basic" and \
-            hmac.compare_digest(auth.username or "", settings.basic_auth_user) and \
-            hmac.compare_digest(auth.password or "", settings.basic_auth_pass)
-        if not ok:
+        if not credentials_match(request.authorization, settings.basic_auth_user, settings.basic_auth_pass):
             return Response('{"error": "authentication required"}', 401, {
                 "WWW-Authenticate": 'Basic realm="ml-backend"', "Content-Type": "application/json"})
         return None
@@ -76,6 +82,10 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
     def bad_request(exc):
         log.warning("%s %s: 400 %s", request.method, request.path, exc)
         return jsonify({"error": str(exc)}), 400
+
+    @app.errorhandler(ImageUnavailable)
+    def no_image(exc):
+        return jsonify({"error": str(exc)}), 422
 
     @app.errorhandler(CheckpointError)
     @app.errorhandler(LabelStudioUnavailable)
@@ -89,8 +99,9 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
 
     @app.errorhandler(Exception)
     def crash(exc):
+        # the message may quote another server's answer: it goes to the log, not to the caller
         log.exception("%s %s failed", request.method, request.path)
-        return jsonify({"error": f"internal error: {type(exc).__name__}: {exc}"}), 500
+        return jsonify({"error": f"internal error ({type(exc).__name__}); the backend's log has the details"}), 500
 
     @app.get("/")
     @app.get("/health")
@@ -103,7 +114,8 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
         if "project" not in data:
             raise RequestError("/setup needs 'project'")
         return jsonify(backend.setup(data["project"], data.get("schema") or data.get("label_config"),
-                                     data.get("hostname"), data.get("access_token")))
+                                     data.get("hostname"), data.get("access_token"),
+                                     authenticated=bool(settings.basic_auth_user)))
 
     @app.post("/predict")
     def predict():
@@ -135,16 +147,11 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
 
     @app.route("/versions", methods=["GET", "POST"])
     def versions():
-        data = request.get_json(silent=True) or {}
-        project = data.get("project") or request.args.get("project")
-        return jsonify({"versions": backend.versions(project_id(project) if project else None)})
+        project = payloads.versions_project(request.get_data(cache=True), request.args.get("project"))
+        return jsonify({"versions": backend.versions(project)})
 
     @app.get("/metrics")
     def metrics():
         return jsonify(backend.metrics())
-
-    @app.errorhandler(BadRequest)
-    def malformed(exc):
-        return jsonify({"error": f"malformed request: {exc.description}"}), 400
 
     return app

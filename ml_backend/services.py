@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
+from urllib.parse import urlparse
 
 from ml_backend.config import Settings
 from ml_backend.engine import Engine
 from ml_backend.label_config import LabelConfigError, LabelSchema
-from ml_backend.label_studio import LabelStudioClient
+from ml_backend.label_studio import DownloadLimits, LabelStudioClient, LabelStudioUnavailable
 from ml_backend.progress import Progress
 from ml_backend.store import Store
 from ml_backend.workspace import ProjectFiles
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -20,20 +24,43 @@ class Services:
     store: Store
     engine: Engine
     progress: Progress = field(default_factory=Progress)
+    downloads: DownloadLimits = field(default_factory=DownloadLimits)
     # Label Studio's own address and token from /setup, used when LABEL_STUDIO_API_KEY is not set.
     _setup_credentials: dict[int, tuple[str, str]] = field(default_factory=dict, repr=False)
+    refused_credentials: dict[int, str] = field(default_factory=dict)  # project -> why, for /health
     _clients: dict[tuple[str, str], LabelStudioClient] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
         settings.model_dir.mkdir(parents=True, exist_ok=True)
-        return cls(settings, Store(settings.model_dir / "state.sqlite3"), Engine(settings))
+        return cls(settings, Store(settings.model_dir / "state.sqlite3"), Engine(settings),
+                   downloads=DownloadLimits(settings.download_timeout, settings.max_downloads))
 
-    def remember_setup_credentials(self, project: int, hostname: str | None, token: str | None) -> None:
-        if hostname and token:
-            with self._lock:
-                self._setup_credentials[project] = (hostname.rstrip("/"), token)
+    def accept_setup_credentials(self, project: int, hostname: str | None, token: str | None,
+                                 authenticated: bool) -> None:
+        """Take Label Studio's address and token from /setup when no LABEL_STUDIO_API_KEY is set. The
+        first ones a project gets are kept; only an authenticated /setup (BASIC_AUTH) may change
+        them, so that an anonymous caller cannot re-point a project to another server. A refusal is
+        logged and kept for /health."""
+        if not (hostname and token) or self.settings.label_studio_api_key:
+            return
+        url = hostname.rstrip("/")
+        with self._lock:
+            known = self._setup_credentials.get(project)
+            if urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
+                reason = "the address /setup sent is not an http(s) URL"
+            elif known is None or known == (url, token) or authenticated:
+                self._setup_credentials[project] = (url, token)
+                self.refused_credentials.pop(project, None)
+                return
+            else:
+                reason = ("a /setup without authentication sent another Label Studio address or token than the "
+                          "ones this project already uses; they are kept. To change them, set BASIC_AUTH_USER and "
+                          "BASIC_AUTH_PASS (and the same in Label Studio's model settings), or set LABEL_STUDIO_URL "
+                          "and LABEL_STUDIO_API_KEY")
+            self.refused_credentials[project] = reason
+        log.warning("project %s: Label Studio credentials from /setup refused: %s", project, reason)
 
     def client(self, project: int) -> LabelStudioClient:
         s = self.settings
@@ -42,11 +69,12 @@ class Services:
         elif project in self._setup_credentials:
             url, key = self._setup_credentials[project]
         else:
-            raise RuntimeError("no Label Studio credentials: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY "
-                               "(or connect the backend from Label Studio, whose /setup call carries them)")
+            raise LabelStudioUnavailable(
+                "no Label Studio credentials: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or connect the "
+                "backend from Label Studio, whose /setup call carries them)")
         with self._lock:
             if (url, key) not in self._clients:
-                self._clients[(url, key)] = LabelStudioClient(url, key)
+                self._clients[(url, key)] = LabelStudioClient(url, key, downloads=self.downloads)
             return self._clients[(url, key)]
 
     def files(self, project: int) -> ProjectFiles:

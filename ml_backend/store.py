@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE TABLE IF NOT EXISTS annotations (
     project INTEGER NOT NULL, annotation INTEGER NOT NULL, task INTEGER NOT NULL,
     updated_at TEXT NOT NULL, received REAL NOT NULL, deleted INTEGER NOT NULL DEFAULT 0,
-    result TEXT NOT NULL, PRIMARY KEY (project, annotation));
+    result TEXT NOT NULL, holder INTEGER, pending TEXT NOT NULL DEFAULT '[]', cancelled INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (project, annotation));
 CREATE TABLE IF NOT EXISTS labels (
     project INTEGER NOT NULL, task INTEGER NOT NULL, annotation INTEGER NOT NULL, region TEXT NOT NULL,
     pixel INTEGER NOT NULL, class INTEGER NOT NULL, source TEXT NOT NULL, round INTEGER,
@@ -40,16 +41,28 @@ CREATE TABLE IF NOT EXISTS rounds (
     created REAL NOT NULL, pushed REAL, PRIMARY KEY (project, round));
 CREATE TABLE IF NOT EXISTS queries (
     project INTEGER NOT NULL, round INTEGER NOT NULL, task INTEGER NOT NULL, pixel INTEGER NOT NULL,
-    rank INTEGER NOT NULL, score REAL, suggested INTEGER, region TEXT NOT NULL, prediction INTEGER,
-    status TEXT NOT NULL DEFAULT 'open', PRIMARY KEY (project, round, task, pixel));
+    rank INTEGER NOT NULL, score REAL, suggested INTEGER, region TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open', holder INTEGER, PRIMARY KEY (project, round, task, pixel));
+CREATE TABLE IF NOT EXISTS query_tasks (
+    project INTEGER NOT NULL, holder INTEGER NOT NULL, round INTEGER NOT NULL, task INTEGER NOT NULL,
+    key TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (project, holder));
+CREATE TABLE IF NOT EXISTS segmentations (
+    project INTEGER NOT NULL, task INTEGER NOT NULL, version TEXT NOT NULL, prediction INTEGER,
+    PRIMARY KEY (project, task, version));
 CREATE TABLE IF NOT EXISTS heads (
     project INTEGER NOT NULL, version TEXT NOT NULL, round INTEGER NOT NULL, path TEXT NOT NULL,
     labeled INTEGER NOT NULL, report TEXT NOT NULL, created REAL NOT NULL, current INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (project, version));
+    labels_digest TEXT, PRIMARY KEY (project, version));
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, project INTEGER NOT NULL, kind TEXT NOT NULL, payload TEXT,
     status TEXT NOT NULL, error TEXT, created REAL NOT NULL, started REAL, finished REAL);
 """
+
+# Columns added after the first stores were written: the round a label answered, the labels a head saw,
+# the task an annotation was made on and its points left with the placeholder, the query task a query waits on.
+ADDED_COLUMNS = (("labels", "round", "INTEGER"), ("heads", "labels_digest", "TEXT"),
+                 ("annotations", "holder", "INTEGER"), ("annotations", "pending", "TEXT NOT NULL DEFAULT '[]'"),
+                 ("annotations", "cancelled", "INTEGER NOT NULL DEFAULT 0"), ("queries", "holder", "INTEGER"))
 
 
 @dataclass(frozen=True)
@@ -62,14 +75,17 @@ class Label:
 
 
 def parse_timestamp(value: str | None) -> str:
-    """Label Studio's ISO timestamps normalised to sortable UTC text (now, if absent or unreadable)."""
+    """Label Studio's ISO timestamps normalised to sortable UTC text; "" when absent, which sorts
+    before every timestamp (a version Label Studio did not date never replaces one it did)."""
+    if value is None or value == "":
+        return ""
     try:
         stamp = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         if stamp.tzinfo is None:
             stamp = stamp.replace(tzinfo=timezone.utc)
-    except ValueError:
-        stamp = datetime.now(timezone.utc)
-    return stamp.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return stamp.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    except OverflowError:  # a date near year 1 or 9999 that leaves the range once moved to UTC
+        raise ValueError(f"timestamp {value!r} is out of range") from None
 
 
 class Store:
@@ -82,9 +98,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
-        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(labels)")}
-        if "round" not in columns:  # a store written before labels recorded their round
-            self._db.execute("ALTER TABLE labels ADD COLUMN round INTEGER")
+        for table, column, kind in ADDED_COLUMNS:  # a store written before the column existed
+            if column not in {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -161,8 +177,12 @@ class Store:
 
     # annotations and labels -------------------------------------------------------------------
     def apply_annotation(self, project: int, annotation: int, task: int, updated_at: str, result: list,
-                         labels: list[Label]) -> str:
-        """Store an annotation version; returns 'applied', 'stale' or 'deleted' (tombstoned)."""
+                         labels: list[Label], *, holder: int | None = None, pending: Iterable[str] = (),
+                         cancelled: bool = False) -> str:
+        """Store an annotation version; returns 'applied', 'stale' or 'deleted' (tombstoned).
+        `task` is the image task the labels belong to; `holder` the Label Studio task the annotation
+        was made on (a query task, or the image task itself); `pending` the query regions submitted
+        still carrying the placeholder; `cancelled` a skip."""
         stamp = parse_timestamp(updated_at)
         with self.transaction() as db:
             old = db.execute("SELECT updated_at, deleted FROM annotations WHERE project=? AND annotation=?",
@@ -171,13 +191,16 @@ class Store:
                 return "deleted"
             if old is not None and old["updated_at"] > stamp:
                 return "stale"
-            db.execute("INSERT INTO annotations VALUES (?,?,?,?,?,0,?) ON CONFLICT(project, annotation) DO UPDATE "
-                       "SET task=excluded.task, updated_at=excluded.updated_at, received=excluded.received, "
-                       "result=excluded.result",
-                       (project, annotation, task, stamp, time.time(), json.dumps(result)))
+            db.execute("INSERT INTO annotations (project, annotation, task, updated_at, received, deleted, result, "
+                       "holder, pending, cancelled) VALUES (?,?,?,?,?,0,?,?,?,?) ON CONFLICT(project, annotation) "
+                       "DO UPDATE SET task=excluded.task, updated_at=excluded.updated_at, received=excluded.received, "
+                       "result=excluded.result, holder=excluded.holder, pending=excluded.pending, "
+                       "cancelled=excluded.cancelled",
+                       (project, annotation, task, stamp, time.time(), json.dumps(result),
+                        task if holder is None else holder, json.dumps(sorted(pending)), int(cancelled)))
             db.execute("DELETE FROM labels WHERE project=? AND annotation=?", (project, annotation))
             # the latest round annotators could see when this version arrived (None before round 0)
-            round_index = db.execute("SELECT MAX(round) FROM queries WHERE project=? AND prediction IS NOT NULL",
+            round_index = db.execute("SELECT MAX(round) FROM queries WHERE project=? AND holder IS NOT NULL",
                                      (project,)).fetchone()[0]
             db.executemany("INSERT OR REPLACE INTO labels (project, task, annotation, region, pixel, class, source, "
                            "round) VALUES (?,?,?,?,?,?,?,?)",
@@ -191,8 +214,8 @@ class Store:
             for annotation in annotations:
                 row = db.execute("SELECT task FROM annotations WHERE project=? AND annotation=?",
                                  (project, annotation)).fetchone()
-                db.execute("INSERT INTO annotations VALUES (?,?,?,?,?,1,'[]') ON CONFLICT(project, annotation) "
-                           "DO UPDATE SET deleted=1",
+                db.execute("INSERT INTO annotations (project, annotation, task, updated_at, received, deleted, result) "
+                           "VALUES (?,?,?,?,?,1,'[]') ON CONFLICT(project, annotation) DO UPDATE SET deleted=1",
                            (project, annotation, row["task"] if row else -1, parse_timestamp(None), time.time()))
                 db.execute("DELETE FROM labels WHERE project=? AND annotation=?", (project, annotation))
                 if row:
@@ -200,12 +223,14 @@ class Store:
 
     def labels(self, project: int) -> list[dict]:
         """Labeled pixels of every task not deleted (synced or not yet), oldest annotation first per
-        pixel, so that a consumer keeping the last value per pixel keeps the newest."""
+        pixel (by Label Studio's timestamp, then annotation id), so that a consumer keeping the last
+        value per pixel keeps the newest."""
         return self._all(
             "SELECT l.task, l.pixel, l.class, l.source, l.region, l.annotation, l.round FROM labels l "
             "JOIN annotations a ON a.project=l.project AND a.annotation=l.annotation "
             "LEFT JOIN tasks t ON t.project=l.project AND t.task=l.task "
-            "WHERE l.project=? AND COALESCE(t.deleted, 0)=0 AND a.deleted=0 ORDER BY l.task, l.pixel, a.updated_at",
+            "WHERE l.project=? AND COALESCE(t.deleted, 0)=0 AND a.deleted=0 "
+            "ORDER BY l.task, l.pixel, a.updated_at, a.annotation",
             (project,))
 
     def annotation_count(self, project: int) -> int:
@@ -229,10 +254,32 @@ class Store:
                 [(project, round_index, q["task"], q["pixel"], q["rank"], q.get("score"), q.get("suggested"),
                   q["region"]) for q in queries])
 
-    def mark_pushed(self, project: int, round_index: int, task: int, prediction: int) -> None:
+    def unplaced_queries(self, project: int, round_index: int) -> list[dict]:
+        """Open queries of the round that no annotator can meet: never put on a query task, or left
+        with the placeholder on one that has been submitted (whose holder is used up)."""
+        return self._all(
+            "SELECT q.* FROM queries q WHERE q.project=? AND q.round=? AND q.status='open' AND (q.holder IS NULL OR "
+            "EXISTS (SELECT 1 FROM annotations a WHERE a.project=q.project AND a.holder=q.holder AND a.deleted=0)) "
+            "ORDER BY q.rank", (project, round_index))
+
+    def add_query_task(self, project: int, holder: int, round_index: int, task: int, key: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE queries SET prediction=? WHERE project=? AND round=? AND task=?",
-                       (prediction, project, round_index, task))
+            db.execute("INSERT OR REPLACE INTO query_tasks (project, holder, round, task, key, created) "
+                       "VALUES (?,?,?,?,?,?)", (project, holder, round_index, task, key, time.time()))
+
+    def query_task(self, project: int, holder: int) -> dict | None:
+        """The query task `holder` (round, image task), or None for any other task."""
+        return self._one("SELECT * FROM query_tasks WHERE project=? AND holder=?", (project, holder))
+
+    def query_tasks(self, project: int) -> list[dict]:
+        return self._all("SELECT * FROM query_tasks WHERE project=? ORDER BY holder", (project,))
+
+    def place_queries(self, project: int, round_index: int, task: int, pixels: Iterable[int], holder: int) -> None:
+        """The queries now wait on query task `holder` (Label Studio created it with their points)."""
+        with self.transaction() as db:
+            db.executemany("UPDATE queries SET holder=? WHERE project=? AND round=? AND task=? AND pixel=?",
+                           [(holder, project, round_index, task, int(p)) for p in pixels])
+            self._refresh_queries(db, project, task)
 
     def open_round(self, project: int, round_index: int) -> None:
         with self.transaction() as db:
@@ -246,18 +293,26 @@ class Store:
         return self._all("SELECT * FROM queries WHERE project=? AND round=? ORDER BY rank", (project, round_index))
 
     def _refresh_queries(self, db: sqlite3.Connection, project: int, task: int) -> None:
-        """A query is answered once a live label sits on its pixel or carries its region id, dismissed
-        once the task has a live annotation sent after the round opened without one, else open."""
-        for q in db.execute("SELECT q.round, q.pixel, q.region, r.pushed FROM queries q JOIN rounds r "
+        """A query is answered once a live keypoint label of its image sits on its pixel or carries its
+        region id. Otherwise the latest live annotation of the query task holding it decides: a skip,
+        or a submission without the query's point, dismisses it; a submission with the point still
+        carrying the placeholder keeps it open (it goes onto a new query task). No annotation: open."""
+        for q in db.execute("SELECT q.round, q.pixel, q.region, q.holder FROM queries q JOIN rounds r "
                             "ON r.project=q.project AND r.round=q.round WHERE q.project=? AND q.task=? "
                             "AND r.status IN ('open', 'complete')", (project, task)).fetchall():
             hit = db.execute(
                 "SELECT 1 FROM labels l JOIN annotations a ON a.project=l.project AND a.annotation=l.annotation "
                 "WHERE l.project=? AND l.task=? AND a.deleted=0 AND l.source='keypoint' AND (l.pixel=? OR l.region=?) "
                 "LIMIT 1", (project, task, q["pixel"], q["region"])).fetchone()
-            later = db.execute("SELECT 1 FROM annotations WHERE project=? AND task=? AND deleted=0 AND received>=? "
-                               "LIMIT 1", (project, task, q["pushed"] or 0)).fetchone()
-            status = "answered" if hit else ("dismissed" if later else "open")
+            latest = None if q["holder"] is None else db.execute(
+                "SELECT pending, cancelled FROM annotations WHERE project=? AND holder=? AND deleted=0 "
+                "ORDER BY updated_at DESC, annotation DESC LIMIT 1", (project, q["holder"])).fetchone()
+            if hit:
+                status = "answered"
+            elif latest is None or (not latest["cancelled"] and q["region"] in json.loads(latest["pending"])):
+                status = "open"
+            else:
+                status = "dismissed"
             db.execute("UPDATE queries SET status=? WHERE project=? AND round=? AND task=? AND pixel=?",
                        (status, project, q["round"], task, q["pixel"]))
 
@@ -275,17 +330,32 @@ class Store:
         return {"open": counts.get("open", 0), "answered": counts.get("answered", 0),
                 "dismissed": counts.get("dismissed", 0)}
 
+    def round(self, project: int, round_index: int) -> dict | None:
+        return self._one("SELECT * FROM rounds WHERE project=? AND round=?", (project, round_index))
+
+    # segmentations ----------------------------------------------------------------------------
+    def segmentation_pushed(self, project: int, task: int, version: str) -> bool:
+        return self._one("SELECT 1 AS x FROM segmentations WHERE project=? AND task=? AND version=? AND prediction "
+                         "IS NOT NULL", (project, task, version)) is not None
+
+    def mark_segmentation(self, project: int, task: int, version: str, prediction: int) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO segmentations VALUES (?,?,?,?)", (project, task, version, prediction))
+
     def complete_round(self, project: int, round_index: int) -> None:
         with self.transaction() as db:
             db.execute("UPDATE rounds SET status='complete' WHERE project=? AND round=?", (project, round_index))
 
     # head versions ----------------------------------------------------------------------------
-    def add_head(self, project: int, version: str, round_index: int, path: str, labeled: int, report: dict) -> None:
-        """Register a trained head and make it the one that serves, in one transaction."""
+    def add_head(self, project: int, version: str, round_index: int, path: str, labeled: int, report: dict,
+                 labels_digest: str | None = None) -> None:
+        """Register a trained head and make it the one that serves, in one transaction; with the
+        digest of the labels it was trained on, so that a repeated training request can tell."""
         with self.transaction() as db:
             db.execute("UPDATE heads SET current=0 WHERE project=?", (project,))
-            db.execute("INSERT OR REPLACE INTO heads VALUES (?,?,?,?,?,?,?,1)",
-                       (project, version, round_index, path, labeled, json.dumps(report), time.time()))
+            db.execute("INSERT OR REPLACE INTO heads (project, version, round, path, labeled, report, created, "
+                       "current, labels_digest) VALUES (?,?,?,?,?,?,?,1,?)",
+                       (project, version, round_index, path, labeled, json.dumps(report), time.time(), labels_digest))
 
     def current_head(self, project: int) -> dict | None:
         return self._one("SELECT * FROM heads WHERE project=? AND current=1", (project,))
@@ -300,9 +370,11 @@ class Store:
                              (project, kind, json.dumps(payload) if payload is not None else None, time.time()))
             return int(cur.lastrowid)
 
-    def pending_job(self, project: int, kind: str) -> dict | None:
-        return self._one("SELECT * FROM jobs WHERE project=? AND kind=? AND status IN ('queued','running') "
-                         "ORDER BY id LIMIT 1", (project, kind))
+    def queued_job(self, project: int, kind: str) -> dict | None:
+        """The project's job of this kind that waits to start, if any (a running one does not count:
+        work submitted while it runs may need a run of its own)."""
+        return self._one("SELECT * FROM jobs WHERE project=? AND kind=? AND status='queued' ORDER BY id LIMIT 1",
+                         (project, kind))
 
     def start_job(self, job: int) -> None:
         with self.transaction() as db:

@@ -10,6 +10,7 @@ import sys
 import torch
 
 from model.backbones import BACKBONES, NOT_PRETRAINED_WARNING, get_backbone
+from model.expansion import SEGMENTATIONS
 from model.features import DTYPES, FeatureConfig
 from model.unet import GuidedDiffusionUNet, decoder_block_shapes
 
@@ -55,16 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=_ints, default=defaults.timesteps)
     p.set_defaults(run=lambda a: print(json.dumps(info(a), indent=2)))
 
-    p = sub.add_parser("expansion", help="purity and pixels per click of an expander on a labeled split")
-    p.add_argument("--data", required=True, help="dataset root, e.g. ../shared/datasets/camvid")
+    p = sub.add_parser("expansion", help="purity and pixels per click of expanders on a labeled split, side by side")
+    add_dataset_arguments(p)
     p.add_argument("--split", default="val")
     p.add_argument("--expander", default="superpixel", choices=["superpixel", "sam", "none"])
+    p.add_argument("--methods", nargs="+", default=list(SEGMENTATIONS), choices=list(SEGMENTATIONS),
+                   help="superpixel segmentations to compare (the first is drawn first)")
     p.add_argument("--sam-checkpoint", default=None)
     p.add_argument("--sam-model-type", default="vit_b")
     p.add_argument("--clicks", type=int, default=500)
     p.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.9])
     p.add_argument("--tau", type=float, default=None, help="threshold drawn in the PNG (default: the expander's)")
     p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--region-cap", type=int, default=256,
+                   help="training pixels a region gives at most (REGION_PIXEL_CAP)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/expansion")
     p.set_defaults(run=expansion)
@@ -75,12 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
+    from model.datasets import ADAPTERS
+    from model.preprocessing import PREPROCESSING
+
+    p.add_argument("--data", required=True, help="dataset root, e.g. ../shared/datasets/camvid")
+    p.add_argument("--dataset", default=None, choices=list(ADAPTERS),
+                   help="layout of --data (default: found from what the directory holds)")
+    p.add_argument("--preprocess", default=None, choices=list(PREPROCESSING),
+                   help="resize: squash to the square; center-crop: shorter side to the size, central square "
+                        "(default: the paper's choice for the dataset; see README, Datasets)")
+
+
 def add_simulate(sub) -> None:
     p = sub.add_parser("simulate", help="replay active learning with the ground truth as the annotator")
-    p.add_argument("--data", required=True, help="dataset root, e.g. ../shared/datasets/camvid")
-    p.add_argument("--dataset", default=None, help="adapter name (default: the directory's name)")
-    p.add_argument("--preprocess", default="resize", choices=["resize", "center-crop"],
-                   help="resize: squash to the square (the reference code, default); center-crop: the paper's text")
+    add_dataset_arguments(p)
     p.add_argument("--train-split", default="train")
     p.add_argument("--eval-split", default="val")
     p.add_argument("--backbone", default="imagenet256", choices=sorted(BACKBONES))
@@ -134,6 +148,8 @@ def simulate(args: argparse.Namespace) -> None:
     backbone = get_backbone(args.backbone)
     train_set = load_dataset(args.data, args.train_split, args.dataset, args.preprocess).head(args.max_train_images)
     eval_set = load_dataset(args.data, args.eval_split, args.dataset, args.preprocess).head(args.max_eval_images)
+    for dataset in (train_set, eval_set):
+        check_labels(dataset)
     unet = load_unet(backbone, args.checkpoint, device=device)
     if not backbone.pretrained:
         print(f"WARNING: {NOT_PRETRAINED_WARNING}", file=sys.stderr)
@@ -158,18 +174,33 @@ def simulate(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/metrics.csv, summary.md, curves.png, selections.png, predictions.png")
 
 
+def check_labels(dataset) -> None:
+    """Every label map read once before any feature is computed: a bad file stops the run here."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(dataset), desc=f"check {dataset.name} {dataset.split} labels", unit="image") as bar:
+        dataset.check(lambda done, total: bar.update(done - bar.n))
+    print(f"{dataset.name} {dataset.split}: {len(dataset)} images, {dataset.num_classes} classes, "
+          f"preprocessing {dataset.preprocess}", file=sys.stderr)
+
+
 def expansion(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from model.datasets import load_dataset
-    from model.expansion import build_expander
+    from model.expansion import SuperpixelExpander, build_expander
     from model.expansion_report import markdown, run_report
 
-    dataset = load_dataset(args.data, args.split)
-    expander = build_expander(args.expander, tau=args.tau, sam_checkpoint=args.sam_checkpoint,
-                              sam_model_type=args.sam_model_type)
-    rows = run_report(dataset, expander, args.clicks, args.taus, args.resolution, Path(args.out), args.seed)
-    print(markdown(rows))
+    dataset = load_dataset(args.data, args.split, args.dataset, args.preprocess)
+    if args.expander == "superpixel":  # every image's segmentation stays in memory for the clicks
+        expanders = [SuperpixelExpander(tau=0.5 if args.tau is None else args.tau, method=m, cache_size=len(dataset))
+                     for m in args.methods]
+    else:
+        expanders = [build_expander(args.expander, tau=args.tau, sam_checkpoint=args.sam_checkpoint,
+                                    sam_model_type=args.sam_model_type)]
+    reports = run_report(dataset, expanders, args.clicks, args.taus, args.resolution, Path(args.out), args.seed,
+                         args.region_cap)
+    print(markdown(reports))
     print(f"wrote {args.out}/expansion.md, expansion.json and expansion.png")
 
 

@@ -1,20 +1,32 @@
-"""Turning one clicked pixel into a labeled region (paper appendix C.6).
+"""Turning a click into a labeled region (paper appendix C.6).
 
-An expander takes an image, a clicked pixel and returns a boolean mask with a confidence; the
-region is used only when the confidence passes the expander's threshold tau, otherwise the click
-stays a single labeled pixel. Three expanders:
+An expander takes an image and a prompt and returns a boolean mask with a confidence; the region
+is used only when the confidence passes the expander's threshold tau, otherwise the click stays
+a single labeled pixel. The loop expands each answered query as one positive point, as the paper
+does. An annotator's interactive session gives a `Prompt`: every point placed on the object so
+far, positive or negative (Alt-click in Label Studio), in order, and optionally a box. Three
+expanders:
 
-- `sam`: Segment Anything with the click as one positive point, three mask proposals, the one
-  with the highest predicted IoU (the confidence). Image embeddings are cached by image content,
-  so further clicks on an image cost only the prompt decoder.
-- `superpixel`: the SLIC superpixel under the click; its confidence is the share of its pixels
-  whose colour lies close to the click's (CIELAB distance), which falls when a superpixel
-  straddles an object boundary. Needs no weights, so clicks expand out of the box.
+- `sam`: Segment Anything. One point: three mask proposals, the one with the highest predicted
+  IoU (the confidence). More points or a box: the session is replayed click by click as SAM was
+  trained for interaction, each step decoding all points so far with the previous step's
+  low-resolution mask logits as `mask_input`. A process remembers the steps it decoded, so a
+  session's next click costs one decoder pass there and a replay elsewhere, with the same answer:
+  it depends only on the prompt, never on which process saw the earlier clicks.
+- `superpixel`: the segment under the click (Felzenszwalb's graph segmentation by default, chosen
+  over SLIC and quickshift on CamVid: see the README), segmented at about 256 x 256 pixels whatever
+  the image's size, so that time and segment scale do not grow with it; its confidence is the
+  share of the segment's pixels whose CIELAB colour lies close to the click's, which falls when a
+  segment straddles an object boundary. Needs no weights. Several points: the union of the
+  positive points' regions less the negative points', inside the box.
 - `none`: the single pixel (the paper's base setting).
 
+The per-image work (SAM's image embedding, the segmentation) lives in an `EmbeddingCache`: in
+memory and, given a directory, on disk for every process.
+
 segment-anything's package `__init__` imports torchvision for its automatic mask generator and
-image transforms, and PyPI's torchvision cannot load beside a CPU-only torch build. The point-
-prompt path needs neither: when that import fails we load `segment_anything.build_sam` and
+image transforms, and PyPI's torchvision cannot load beside a CPU-only torch build. The prompt
+path needs neither: when that import fails we load `segment_anything.build_sam` and
 `segment_anything.modeling` on their own and apply SamPredictor's resize, normalisation and
 mask post-processing here.
 """
@@ -24,17 +36,20 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import logging
+import math
 import sys
-import threading
 import types
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
+
+from model.embedding_cache import DEFAULT_DISK_BYTES, EmbeddingCache, LRUCache, image_digest
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +59,17 @@ SAM_DOWNLOADS = {
     "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
 }
 
+# scikit-image segmentations, each tuned at WORKING_PIXELS to 230-290 segments per CamVid image.
+# slic takes the RGB image: it scales it to [0, 1] and converts to CIELAB itself, so compactness
+# weighs colour against distance as documented (handing it CIELAB with convert2lab=False had it
+# rescale the CIELAB values to [0, 1], where colour hardly counts and the segments were a grid).
+SEGMENTATIONS = {
+    "felzenszwalb": {"scale": 50, "sigma": 0.5, "min_size": 50},
+    "slic": {"n_segments": 300, "compactness": 10, "start_label": 0},
+    "quickshift": {"kernel_size": 3, "max_dist": 6, "ratio": 0.5},
+}
+WORKING_PIXELS = 256 * 256
+
 
 @dataclass
 class Expansion:
@@ -51,8 +77,41 @@ class Expansion:
     confidence: float
 
 
-def image_digest(image: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
+@dataclass(frozen=True)
+class Prompt:
+    """What an annotator gave for one object: points (row, col, positive) in the order placed and
+    optionally a box (left, top, right, bottom) in pixel coordinates of the image."""
+
+    points: tuple[tuple[int, int, bool], ...] = ()
+    box: tuple[float, float, float, float] | None = None
+
+    @classmethod
+    def click(cls, row: int, col: int) -> Prompt:
+        return cls(((row, col, True),))
+
+    @property
+    def positives(self) -> list[tuple[int, int]]:
+        return [(row, col) for row, col, positive in self.points if positive]
+
+    def check(self, height: int, width: int) -> None:
+        if not self.points and self.box is None:
+            raise ValueError("an empty prompt: give a point or a box")
+        for row, col, _ in self.points:
+            if not (0 <= row < height and 0 <= col < width):
+                raise ValueError(f"click ({row}, {col}) lies outside the {width}x{height} image")
+        if self.box is not None:
+            left, top, right, bottom = self.box
+            if not (0 <= left < right <= width and 0 <= top < bottom <= height):
+                raise ValueError(f"box {self.box} is empty or leaves the {width}x{height} image")
+
+    def box_mask(self, height: int, width: int) -> np.ndarray:
+        """Pixels whose centres lie inside the box (all pixels without one)."""
+        if self.box is None:
+            return np.ones((height, width), dtype=bool)
+        left, top, right, bottom = self.box
+        rows = (np.arange(height) + 0.5 >= top) & (np.arange(height) + 0.5 <= bottom)
+        cols = (np.arange(width) + 0.5 >= left) & (np.arange(width) + 0.5 <= right)
+        return rows[:, None] & cols[None, :]
 
 
 def subsample(pixels: np.ndarray, cap: int, salt: str) -> np.ndarray:
@@ -69,36 +128,6 @@ def pixels_beyond_click(region: np.ndarray, click: int, cap: int, salt: str) -> 
     return subsample(region[region != click], max(0, cap - 1), salt)
 
 
-class LRUCache:
-    """A small thread-safe LRU map with hit/miss counters."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key):
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return self._items[key]
-            self.misses += 1
-            return None
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def __contains__(self, key) -> bool:
-        with self._lock:
-            return key in self._items
-
-
 class Expander:
     name = "base"
 
@@ -106,19 +135,44 @@ class Expander:
         self.tau = tau
 
     def expand(self, image: np.ndarray, row: int, col: int) -> Expansion:
+        """The region of one positive point, before tau."""
         raise NotImplementedError
 
-    def region(self, image: np.ndarray, row: int, col: int) -> tuple[np.ndarray, float, bool]:
-        """(mask, confidence, expanded): the expansion when its confidence passes tau, else the pixel."""
-        h, w = image.shape[:2]
-        if not (0 <= row < h and 0 <= col < w):
-            raise ValueError(f"click ({row}, {col}) lies outside the {w}x{h} image")
-        e = self.expand(image, row, col)
-        if e.confidence > self.tau and e.mask[row, col]:
+    def accept(self, e: Expansion, prompt: Prompt, shape: tuple[int, int]) -> tuple[np.ndarray, float, bool]:
+        """(mask, confidence, expanded): the expansion when its confidence passes tau and it holds a
+        positive point (or, for a box alone, any pixel); else the positive points alone."""
+        inside = [e.mask[row, col] for row, col in prompt.positives]
+        if e.confidence > self.tau and (any(inside) if inside else e.mask.any()):
             return e.mask, e.confidence, True
-        single = np.zeros((h, w), dtype=bool)
-        single[row, col] = True
-        return single, e.confidence, False
+        clicks = np.zeros(shape, dtype=bool)
+        for row, col in prompt.positives:
+            clicks[row, col] = True
+        return clicks, e.confidence, False
+
+    def region(self, image: np.ndarray, row: int, col: int) -> tuple[np.ndarray, float, bool]:
+        """(mask, confidence, expanded) of one positive point: the loop's expansion of a query."""
+        prompt = Prompt.click(row, col)
+        prompt.check(*image.shape[:2])
+        return self.accept(self.expand(image, row, col), prompt, image.shape[:2])
+
+    def prompt_region(self, image: np.ndarray, prompt: Prompt) -> tuple[np.ndarray, float, bool]:
+        """(mask, confidence, expanded) of an interactive prompt. Point by point: the union of the
+        positive points' regions, less the negative points' regions (the positive pixels stay),
+        inside the box; the confidence is the positive regions' mean."""
+        h, w = image.shape[:2]
+        prompt.check(h, w)
+        mask, clicks = np.zeros((h, w), dtype=bool), np.zeros((h, w), dtype=bool)
+        confidences = []
+        for row, col in prompt.positives:
+            region, confidence, _ = self.region(image, row, col)
+            mask |= region
+            clicks[row, col] = True
+            confidences.append(confidence)
+        for row, col, positive in prompt.points:
+            if not positive:
+                mask &= ~self.region(image, row, col)[0]
+        mask = (mask | clicks) & prompt.box_mask(h, w)
+        return mask, float(np.mean(confidences)) if confidences else 0.0, bool((mask & ~clicks).any())
 
     def prefetch(self, image: np.ndarray) -> None:
         """Do the per-image work ahead of the first click (a no-op where there is none)."""
@@ -139,44 +193,63 @@ class SinglePixelExpander(Expander):
         return Expansion(mask, 1.0)
 
 
+def working_size(height: int, width: int) -> tuple[int, int]:
+    """The size an image is segmented at: about WORKING_PIXELS pixels, aspect kept, never enlarged."""
+    scale = min(1.0, math.sqrt(WORKING_PIXELS / (height * width)))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def superpixels(image: np.ndarray, method: str) -> np.ndarray:
+    """Segment ids of an RGB image by one of SEGMENTATIONS, at the image's own size."""
+    import skimage.segmentation
+
+    return getattr(skimage.segmentation, method)(image, **SEGMENTATIONS[method])
+
+
 class SuperpixelExpander(Expander):
     name = "superpixel"
 
-    def __init__(self, tau: float = 0.5, segments: int = 300, compactness: float = 10.0,
-                 color_tolerance: float = 8.0, cache_size: int = 64):
+    def __init__(self, tau: float = 0.5, method: str = "felzenszwalb", color_tolerance: float = 8.0,
+                 cache_size: int = 64, cache_dir: str | Path | None = None, cache_bytes: int = DEFAULT_DISK_BYTES):
+        if method not in SEGMENTATIONS:
+            raise ValueError(f"unknown superpixel method {method!r}; choose {', '.join(SEGMENTATIONS)}")
         super().__init__(tau)
-        self.segments = segments  # per image, whatever its size: regions scale with the scene
-        self.compactness = compactness
+        self.method = method
         self.color_tolerance = color_tolerance
-        self.cache = LRUCache(cache_size)
+        settings = json.dumps([SEGMENTATIONS[method], WORKING_PIXELS])
+        namespace = f"superpixel-{method}-{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
+        self.cache = EmbeddingCache(cache_size, Path(cache_dir) / namespace if cache_dir else None, cache_bytes)
 
-    def _segments(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _segment(self, image: np.ndarray) -> dict[str, np.ndarray]:
         from skimage.color import rgb2lab
-        from skimage.segmentation import slic
 
-        key = image_digest(image)
-        cached = self.cache.get(key)
-        if cached is None:
-            lab = rgb2lab(image)
-            seg = slic(lab, n_segments=self.segments, compactness=self.compactness, start_label=0, convert2lab=False,
-                       enforce_connectivity=True)
-            cached = (seg, lab.astype(np.float32))
-            self.cache.put(key, cached)
-        return cached
+        size = working_size(*image.shape[:2])
+        small = image if size == image.shape[:2] else np.asarray(
+            Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
+        return {"segments": superpixels(small, self.method).astype(np.int32), "lab": rgb2lab(small)}
+
+    def segments(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(segment ids, CIELAB) at the working size."""
+        arrays = self.cache.fetch(image, self._segment)
+        return arrays["segments"], arrays["lab"]
 
     def prefetch(self, image: np.ndarray) -> None:
-        self._segments(image)
+        self.segments(image)
 
     def expand(self, image: np.ndarray, row: int, col: int) -> Expansion:
-        seg, lab = self._segments(image)
-        mask = seg == seg[row, col]
-        distance = np.linalg.norm(lab[mask] - lab[row, col], axis=1)
+        segments, lab = self.segments(image)
+        h, w = image.shape[:2]
+        sh, sw = segments.shape
+        r, c = row * sh // h, col * sw // w
+        pieces, _ = ndimage.label(segments == segments[r, c])
+        small = pieces == pieces[r, c]  # the connected piece of the segment that holds the click
+        distance = np.linalg.norm(lab[small].astype(np.float32) - lab[r, c].astype(np.float32), axis=1)
+        mask = small[(np.arange(h) * sh // h)[:, None], (np.arange(w) * sw // w)[None, :]]
         return Expansion(mask, float((distance <= self.color_tolerance).mean()))
 
     def describe(self) -> dict:
-        return {**super().describe(), "segments": self.segments,
-                "color_tolerance": self.color_tolerance, "cache_hits": self.cache.hits,
-                "cache_misses": self.cache.misses}
+        return {**super().describe(), "method": self.method, "color_tolerance": self.color_tolerance,
+                "cache": self.cache.describe()}
 
 
 def import_segment_anything() -> types.ModuleType:
@@ -197,21 +270,26 @@ def import_segment_anything() -> types.ModuleType:
 
 
 class SamExpander(Expander):
-    """Segment Anything on one positive point, the reference point-prompt pipeline of SamPredictor."""
+    """Segment Anything on point and box prompts, the reference pipeline of SamPredictor."""
 
     name = "sam"
 
-    def __init__(self, sam: torch.nn.Module, tau: float = 0.85, cache_size: int = 16, model_type: str = "custom"):
+    def __init__(self, sam: torch.nn.Module, tau: float = 0.85, model_type: str = "custom", cache_size: int = 16,
+                 cache_dir: str | Path | None = None, cache_bytes: int = DEFAULT_DISK_BYTES):
         super().__init__(tau)
         self.sam = sam.eval()
         self.model_type = model_type
         self.device = next(sam.parameters()).device
-        self.cache = LRUCache(cache_size)
-        self._lock = threading.Lock()
+        # two checkpoints of one model type never share embeddings
+        weights = sam.image_encoder.patch_embed.proj.weight.detach().cpu().numpy().tobytes()
+        namespace = f"sam-{model_type}-{hashlib.sha1(weights).hexdigest()[:12]}"
+        self.cache = EmbeddingCache(cache_size, Path(cache_dir) / namespace if cache_dir else None, cache_bytes)
+        self.steps = LRUCache(64)  # (image, points so far, box) -> that step's low-resolution logits
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | None, model_type: str = "vit_b", tau: float = 0.85,
-                        device: str = "cpu", cache_size: int = 16) -> SamExpander:
+                        device: str = "cpu", cache_dir: str | Path | None = None,
+                        cache_bytes: int = DEFAULT_DISK_BYTES) -> SamExpander:
         if model_type not in SAM_DOWNLOADS:
             raise ValueError(f"SAM_MODEL_TYPE={model_type!r}; choose one of {', '.join(SAM_DOWNLOADS)}")
         where = f"Download it from {SAM_DOWNLOADS[model_type]} and set SAM_CHECKPOINT to its path."
@@ -230,56 +308,88 @@ class SamExpander(Expander):
             raise ValueError(f"SAM checkpoint {checkpoint} does not match SAM_MODEL_TYPE={model_type} (keys or shapes "
                              f"differ; is it another model size?). {where}")
         sam.load_state_dict(state, assign=True)
-        return cls(sam.float().to(device), tau=tau, cache_size=cache_size, model_type=model_type)
+        return cls(sam.float().to(device), tau=tau, model_type=model_type, cache_dir=cache_dir,
+                   cache_bytes=cache_bytes)
 
     def _input_size(self, h: int, w: int) -> tuple[int, int]:
         scale = self.sam.image_encoder.img_size / max(h, w)
         return int(h * scale + 0.5), int(w * scale + 0.5)
 
     @torch.no_grad()
+    def _encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        nh, nw = self._input_size(*image.shape[:2])
+        resized = np.array(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None].float()
+        return {"embedding": self.sam.image_encoder(self.sam.preprocess(x)).cpu().numpy()}
+
     def embedding(self, image: np.ndarray) -> torch.Tensor:
-        key = image_digest(image)
-        features = self.cache.get(key)
-        if features is None:
-            h, w = image.shape[:2]
-            nh, nw = self._input_size(h, w)
-            resized = np.array(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
-            x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None].float()
-            with self._lock:
-                features = self.sam.image_encoder(self.sam.preprocess(x))
-            self.cache.put(key, features)
-        return features
+        stored = self.cache.fetch(image, self._encode)["embedding"]
+        return torch.from_numpy(stored).to(self.device, torch.float32)
 
     def prefetch(self, image: np.ndarray) -> None:
         self.embedding(image)
 
     @torch.no_grad()
-    def expand(self, image: np.ndarray, row: int, col: int) -> Expansion:
-        h, w = image.shape[:2]
-        features = self.embedding(image)
+    def _decode(self, features: torch.Tensor, size: tuple[int, int], points: tuple, box: tuple | None,
+                previous: torch.Tensor | None) -> tuple[Expansion, torch.Tensor]:
+        """One decoder pass: the mask, its predicted IoU and its low-resolution logits. A single point
+        is ambiguous (part or whole?): SAM's three proposals, the best kept; otherwise one mask."""
+        h, w = size
         nh, nw = self._input_size(h, w)
-        point = torch.tensor([[[(col + 0.5) * nw / w, (row + 0.5) * nh / h]]], dtype=torch.float, device=self.device)
-        label = torch.ones(1, 1, dtype=torch.int, device=self.device)
-        sparse, dense = self.sam.prompt_encoder(points=(point, label), boxes=None, masks=None)
+        sx, sy = nw / w, nh / h
+        sparse_points = None
+        if points:
+            coords = torch.tensor([[[(col + 0.5) * sx, (row + 0.5) * sy] for row, col, _ in points]],
+                                  dtype=torch.float, device=self.device)
+            labels = torch.tensor([[int(positive) for _, _, positive in points]], dtype=torch.int, device=self.device)
+            sparse_points = (coords, labels)
+        boxes = None if box is None else torch.tensor(
+            [[box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]], dtype=torch.float, device=self.device)
+        sparse, dense = self.sam.prompt_encoder(points=sparse_points, boxes=boxes, masks=previous)
         low_res, iou = self.sam.mask_decoder(image_embeddings=features, image_pe=self.sam.prompt_encoder.get_dense_pe(),
                                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                             multimask_output=True)
-        masks = self.sam.postprocess_masks(low_res, (nh, nw), (h, w)) > self.sam.mask_threshold
+                                             multimask_output=len(points) == 1 and box is None)
         best = int(iou[0].argmax())
-        return Expansion(masks[0, best].cpu().numpy(), float(iou[0, best]))
+        logits = low_res[:, best:best + 1]
+        mask = self.sam.postprocess_masks(logits, (nh, nw), (h, w))[0, 0] > self.sam.mask_threshold
+        return Expansion(mask.cpu().numpy(), float(iou[0, best])), logits
+
+    def expand_prompt(self, image: np.ndarray, prompt: Prompt) -> Expansion:
+        """The session replayed: step k decodes points 1..k (and the box) with step k-1's logits. The
+        steps this process decoded before are remembered, so a session's next click costs one pass."""
+        size = image.shape[:2]
+        prompt.check(*size)
+        features = self.embedding(image)
+        digest = image_digest(image)
+        start, logits = 0, None
+        for k in range(len(prompt.points) - 1, 0, -1):  # the longest part of the session decoded before
+            logits = self.steps.get((digest, prompt.points[:k], prompt.box))
+            if logits is not None:
+                start = k
+                break
+        for k in range(start + 1, len(prompt.points) + 1) if prompt.points else [0]:  # [0]: the box alone
+            e, logits = self._decode(features, size, prompt.points[:k], prompt.box, logits)
+            self.steps.put((digest, prompt.points[:k], prompt.box), logits)
+        return e
+
+    def expand(self, image: np.ndarray, row: int, col: int) -> Expansion:
+        return self.expand_prompt(image, Prompt.click(row, col))
+
+    def prompt_region(self, image: np.ndarray, prompt: Prompt) -> tuple[np.ndarray, float, bool]:
+        return self.accept(self.expand_prompt(image, prompt), prompt, image.shape[:2])
 
     def describe(self) -> dict:
-        return {**super().describe(), "model_type": self.model_type, "cache_hits": self.cache.hits,
-                "cache_misses": self.cache.misses}
+        return {**super().describe(), "model_type": self.model_type, "cache": self.cache.describe()}
 
 
 def build_expander(name: str, *, tau: float | None = None, sam_checkpoint: str | Path | None = None,
-                   sam_model_type: str = "vit_b", device: str = "cpu") -> Expander:
+                   sam_model_type: str = "vit_b", device: str = "cpu", cache_dir: str | Path | None = None,
+                   cache_bytes: int = DEFAULT_DISK_BYTES) -> Expander:
     if name == "none":
         return SinglePixelExpander()
     if name == "superpixel":
-        return SuperpixelExpander(tau=0.5 if tau is None else tau)
+        return SuperpixelExpander(tau=0.5 if tau is None else tau, cache_dir=cache_dir, cache_bytes=cache_bytes)
     if name == "sam":
         return SamExpander.from_checkpoint(sam_checkpoint, sam_model_type, tau=0.85 if tau is None else tau,
-                                           device=device)
+                                           device=device, cache_dir=cache_dir, cache_bytes=cache_bytes)
     raise ValueError(f"unknown expander {name!r}; choose sam, superpixel or none")

@@ -59,7 +59,9 @@ def test_dockerfile_downloads_the_official_checkpoints_and_starts_gunicorn():
         assert url in text
     assert re.search(r"^EXPOSE 9090$", text, re.M)
     cmd = re.search(r"^CMD (\[.*\])$", text, re.M).group(1)
-    assert "ml_backend.wsgi:app" in cmd and "--workers 1" in cmd
+    assert "ml_backend.wsgi:app" in cmd and "--workers 1" in cmd and "--bind ${HOST}:${PORT}" in cmd
+    # the backend listens on loopback by default; the image opens it to the container's network
+    assert Settings().host == "127.0.0.1" and re.search(r"^\s+HOST=0\.0\.0\.0 \\$", text, re.M)
     env = dict(re.findall(r"(\w+)=(\S+)", text[text.index("ENV BACKBONE"):]))
     assert env["BACKBONE"] == "imagenet256" and env["DIFFUSION_CHECKPOINT"].endswith(
         BACKBONES["imagenet256"].checkpoint_file)

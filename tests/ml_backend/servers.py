@@ -64,6 +64,8 @@ class LabelStudio:
     token: str
     process: subprocess.Popen
     log: Path
+    email: str = "admin@example.com"
+    password: str = ""
 
     @property
     def headers(self) -> dict:
@@ -79,10 +81,10 @@ class LabelStudio:
 @contextmanager
 def label_studio_server(data_dir: Path):
     exe = ensure_label_studio()
-    port, token = free_port(), secrets.token_hex(20)
+    port, token, password = free_port(), secrets.token_hex(20), secrets.token_hex(8)
     log = data_dir / "label-studio.log"
     env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "LABEL_STUDIO_USERNAME": "admin@example.com",
-           "LABEL_STUDIO_PASSWORD": secrets.token_hex(8), "LABEL_STUDIO_USER_TOKEN": token,
+           "LABEL_STUDIO_PASSWORD": password, "LABEL_STUDIO_USER_TOKEN": token,
            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "ML_BLOCK_LOCAL_IP": "false",
            "SSRF_PROTECTION_ENABLED": "false", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
     env.pop("LABEL_STUDIO_API_KEY", None)
@@ -91,7 +93,7 @@ def label_studio_server(data_dir: Path):
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         wait_for(f"http://127.0.0.1:{port}/health", proc, log, 600, "Label Studio")
-        yield LabelStudio(f"http://127.0.0.1:{port}", token, proc, log)
+        yield LabelStudio(f"http://127.0.0.1:{port}", token, proc, log, password=password)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
@@ -134,3 +136,84 @@ def wait_until(condition, timeout: float, what: str, interval: float = 1.0):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class ImageHost:
+    """A plain HTTP server on a loopback port in a thread of the test, standing in for the hosts task
+    images live on: `routes` maps a path to a function that answers the request (a handler of
+    http.server), so a test can serve an image, a 404, a redirect loop or a body that drips. Every
+    request is recorded as (path, headers)."""
+
+    def __init__(self, routes: dict):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                host.requests.append((self.path, dict(self.headers)))
+                answer = routes.get(self.path)
+                if answer is None:
+                    self.send_error(404)
+                    return
+                try:
+                    answer(self)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up: expected in these tests
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.requests: list[tuple[str, dict]] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ImageHost:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def send_bytes(data: bytes, status: int = 200, content_type: str = "image/png"):
+    def answer(request):
+        request.send_response(status)
+        request.send_header("Content-Type", content_type)
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data)
+    return answer
+
+
+def redirect_to(location: str):
+    def answer(request):
+        request.send_response(302)
+        request.send_header("Location", location)
+        request.send_header("Content-Length", "0")
+        request.end_headers()
+    return answer
+
+
+def drip(interval: float, headers_too: bool = False):
+    """A body (or, with headers_too, the headers themselves) sent one byte every `interval` seconds,
+    forever: each read returns in time, the download never ends."""
+    def answer(request):
+        if headers_too:
+            request.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            while True:
+                request.wfile.write(b"X-Slow: 1\r\n")
+                request.wfile.flush()
+                time.sleep(interval)
+        request.send_response(200)
+        request.send_header("Content-Length", str(10 ** 6))
+        request.end_headers()
+        while True:
+            request.wfile.write(b"x")
+            request.wfile.flush()
+            time.sleep(interval)
+    return answer

@@ -4,12 +4,13 @@ from ml_backend.config import Settings, SettingsError
 
 
 def test_defaults_and_checkpoint_location(monkeypatch, tmp_path):
-    for name in ("BACKBONE", "DIFFUSION_CHECKPOINT", "LABEL_STUDIO_API_KEY", "REDIS_URL"):
+    for name in ("BACKBONE", "DIFFUSION_CHECKPOINT", "LABEL_STUDIO_API_KEY", "REDIS_URL", "HOST"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MODEL_DIR", str(tmp_path))
     s = Settings.from_env()
     assert s.backbone == "imagenet256" and s.budget_factor == 0.1 and s.local_k == 50 and s.keep_global == 0.5
-    assert s.acquisition == "edald" and s.expander == "superpixel" and s.port == 9090
+    assert s.acquisition == "edald" and s.expander == "superpixel" and s.port == 9090 and s.host == "127.0.0.1"
+    assert (s.download_timeout, s.max_downloads, s.max_request_mb) == (60.0, 4, 16)
     assert s.diffusion_checkpoint == tmp_path / "checkpoints" / "256x256_diffusion_uncond.pt"
     assert s.public()["queue"] == "in-process" and "label_studio_api_key" not in s.public()
 
@@ -19,7 +20,8 @@ def test_defaults_and_checkpoint_location(monkeypatch, tmp_path):
     ("RESOLUTION", "100", "multiple of 32"), ("KEEP_GLOBAL", "1.5", "KEEP_GLOBAL"), ("AUTO_ADVANCE", "maybe", "boolean"),
     ("EXPANDER", "magic", "EXPANDER"), ("SAM_MODEL_TYPE", "vit_x", "SAM_MODEL_TYPE"), ("COVERAGE", "kmeans", "COVERAGE"),
     ("BASIC_AUTH_USER", "only-user", "BASIC_AUTH"), ("LOCAL_SKETCH_DIM", "-1", "LOCAL_SKETCH_DIM"),
-    ("BUDGET", "-2", "BUDGET"), ("BUDGET", "3.5", "int"), ("FEATURE_DTYPE", "int8", "FEATURE_DTYPE"),
+    ("BUDGET", "-2", "BUDGET"), ("BUDGET", "3.5", "int"), ("DOWNLOAD_TIMEOUT", "0", "DOWNLOAD_TIMEOUT"),
+    ("MAX_DOWNLOADS", "0", "MAX_DOWNLOADS"), ("MAX_REQUEST_MB", "lots", "int"), ("FEATURE_DTYPE", "int8", "FEATURE_DTYPE"),
 ])
 def test_bad_values_are_named(monkeypatch, name, value, fragment):
     monkeypatch.setenv(name, value)

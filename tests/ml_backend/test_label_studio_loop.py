@@ -3,8 +3,10 @@ round 1, segmentation and interactive clicks. The backend runs the tiny backbone
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
-import pytest
 import requests
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter.brush import decode_rle
@@ -13,16 +15,10 @@ from PIL import Image
 from ml_backend.label_config import SHIPPED_CONFIG
 from ml_backend.label_studio import QUERY_VIEW_TITLE, LabelStudioClient
 from model.datasets import CAMVID_CLASSES
-from tests.ml_backend.servers import label_studio_server, start_backend, stop, wait_until
+from tests.ml_backend.servers import ImageHost, drip, redirect_to, send_bytes, start_backend, stop, wait_until
 
 N_IMAGES, BUDGET_FACTOR = 8, 0.5
 B = round(N_IMAGES * BUDGET_FACTOR)
-
-
-@pytest.fixture(scope="module")
-def ls(tmp_path_factory):
-    with label_studio_server(tmp_path_factory.mktemp("label-studio")) as server:
-        yield server
 
 
 def import_camvid(ls, project: int, root, count: int) -> dict[int, str]:
@@ -38,94 +34,206 @@ def predictions(ls, project: int, version: str) -> list[dict]:
     return [p for p in ls.api("GET", f"/api/predictions/?project={project}").json() if p["model_version"] == version]
 
 
+def query_predictions(ls, project: int, version: str) -> list[dict]:
+    """The predictions of `version` that hold query points (the others are segmentations)."""
+    return [p for p in predictions(ls, project, version) if keypoints([p])]
+
+
 def keypoints(preds: list[dict]) -> list[tuple[int, float, float]]:
     return [(p["task"], r["value"]["x"], r["value"]["y"]) for p in preds for r in p["result"]
             if r["type"] == "keypointlabels"]
 
 
-def answer_with_ground_truth(client: LabelStudio, preds: list[dict], names: dict[int, str], root) -> int:
-    """Annotate like a careful annotator: the true class at each keypoint; void points are removed."""
+def image_of(ls, task: int) -> int:
+    """The image task a query task asks about."""
+    return int(ls.api("GET", f"/api/tasks/{task}").json()["data"]["query_for_task"])
+
+
+def true_class(root, name: str, value: dict) -> int:
+    truth = np.asarray(Image.open(root / "valannot" / name))
+    h, w = truth.shape
+    return int(truth[min(h - 1, int(value["y"] / 100 * h)), min(w - 1, int(value["x"] / 100 * w))])
+
+
+def answered_result(regions: list[dict], name: str, root, keep_placeholder: set[str] = frozenset()) -> list[dict]:
+    """What a careful annotator submits: the true class on each point, void points deleted; points in
+    `keep_placeholder` left untouched."""
+    result = []
+    for r in regions:
+        if r["id"] in keep_placeholder:
+            result.append(r)
+            continue
+        cls = true_class(root, name, r["value"])
+        if cls != 11:
+            result.append({**r, "value": {**r["value"], "keypointlabels": [CAMVID_CLASSES[cls]]}})
+    return result
+
+
+def answer_with_ground_truth(client: LabelStudio, ls, preds: list[dict], names: dict[int, str], root) -> int:
+    """Answer each query task of `preds` (predictions on query tasks) from the ground truth."""
     answered = 0
     for p in preds:
-        truth = np.asarray(Image.open(root / "valannot" / names[p["task"]]))
-        h, w = truth.shape
-        result = []
-        for r in p["result"]:
-            v = r["value"]
-            cls = int(truth[min(h - 1, int(v["y"] / 100 * h)), min(w - 1, int(v["x"] / 100 * w))])
-            if cls == 11:
-                continue
-            result.append({**r, "value": {**v, "keypointlabels": [CAMVID_CLASSES[cls]]}})
-            answered += 1
+        result = answered_result(p["result"], names[image_of(ls, p["task"])], root)
         client.annotations.create(id=p["task"], result=result)
+        answered += len(result)
     return answered
 
 
-def test_active_learning_loop_with_real_label_studio(ls, camvid_root, tmp_path):
+def model_version(ls, project: int) -> str:
+    return ls.api("GET", f"/api/projects/{project}").json()["model_version"]
+
+
+def next_task(ls, project: int) -> dict | None:
+    """What "Label All Tasks" shows the annotator next (None: the queue is empty)."""
+    r = requests.get(f"{ls.url}/api/projects/{project}/next", headers=ls.headers, timeout=60)
+    if r.status_code == 404:
+        return None
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def open_queries(backend, project: int) -> int:
+    status = requests.get(backend.url + "/metrics", timeout=10).json()["projects"][str(project)]
+    return (status["queries"] or {}).get("open", 0) if status["round_status"] == "open" else 0
+
+
+def work_the_queue(ls, backend, project: int, names: dict[int, str], root,
+                   keep_placeholder_once: bool = False) -> list[dict]:
+    """An annotator pressing "Label All Tasks" until the round has no open query, answering every task
+    served. A point submitted with the placeholder comes back on a new task a moment later, so an
+    empty queue while queries are open means: press again shortly. With `keep_placeholder_once`,
+    the first point of the first task is submitted untouched."""
+    served = []
+    while True:
+        task = next_task(ls, project)
+        if task is None:
+            if not open_queries(backend, project):
+                return served
+            task = wait_until(lambda: next_task(ls, project), 60, "the open query to come back on a new task")
+        assert len(served) < 50, "the queue does not empty"
+        (prediction,) = task["predictions"]  # exactly the round's query prediction is shown
+        keep = {prediction["result"][0]["id"]} if keep_placeholder_once and not served else set()
+        result = answered_result(prediction["result"], names[int(task["data"]["query_for_task"])], root, keep)
+        ls.api("POST", f"/api/tasks/{task['id']}/annotations/", json={"result": result})
+        served.append({**task, "kept": keep, "submitted": result})
+
+
+def test_label_all_tasks_serves_exactly_the_open_queries_round_after_round(ls, camvid_root, tmp_path):
+    """An annotator who only ever presses "Label All Tasks" meets every query of each round, most
+    informative first, including an image annotated in the round before; a point left with the
+    placeholder comes back on a new task; deleted points never come back."""
+    n_images, budget = 4, 6
     backend = start_backend(tmp_path / "model", {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token,
-                                                 "BUDGET_FACTOR": str(BUDGET_FACTOR)})
+                                                 "BUDGET": str(budget), "EXPANDER": "none"})
     try:
         config = SHIPPED_CONFIG.read_text()
-        project = ls.api("POST", "/api/projects", json={"title": "eDALD loop", "label_config": config}).json()["id"]
-        names = import_camvid(ls, project, camvid_root, N_IMAGES)
-        ml = ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "two-stage eDALD",
-                                              "is_interactive": True}).json()
-
-        round0 = wait_until(lambda: (p := predictions(ls, project, "round-0")) and len(keypoints(p)) == B and p,
-                            300, "round-0 queries in Label Studio")
-        points0 = keypoints(round0)
-        assert len(set(points0)) == B and all(0 < x < 100 and 0 < y < 100 for _, x, y in points0)
-        # the round is shown (model version, saved view) right after its predictions are pushed
-        wait_until(lambda: ls.api("GET", f"/api/projects/{project}").json()["model_version"] == "round-0",
-                   60, "project model version round-0")
-        wait_until(lambda: any(v["data"].get("title") == QUERY_VIEW_TITLE
+        project = ls.api("POST", "/api/projects", json={"title": "queue", "label_config": config}).json()["id"]
+        names = import_camvid(ls, project, camvid_root, n_images)
+        ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "two-stage eDALD"})
+        settings = ls.api("GET", f"/api/projects/{project}").json()
+        round0 = f"p{project}-round-0"
+        wait_until(lambda: model_version(ls, project) == round0, 300, "round 0 in Label Studio's queue")
+        settings = ls.api("GET", f"/api/projects/{project}").json()
+        assert settings["sampling"] == "Uncertainty sampling" and settings["show_collab_predictions"]
+        assert settings["show_instruction"] and "Label me" in settings["expert_instruction"]
+        assert not settings["start_training_on_annotation_update"]
+        wait_until(lambda: any(v["data"].get("title") == QUERY_VIEW_TITLE and round0 in json.dumps(v["data"]["filters"])
                                for v in ls.api("GET", f"/api/dm/views/?project={project}").json()),
-                   60, "the saved view of open queries")
+                   60, "the saved view of the round's open query tasks")
 
-        client = LabelStudio(base_url=ls.url, api_key=ls.token)
-        answered = answer_with_ground_truth(client, round0, names, camvid_root)
-
-        round1 = wait_until(lambda: (p := predictions(ls, project, "round-1")) and len(keypoints(p)) == B and p,
-                            300, "round-1 queries after retraining")
-        points1 = keypoints(round1)
-        assert len(set(points1)) == B and not set(points1) & set(points0)  # new pixels
-        assert all(r["value"]["keypointlabels"] for p in round1 for r in p["result"])  # the head suggests classes
-        assert "head-1" in requests.get(backend.url + "/versions", timeout=10).json()["versions"]
+        asked0 = query_predictions(ls, project, round0)
+        assert len(keypoints(asked0)) == budget
+        served0 = work_the_queue(ls, backend, project, names, camvid_root, keep_placeholder_once=True)
+        kept = served0[0]["kept"]
+        first_pass = [t for t in served0 if t["id"] in {p["task"] for p in asked0}]
+        # every query task of the round, lowest score (most informative) first, and nothing else
+        assert sorted(t["id"] for t in first_pass) == sorted(p["task"] for p in asked0)
+        scores = [t["predictions"][0]["score"] for t in first_pass]
+        assert scores == sorted(scores) and 0 <= scores[0] < 1 and len(set(scores)) == len(scores)
+        print("round 0 query tasks and scores:", [(t["id"], t["data"]["query_for_task"], s) for t, s in zip(first_pass, scores)])
+        assert all(r["value"]["keypointlabels"] == ["Label me"] for t in served0 for r in t["predictions"][0]["result"])
+        # the point left with the placeholder came back, alone, on a new task of the same image
+        (again,) = [t for t in served0 if t["id"] not in {p["task"] for p in asked0}]
+        assert [r["id"] for r in again["predictions"][0]["result"]] == list(kept)
+        assert again["data"]["query_for_task"] == served0[0]["data"]["query_for_task"]
         status = requests.get(backend.url + "/metrics", timeout=10).json()["projects"][str(project)]
-        assert status["annotations"] == len(round0) and status["labeled_pixels"] >= answered
-        assert status["round"] == 1 and status["model_version"] == "head-1"
+        assert status["round"] in (0, 1)
 
-        # segmentation as Label Studio asks for it: RLE masks of the original image size
-        task = ls.api("GET", f"/api/tasks/{round0[0]['task']}").json()
+        # round 1: a new head, a new queue, and the image tasks got its segmentation unasked
+        head1 = f"p{project}-head-1"
+        wait_until(lambda: model_version(ls, project) == head1, 300, "round 1 in Label Studio's queue")
+        asked1 = wait_until(lambda: (p := query_predictions(ls, project, head1)) and len(keypoints(p)) == budget and p,
+                            60, "round 1's query tasks")
+        query_tasks1 = {p["task"] for p in asked1}
+        wait_until(lambda: {p["task"] for p in predictions(ls, project, head1)} >= set(names), 300,
+                   "the head's segmentation on every image task")
+        served1 = work_the_queue(ls, backend, project, names, camvid_root)
+        assert {t["id"] for t in served1} == query_tasks1
+        scores1 = [t["predictions"][0]["score"] for t in served1]
+        assert scores1 == sorted(scores1)
+        print("round 1 query tasks and scores:", [(t["id"], t["data"]["query_for_task"], s) for t, s in zip(served1, scores1)])
+        annotated0 = {int(t["data"]["query_for_task"]) for t in served0}
+        assert annotated0 & {int(t["data"]["query_for_task"]) for t in served1}  # an image labeled in round 0
+        points0 = {(int(t["data"]["query_for_task"]), r["value"]["x"], r["value"]["y"])
+                   for t in served0 for r in t["predictions"][0]["result"]}
+        points1 = {(int(t["data"]["query_for_task"]), r["value"]["x"], r["value"]["y"])
+                   for t in served1 for r in t["predictions"][0]["result"]}
+        assert not points0 & points1  # answered, void and deleted points are never asked again
+        for image in names:  # a segmentation of the head's version on each image task
+            (seg,) = [p for p in predictions(ls, project, head1) if p["task"] == image]
+            assert {r["type"] for r in seg["result"]} == {"brushlabels"} and 0 < seg["score"] <= 1
+        assert '"POST /predict' not in backend.log.read_text()  # nobody had to ask for them
+
+        # segmentation and clicks as Label Studio asks for them
+        task = ls.api("GET", f"/api/tasks/{served0[0]['data']['query_for_task']}").json()
         r = requests.post(backend.url + "/predict", timeout=120, json={
             "tasks": [task], "project": f"{project}.0", "label_config": config, "params": {"context": None}})
         assert r.status_code == 200, r.text
         result = r.json()["results"][0]
-        assert result["model_version"] == "head-1" and 0 < result["score"] <= 1
+        assert result["model_version"] in (head1, f"p{project}-head-2") and 0 < result["score"] <= 1
         covered = np.zeros((360, 480), dtype=int)
         for region in result["result"]:
             assert region["type"] == "brushlabels" and region["value"]["brushlabels"][0] in CAMVID_CLASSES
             assert (region["original_width"], region["original_height"]) == (480, 360)
             covered += decode_rle(region["value"]["rle"]).reshape(360, 480, 4)[:, :, 3] > 0
         assert (covered == 1).all()  # every pixel gets exactly one class
-
-        # an interactive click through Label Studio comes back as a brush region (or nothing below tau)
-        click = {"id": "c1", "from_name": "query", "to_name": "image", "type": "keypointlabels",
-                 "original_width": 480, "original_height": 360, "image_rotation": 0,
-                 "value": {"x": 50.0, "y": 85.0, "width": 0.6, "keypointlabels": ["Road"]}}
-        data = ls.api("POST", f"/api/ml/{ml['id']}/interactive-annotating",
-                      json={"task": task["id"], "context": {"result": [click]}}).json()["data"]
-        assert data["model_version"] == "expander-superpixel"
-        for region in data["result"]:
-            mask = decode_rle(region["value"]["rle"]).reshape(360, 480, 4)[:, :, 3] > 0
-            assert region["value"]["brushlabels"] == ["Road"] and mask[int(0.85 * 360), 240]
+        assert "head-1" in " ".join(requests.get(backend.url + "/versions", timeout=10).json()["versions"])
 
         # a personal access token works as well as the legacy token
         pat = ls.api("POST", "/api/token/").json()["token"]
         with_pat = LabelStudioClient(ls.url, pat)
-        assert {t["id"] for t in with_pat.tasks(project)} == set(names)
+        assert set(names) <= {t["id"] for t in with_pat.tasks(project)}
         assert with_pat.download(task["data"]["image"])[:8] == b"\x89PNG\r\n\x1a\n"
         assert ls.token not in backend.log.read_text() and pat not in backend.log.read_text()
+    finally:
+        stop(backend.process)
+
+
+def test_interactive_click_on_a_query_task_expands_in_its_image(ls, camvid_root, tmp_path):
+    backend = start_backend(tmp_path / "model", {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token,
+                                                 "BUDGET": "2"})
+    try:
+        project = ls.api("POST", "/api/projects", json={"title": "clicks", "label_config": SHIPPED_CONFIG.read_text()}
+                         ).json()["id"]
+        import_camvid(ls, project, camvid_root, 2)
+        ml = ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "m",
+                                              "is_interactive": True}).json()
+        wait_until(lambda: model_version(ls, project) == f"p{project}-round-0", 300, "round 0")
+        task = wait_until(lambda: next_task(ls, project), 60, "round 0's first query task")
+        assert "query_key" in task["data"]  # the queue serves query tasks only
+        click = {"id": "c1", "from_name": "query", "to_name": "image", "type": "keypointlabels",
+                 "original_width": 480, "original_height": 360, "image_rotation": 0,
+                 "value": {"x": 50.0, "y": 85.0, "width": 0.6, "keypointlabels": ["Road"]}}
+        answer = ls.api("POST", f"/api/ml/{ml['id']}/interactive-annotating",
+                        json={"task": task["id"], "context": {"result": [click]}}).json()
+        data = answer["data"]
+        assert data is not None, answer
+        assert data["model_version"] == "expander-superpixel"
+        for region in data["result"]:
+            mask = decode_rle(region["value"]["rle"]).reshape(360, 480, 4)[:, :, 3] > 0
+            assert region["value"]["brushlabels"] == ["Road"] and mask[int(0.85 * 360), 240]
+        store = read_store(tmp_path / "model")
+        assert store.task(project, task["id"]) is None  # the query task never became an image of the loop
     finally:
         stop(backend.process)
 
@@ -161,40 +269,41 @@ def test_kill_9_during_a_round_and_during_training_loses_nothing(ls, camvid_root
 
         wait_until(lambda: "per-image features" in health_stage(backend), 300, "round 0 under way", 0.1)
         stop(backend.process, signal.SIGKILL)
-        assert predictions(ls, project, "round-0") == []  # died before pushing
+        assert predictions(ls, project, f"p{project}-round-0") == []  # died before pushing
         assert any(j["status"] == "running" for j in read_store(model_dir).interrupted_jobs())
 
         backend = start_backend(model_dir, env, port)  # same address: Label Studio keeps calling it
-        round0 = wait_until(lambda: (p := predictions(ls, project, "round-0")) and len(keypoints(p)) == B and p,
+        round0 = wait_until(lambda: (p := query_predictions(ls, project, f"p{project}-round-0")) and len(keypoints(p)) == B and p,
                             300, "round 0 after the restart")
         client = LabelStudio(base_url=ls.url, api_key=ls.token)
-        answered = answer_with_ground_truth(client, round0, names, camvid_root)
-        wait_until(lambda: (p := predictions(ls, project, "round-1")) and len(keypoints(p)) == B and p, 300, "round 1")
+        answered = answer_with_ground_truth(client, ls, round0, names, camvid_root)
+        wait_until(lambda: (p := query_predictions(ls, project, f"p{project}-head-1")) and len(keypoints(p)) == B and p, 300, "round 1")
         labeled_before = len(read_store(model_dir).labels(project))
-        assert labeled_before == answered and read_store(model_dir).current_head(project)["version"] == "head-1"
+        assert labeled_before == answered and read_store(model_dir).current_head(project)["version"] == f"p{project}-head-1"
 
-        answered += answer_with_ground_truth(client, predictions(ls, project, "round-1"), names, camvid_root)
+        answered += answer_with_ground_truth(client, ls, query_predictions(ls, project, f"p{project}-head-1"), names,
+                                            camvid_root)
         wait_until(lambda: "training" in health_stage(backend), 300, "training of head-2", 0.05)
         stop(backend.process, signal.SIGKILL)
         store = read_store(model_dir)
         assert len(store.labels(project)) == answered  # every labeled pixel is there
-        assert store.current_head(project)["version"] == "head-1"  # the last good model version serves
+        assert store.current_head(project)["version"] == f"p{project}-head-1"  # the last good model version serves
 
         backend = start_backend(model_dir, env, port)
         task = ls.api("GET", f"/api/tasks/{round0[0]['task']}").json()
         r = requests.post(backend.url + "/predict", timeout=120, json={
             "tasks": [task], "project": f"{project}.0", "label_config": SHIPPED_CONFIG.read_text()})
-        assert r.json()["results"][0]["model_version"] in ("head-1", "head-2")
-        wait_until(lambda: predictions(ls, project, "round-2"), 300, "round 2: the interrupted job reran")
+        assert r.json()["results"][0]["model_version"] in (f"p{project}-head-1", f"p{project}-head-2")
+        wait_until(lambda: query_predictions(ls, project, f"p{project}-head-2"), 300, "round 2: the interrupted job reran")
         wait_until(lambda: not read_store(model_dir).interrupted_jobs(), 300, "the rerun jobs to finish")
         store = read_store(model_dir)
-        assert store.current_head(project)["version"] == "head-2" and len(store.labels(project)) == answered
+        assert store.current_head(project)["version"] == f"p{project}-head-2" and len(store.labels(project)) == answered
     finally:
         stop(backend.process)
 
 
 def round0_by_image(ls, project, names) -> set[tuple[str, float, float]]:
-    return {(names[t], x, y) for t, x, y in keypoints(predictions(ls, project, "round-0"))}
+    return {(names[image_of(ls, t)], x, y) for t, x, y in keypoints(predictions(ls, project, f"p{project}-round-0"))}
 
 
 def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvid_root, tmp_path, redis_server):
@@ -222,11 +331,10 @@ def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvi
             project = ls.api("POST", "/api/projects", json={"title": f"rq {mode}", "label_config": config}).json()["id"]
             names = import_camvid(ls, project, camvid_root, N_IMAGES)
             ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": mode})
-            wait_until(lambda: len(keypoints(predictions(ls, project, "round-0"))) == B, 300, f"round 0 ({mode})")
+            wait_until(lambda: len(keypoints(predictions(ls, project, f"p{project}-round-0"))) == B, 300, f"round 0 ({mode})")
             results[mode] = round0_by_image(ls, project, names)
             if mode == "redis":
-                health = requests.get(backend.url + "/health", timeout=5).json()
-                assert health["jobs"]["kind"] == "redis"
+                assert requests.get(backend.url + "/metrics", timeout=5).json()["jobs"]["kind"] == "redis"
                 jobs = wait_until(lambda: (j := read_store(model_dir).recent_jobs(50)) and all(
                     x["status"] in ("done", "failed") for x in j) and j, 120, "the round's jobs to finish")
                 assert {"sync", "records", "select"} <= {j["kind"] for j in jobs}
@@ -239,3 +347,50 @@ def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvi
                 stop(w)
             stop(backend.process)
     assert len(results["redis"]) == B and results["redis"] == results["in-process"]
+
+
+def test_bad_images_fail_only_their_tasks_and_repeated_training_gives_one_head(ls, camvid_root, tmp_path):
+    """Five image hosts that misbehave do not stop round 0; /health names each failed task and why.
+    Then five START_TRAINING webhooks and one /train, sent while the first trains, give one head."""
+    routes = {"/gone.png": send_bytes(b"", 404), "/busy.png": send_bytes(b"", 503), "/loop": redirect_to("/loop"),
+              "/local": redirect_to("file:///etc/passwd"), "/slow.png": drip(0.5)}
+    with ImageHost(routes) as host:
+        backend = start_backend(tmp_path / "model", {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token,
+                                                     "BUDGET_FACTOR": str(BUDGET_FACTOR), "DOWNLOAD_TIMEOUT": "3",
+                                                     "AUTO_ADVANCE": "false", "EXPANDER": "none"})
+        try:
+            config = SHIPPED_CONFIG.read_text()
+            project = ls.api("POST", "/api/projects", json={"title": "bad images", "label_config": config}).json()["id"]
+            names = import_camvid(ls, project, camvid_root, N_IMAGES)
+            ls.api("POST", f"/api/projects/{project}/import", json=[{"image": host.url + path} for path in routes])
+            ml = ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "m"}).json()
+
+            round0 = wait_until(lambda: (p := query_predictions(ls, project, f"p{project}-round-0"))
+                                and len(keypoints(p)) == B and p, 300, "round 0 without the bad images")
+            assert {image_of(ls, p["task"]) for p in round0} <= set(names)
+            failed = requests.get(backend.url + "/health", timeout=5).json()["failed_tasks"][str(project)]
+            reasons = sorted(f["error"] for f in failed)
+            assert reasons == ["HTTP 404", "HTTP 503", "more than 5 redirects", "no complete answer within 3 s",
+                               "redirected to an address that is not http(s)"]
+            assert sum(path == "/busy.png" for path, _ in host.requests) == 1  # not Label Studio: no retries
+
+            answered = answer_with_ground_truth(LabelStudio(base_url=ls.url, api_key=ls.token), ls, round0, names,
+                                                camvid_root)
+            metrics = lambda: requests.get(backend.url + "/metrics", timeout=5).json()  # noqa: E731
+            wait_until(lambda: metrics()["projects"][str(project)]["labeled_pixels"] >= answered, 60, "the answers")
+            for n in range(6):
+                if n < 5:
+                    ls.api("POST", f"/api/ml/{ml['id']}/train")  # START_TRAINING webhook
+                else:
+                    requests.post(backend.url + "/train", json={"project": project}, timeout=10)
+                time.sleep(0.3)
+            wait_until(lambda: query_predictions(ls, project, f"p{project}-head-1"), 300, "round 1")
+            store = read_store(tmp_path / "model")
+            wait_until(lambda: not store.interrupted_jobs(), 300, "every job to finish")
+            assert [h["version"] for h in store.heads(project)] == [f"p{project}-head-1"]
+            jobs = store.recent_jobs(100)
+            assert [j["payload"] for j in jobs if j["kind"] == "select"] == [
+                f'{{"round": 1, "head": "p{project}-head-1"}}', '{"round": 0, "head": null}']
+            assert all(j["status"] == "done" for j in jobs)
+        finally:
+            stop(backend.process)

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ml_backend.label_config import SHIPPED_CONFIG, parse_label_config
-from ml_backend.regions import (RegionError, brush_region, keypoint_region, labels_from_result, mask_from_brush,
+from ml_backend.regions import (RegionError, brush_region, labels_from_result, query_region, mask_from_brush,
                                 percent_from_pixel, pixel_from_percent)
 
 SCHEMA = parse_label_config(SHIPPED_CONFIG.read_text())
@@ -39,9 +39,14 @@ def test_annotation_results_to_labels():
     mask[:180, :] = True  # top half of the image
     brush = brush_region("b1", mask, 0, SCHEMA)
     accepted = {**brush_region("b2", mask, 1, SCHEMA), "origin": "prediction"}  # model output, unchanged
-    kp = keypoint_region("k1", 65, 16, SCHEMA, 480, 360, cls=8)
-    parsed = labels_from_result([kp, brush, accepted, "junk"], SCHEMA, task=3, resolution=16, region_cap=50)
+    query = query_region("k1", 65, 16, SCHEMA, 480, 360)
+    kp = {**query, "value": {**query["value"], "keypointlabels": ["Car"]}}  # the annotator gave it a class
+    untouched = query_region("k2", 66, 16, SCHEMA, 480, 360, suggestion="Model suggests: Road")
+    negative = {**kp, "id": "k3", "is_positive": False}  # an Alt-click prompt: not a label of its pixel
+    parsed = labels_from_result([kp, brush, accepted, "junk", untouched, negative], SCHEMA, task=3, resolution=16,
+                                region_cap=50)
     assert parsed.problems == ["region 3 is not an object"]
+    assert parsed.pending == ["k2"]  # still the placeholder: no label, the query stays open
     kps = [lb for lb in parsed.labels if lb.source == "keypoint"]
     strokes = [lb for lb in parsed.labels if lb.source == "brush"]
     assert [(lb.pixel, lb.cls, lb.region) for lb in kps] == [(65, 8, "k1")]
@@ -56,8 +61,33 @@ def test_config_errors_name_what_is_missing():
     with pytest.raises(LabelConfigError, match="KeyPointLabels"):
         parse_label_config('<View><Image name="i" value="$image"/></View>')
     text = SHIPPED_CONFIG.read_text()
-    last = text.rindex('<Label value="Bicyclist"')
+    last = text.rindex('<Label value="Bicyclist"', 0, text.index("</BrushLabels>"))
     mismatch = text[:last] + text[last:].replace('<Label value="Bicyclist" background="#0080C0"/>', "", 1)
     with pytest.raises(LabelConfigError, match="only in KeyPointLabels: Bicyclist"):
         parse_label_config(mismatch)
     assert SCHEMA.classes[3] == "Road" and SCHEMA.image_key == "image" and SCHEMA.smart_keypoints
+
+
+def test_query_points_carry_the_placeholder_never_a_class():
+    plain = query_region("q", 65, 16, SCHEMA, 480, 360)
+    assert plain["value"]["keypointlabels"] == ["Label me"] and "meta" not in plain
+    suggested = query_region("q", 65, 16, SCHEMA, 480, 360, suggestion="Model suggests: Car")
+    assert suggested["value"]["keypointlabels"] == ["Label me"] and suggested["meta"] == {"text": ["Model suggests: Car"]}
+    assert "Label me" not in SCHEMA.classes and SCHEMA.placeholder == "Label me"
+
+
+def test_the_placeholder_is_required_and_is_no_class():
+    from ml_backend.label_config import LabelConfigError
+
+    text = SHIPPED_CONFIG.read_text()
+    without = text.replace('<Label value="Label me" background="#FF00FF" hint="A query point: select it and give it '
+                           'its class"/>', "")
+    assert without != text
+    with pytest.raises(LabelConfigError, match="placeholder"):
+        parse_label_config(without)
+    in_brush = text.replace('<BrushLabels name="mask" toName="image">',
+                            '<BrushLabels name="mask" toName="image"><Label value="Label me"/>')
+    with pytest.raises(LabelConfigError, match="not a class"):
+        parse_label_config(in_brush)
+    with pytest.raises(LabelConfigError, match="placeholder"):
+        SCHEMA.class_index("Label me")

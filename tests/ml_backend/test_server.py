@@ -15,6 +15,7 @@ from ml_backend.config import Settings
 from ml_backend.label_config import SHIPPED_CONFIG
 from ml_backend.server import create_app
 from ml_backend.services import Services
+from tests.ml_backend.servers import ImageHost, send_bytes
 
 CONFIG = SHIPPED_CONFIG.read_text()
 
@@ -55,17 +56,32 @@ def annotation_event(annotation_id, task, result, updated="2026-01-01T00:00:00Z"
             "task": {"id": task, "data": {"image": "/data/upload/7/x.png"}}}
 
 
+def png_bytes(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 @pytest.fixture
 def client(tmp_path):
     return make_client(tmp_path)
 
 
-def test_health_reports_backbone_jobs_and_hides_secrets(client):
-    c, _, _ = client
+def test_health_answers_without_credentials_and_the_rest_is_in_metrics(tmp_path):
+    c, _, _ = make_client(tmp_path, basic_auth_user="ann", basic_auth_pass="pw-123",
+                          label_studio_url="http://ls.internal:8080")
     r = c.get("/health")
-    assert r.status_code == 200 and r.json["status"] == "UP"
-    assert r.json["backbone"]["backbone"] == "tiny" and not r.json["backbone"]["pretrained"]
-    assert "secret-key-123" not in r.get_data(as_text=True) and r.json["settings"]["label_studio_api_key_set"]
+    assert r.status_code == 200 and r.json["status"] == "UP" and r.json["ready"]
+    assert r.json["model"] == {"backbone": "tiny", "pretrained": False}
+    text = r.get_data(as_text=True)
+    for private in ("secret-key-123", "pw-123", "ann", "ls.internal", str(tmp_path), "settings", "jobs"):
+        assert private not in text
+    m = c.get("/metrics", headers=auth_header("ann", "pw-123")).json
+    assert m["settings"]["basic_auth_user"] == "ann" and m["settings"]["label_studio_api_key_set"]
+    assert m["backbone"]["backbone"] == "tiny" and m["jobs"]["kind"] == "recording"
+    assert "secret-key-123" not in json.dumps(m) and "pw-123" not in json.dumps(m)
 
 
 def test_setup_validates_the_config_and_starts_a_sync(client):
@@ -80,11 +96,23 @@ def test_setup_validates_the_config_and_starts_a_sync(client):
     assert r.status_code == 400 and "BrushLabels" in r.json["error"]
 
 
-def test_setup_with_a_missing_checkpoint_names_file_and_url(tmp_path):
-    c, _, _ = make_client(tmp_path, backbone="imagenet256", diffusion_checkpoint=tmp_path / "none.pt")
+def test_a_missing_checkpoint_is_not_ready_and_names_the_file_its_path_and_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    for name in ("BACKBONE", "DIFFUSION_CHECKPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings.from_env()  # the default: MODEL_DIR/checkpoints/256x256_diffusion_uncond.pt
+    c, _, _ = make_client(tmp_path, diffusion_checkpoint=settings.diffusion_checkpoint, backbone="imagenet256")
     r = c.post("/setup", json={"project": "1.1", "schema": CONFIG})
-    assert r.status_code == 400 and "256x256_diffusion_uncond.pt" in r.json["error"]
-    assert "openaipublic" in r.json["error"] and "none.pt" in c.get("/health").json["backbone"]["error"]
+    expected = str(tmp_path / "checkpoints" / "256x256_diffusion_uncond.pt")
+    url = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"
+    assert r.status_code == 400 and expected in r.json["error"] and url in r.json["error"]
+    health = c.get("/health")
+    assert health.status_code == 200  # Label Studio needs a 200 to connect
+    assert health.json["status"] == "NOT_READY" and not health.json["ready"]
+    assert health.json["model"]["pretrained"] is False and expected in health.json["todo"] and url in health.json["todo"]
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "256x256_diffusion_uncond.pt").write_bytes(b"weights")  # the file at that path is enough
+    assert c.get("/health").json["ready"] and c.get("/health").json["model"]["pretrained"]
 
 
 @pytest.mark.parametrize("path,body,fragment", [
@@ -105,6 +133,64 @@ def test_malformed_requests_get_a_400_with_a_message(client, path, body, fragmen
     assert r.status_code == 400 and fragment in r.json["error"]
 
 
+def click(task_id, value) -> dict:
+    return {"tasks": [{"id": task_id, "data": {"image": "/data/upload/7/a.png"}}], "project": "7.1",
+            "label_config": CONFIG, "params": {"context": {"result": [{"type": "keypointlabels", "value": value}]}}}
+
+
+def webhook_with(action="ANNOTATION_CREATED", **annotation) -> dict:
+    return {"action": action, "project": {"id": 7, "label_config": CONFIG},
+            "annotation": {"id": 1, "task": 5, "result": [], "updated_at": "2026-01-01T00:00:00Z", **annotation}}
+
+
+MALFORMED = [  # each answered 500 before it was checked at the edge
+    ("/setup", "[" * 100_000, "JSON"),
+    ("/setup", {"project": 10 ** 23, "schema": CONFIG}, "project id"),
+    ("/setup", {"project": "100000000000000000000000.17", "schema": CONFIG}, "project id"),
+    ("/setup", {"project": "7.1", "schema": {"View": 1}}, "'schema' must be a string"),
+    ("/setup", {"project": "7.1", "schema": 5}, "'schema' must be a string"),
+    ("/setup", {"project": "7.1", "schema": CONFIG, "hostname": 5, "access_token": "t"}, "'hostname'"),
+    ("/predict", click("abc", {"x": 5, "y": 5, "keypointlabels": ["Road"]}), "task id"),
+    ("/predict", click(1, "x=5,y=5"), "object 'value'"),
+    ("/webhook", webhook_with(task="x"), "task id"),
+    ("/webhook", webhook_with(task={}), "'task' object needs an 'id'"),
+    ("/webhook", webhook_with(id="abc"), "annotation id"),
+    ("/webhook", webhook_with(updated_at="0001-01-01T00:00:00+05:00"), "timestamp"),
+    ("/webhook", {"action": "TASKS_DELETED", "project": {"id": 7}, "tasks": [{"id": "abc"}]}, "task's id"),
+    ("/webhook", {"action": "ANNOTATIONS_DELETED", "project": {"id": 7}, "annotations": [{"id": "abc"}]}, "annotation's id"),
+    ("/webhook", {"action": "PROJECT_UPDATED", "project": 7}, "'project' object"),
+    ("/webhook", {"action": "START_TRAINING", "project": {"id": True}}, "project id"),
+    ("/versions", "[1, 2]", "object"),
+    ("/versions", {"project": [7]}, "project id"),
+]
+
+
+@pytest.mark.parametrize("path,body,fragment", MALFORMED, ids=[f"{p} {str(b)[:40]}" for p, b, _ in MALFORMED])
+def test_malformed_inputs_get_a_400_that_names_the_field(client, path, body, fragment):
+    c, _, _ = client
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    r = c.post(path, **({"data": body, "content_type": "application/json"} if isinstance(body, str) else {"json": body}))
+    assert r.status_code == 400 and fragment in r.json["error"], r.json
+
+
+@pytest.mark.parametrize("value", ["x=5", [5, 5]])
+def test_an_unusable_region_is_skipped_and_the_rest_of_the_annotation_kept(client, value):
+    c, backend, _ = client
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    broken = {"id": "bad", "from_name": "query", "to_name": "image", "type": "keypointlabels", "value": value}
+    r = c.post("/webhook", json=annotation_event(1, 5, [broken, keypoint("good", 10.0, 20.0, "Road")]))
+    assert r.status_code == 201 and r.json["result"]["skipped_regions"] == ["region bad: 'value' is not an object"]
+    assert [row["region"] for row in backend.services.store.labels(7)] == ["good"]
+
+
+def test_a_body_over_the_size_cap_gets_a_413(tmp_path):
+    c, _, _ = make_client(tmp_path, max_request_mb=1)
+    body = json.dumps({"action": "X", "project": 1, "padding": "x" * 2 ** 20})
+    r = c.post("/webhook", data=body, content_type="application/json")
+    assert r.status_code == 413 and r.json["error"]
+    assert c.post("/webhook", json={"action": "X", "project": 1}).status_code == 201
+
+
 def test_unknown_webhook_actions_are_acknowledged_and_ignored(client):
     c, _, runner = client
     r = c.post("/webhook", json={"action": "LABEL_LINK_CREATED", "project": {"id": 1}})
@@ -119,7 +205,8 @@ def test_annotation_webhooks_become_labeled_pixels(client):
     r = c.post("/webhook", json=annotation_event(1, 5, result))
     assert r.status_code == 201 and r.json["result"]["annotations"] == ["applied"]
     skipped = r.json["result"]["skipped_regions"]
-    assert len(skipped) == 3 and any("outside" in s for s in skipped) and any("Dragon" in s for s in skipped)
+    assert len(skipped) == 2 and any("outside" in s for s in skipped) and any("Dragon" in s for s in skipped)
+    assert r.json["result"]["pending_regions"] == ["d"]  # no class yet: its query stays open
     labels = backend.services.store.labels(7)
     assert [(lb["task"], lb["pixel"], lb["class"]) for lb in labels] == [(5, 12 * 64 + 6, 3)]
 
@@ -132,7 +219,7 @@ def test_answers_that_arrive_before_their_round_opens_still_advance_it(client):
     store = backend.services.store
     store.upsert_tasks(7, [(5, "/data/upload/7/x.png")])
     store.save_round(7, 0, None, [{"task": 5, "pixel": 12 * 64 + 6, "rank": 0, "region": "q0-5"}])
-    store.mark_pushed(7, 0, 5, 99)  # in Label Studio, but the round is not marked open yet
+    store.place_queries(7, 0, 5, [12 * 64 + 6], holder=99)  # in Label Studio, round not open yet
     r = c.post("/webhook", json=annotation_event(1, 5, [keypoint("q0-5", 10.0, 20.0, "Road")]))
     assert r.json["result"]["advance"] is False and runner.jobs == [(7, "sync")]
     store.open_round(7, 0)  # what push_round does next, and then it checks again:
@@ -154,7 +241,7 @@ def test_predict_before_any_head_returns_no_regions(client, caplog):
     r = c.post("/predict", json={"tasks": [{"id": 1, "data": {"image": "/x.png"}}, {"id": 2, "data": {}}],
                                  "project": "7.1", "label_config": CONFIG})
     assert r.status_code == 200
-    assert r.json["results"] == [{"result": [], "score": 0.0, "model_version": "none"}] * 2
+    assert r.json["results"] == []  # nothing Label Studio would store as a prediction
     assert "no head has been trained" in caplog.text
 
 
@@ -170,7 +257,11 @@ def test_versions_and_metrics(client):
     assert c.get("/versions").json == {"versions": []}
     assert c.post("/versions", json={"project": "7.1"}).json == {"versions": []}
     m = c.get("/metrics").json
-    assert set(m) == {"projects", "heads", "recent_jobs"}
+    assert set(m) == {"uptime_s", "backbone", "jobs", "settings", "projects", "heads", "recent_jobs"}
+
+
+def auth_header(user: str, password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def test_basic_auth_guards_everything_but_health(tmp_path):
@@ -179,14 +270,70 @@ def test_basic_auth_guards_everything_but_health(tmp_path):
     for method, path in [("post", "/setup"), ("post", "/predict"), ("post", "/webhook"), ("get", "/metrics"),
                          ("get", "/versions"), ("post", "/train")]:
         assert getattr(c, method)(path, json={}).status_code == 401
-    bad = base64.b64encode(b"ann:wrong").decode()
-    assert c.get("/metrics", headers={"Authorization": f"Basic {bad}"}).status_code == 401
-    good = base64.b64encode(b"ann:pw-123").decode()
-    assert c.get("/metrics", headers={"Authorization": f"Basic {good}"}).status_code == 200
+    assert c.get("/metrics", headers=auth_header("ann", "wrong")).status_code == 401
+    assert c.get("/metrics", headers=auth_header("ann", "pw-123")).status_code == 200
     assert "pw-123" not in json.dumps(c.get("/health").json)
 
 
+def test_basic_auth_with_characters_beyond_ascii(tmp_path):
+    c, _, _ = make_client(tmp_path, basic_auth_user="zoë", basic_auth_pass="pässwörd-✓")
+    assert c.get("/metrics", headers=auth_header("zoë", "pässwörd-✓")).status_code == 200
+    for user, password in [("zoe", "pässwörd-✓"), ("zoë", "passwort"), ("ann", "pw"), ("", "")]:
+        assert c.get("/metrics", headers=auth_header(user, password)).status_code == 401
+
+
+def test_an_anonymous_setup_cannot_re_point_a_project(tmp_path):
+    c, backend, _ = make_client(tmp_path, label_studio_api_key="")
+    services = backend.services
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG, "hostname": "http://ls.example:8080",
+                           "access_token": "real-token"})
+    assert services.client(7).url == "http://ls.example:8080"  # the first address a project gets is kept
+    r = c.post("/setup", json={"project": "7.1", "schema": CONFIG, "hostname": "http://attacker.example",
+                               "access_token": "other-token"})
+    assert r.status_code == 200 and services.client(7).url == "http://ls.example:8080"
+    health = c.get("/health").json
+    assert "BASIC_AUTH_USER" in health["refused_credentials"]["7"]
+    assert "attacker.example" not in json.dumps(health) and "ls.example" not in json.dumps(health)
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG, "hostname": "http://ls.example:8080/",
+                           "access_token": "real-token"})  # the same ones again: fine, the refusal is cleared
+    assert "refused_credentials" not in c.get("/health").json
+
+
+def test_an_authenticated_setup_may_change_the_address_and_a_configured_key_always_wins(tmp_path):
+    c, backend, _ = make_client(tmp_path / "a", label_studio_api_key="", basic_auth_user="ann", basic_auth_pass="pw")
+    for host in ("http://old.example", "http://new.example"):
+        c.post("/setup", headers=auth_header("ann", "pw"), json={"project": "7.1", "schema": CONFIG, "hostname": host,
+                                                                 "access_token": "t"})
+    assert backend.services.client(7).url == "http://new.example"
+    c, backend, _ = make_client(tmp_path / "b", label_studio_url="http://configured.example")
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG, "hostname": "http://other.example", "access_token": "t"})
+    assert backend.services.client(7).url == "http://configured.example"
+
+
+def test_a_click_on_a_task_outside_the_store_leaves_the_store_unchanged(tmp_path):
+    from PIL import Image
+
+    image = Image.new("RGB", (80, 60), (20, 20, 200))
+    image.paste((200, 30, 30), (0, 30, 80, 60))  # two flat halves: a clear superpixel
+    with ImageHost({"/img.png": send_bytes(png_bytes(image))}) as host:
+        c, backend, _ = make_client(tmp_path, superpixel_tau=0.0)
+        c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+        store = backend.services.store
+        before = (store.tasks(7), store.task(7, 7777))
+        body = click(7777, {"x": 50.0, "y": 75.0, "keypointlabels": ["Road"]})
+        body["tasks"][0]["data"]["image"] = host.url + "/img.png"
+        r = c.post("/predict", json=body)
+        assert r.status_code == 200 and len(r.json["results"][0]["result"]) == 1
+        body["tasks"][0]["data"]["image"] = host.url + "/missing.png"  # a made-up task whose URL answers 404
+        r = c.post("/predict", json=body)
+        assert r.status_code == 422 and "task 7777" in r.json["error"]
+        assert "404" not in r.json["error"] and host.url not in r.json["error"]  # no probing through errors
+        assert (store.tasks(7), store.task(7, 7777)) == before == ([], None)
+        assert not (backend.services.files(7).root / "originals" / "7777.png").exists()
+
+
 def test_interactive_click_returns_the_expanded_region_in_the_clicks_class(tmp_path, camvid_root):
+    import numpy as np
     from label_studio_sdk.converter.brush import decode_rle
     from PIL import Image
 
@@ -207,8 +354,98 @@ def test_interactive_click_returns_the_expanded_region_in_the_clicks_class(tmp_p
     region = result["result"][0]
     assert region["type"] == "brushlabels" and region["from_name"] == "mask" and region["value"]["brushlabels"] == ["Road"]
     mask = decode_rle(region["value"]["rle"]).reshape(360, 480, 4)[:, :, 3] > 0
-    assert mask[int(0.85 * 360), 240] and 1 < mask.sum() < 360 * 480 // 10
-    assert c.get("/health").json["backbone"]["expander"]["name"] == "superpixel"
+    truth = np.asarray(Image.open(camvid_root / "valannot" / sorted((camvid_root / "val").glob("*.png"))[0].name))
+    assert mask[int(0.85 * 360), 240] and mask.sum() > 1000 and (truth[mask & (truth != 11)] == 3).mean() > 0.95
+    assert c.get("/metrics").json["backbone"]["expander"]["name"] == "superpixel"
     backend.services.engine.expander().tau = 1.01  # nothing passes: no region, just the confidence
     r = c.post("/predict", json=body)
     assert r.json["results"][0]["result"] == [] and 0 <= r.json["results"][0]["score"] <= 1
+
+
+def camvid_click_project(tmp_path, camvid_root, **overrides):
+    """A client whose project 7 has one task (1): CamVid val's first image, 480 x 360, a street."""
+    from PIL import Image
+
+    c, backend, runner = make_client(tmp_path, **overrides)
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    store, files = backend.services.store, backend.services.files(7)
+    (files.root / "originals").mkdir(exist_ok=True)
+    Image.open(sorted((camvid_root / "val").glob("*.png"))[0]).convert("RGB").save(files.root / "originals" / "1.png")
+    store.upsert_tasks(7, [(1, "/data/upload/7/a.png")])
+    store.set_task_image(7, 1, 480, 360, "ready")
+    return c, backend
+
+
+def click_body(*regions):
+    return {"tasks": [{"id": 1, "data": {"image": "/data/upload/7/a.png"}}], "project": "7.1", "label_config": CONFIG,
+            "params": {"context": {"result": list(regions)}}}
+
+
+def negative(region):
+    return {**region, "is_positive": False}
+
+
+def rectangle(rid, x, y, width, height, label, rotation=0.0):
+    return {"id": rid, "from_name": "box", "to_name": "image", "type": "rectanglelabels", "original_width": 480,
+            "original_height": 360, "value": {"x": x, "y": y, "width": width, "height": height,
+                                              "rotation": rotation, "rectanglelabels": [label]}}
+
+
+def answered_mask(response):
+    from label_studio_sdk.converter.brush import decode_rle
+
+    regions = response.json["results"][0]["result"]
+    assert len(regions) == 1, response.json
+    return decode_rle(regions[0]["value"]["rle"]).reshape(360, 480, 4)[:, :, 3] > 0
+
+
+def test_a_click_session_prompts_with_its_points_negatives_and_box(tmp_path, camvid_root):
+    """Label Studio sends every region of the session: later clicks of the class refine the region,
+    Alt-clicks take away, a box bounds it, and a click of another class starts another object."""
+    c, _ = camvid_click_project(tmp_path, camvid_root)
+    road = keypoint("k1", 50.0, 85.0, "Road")  # the middle of the road
+    right = keypoint("k2", 80.0, 75.0, "Road")  # the road's right lane, a segment of its own
+    first = answered_mask(c.post("/predict", json=click_body(road)))
+    both = answered_mask(c.post("/predict", json=click_body(road, right)))
+    assert first[306, 240] and not first[270, 384] and both[270, 384] and (both & first).sum() == first.sum()
+    assert both.sum() > first.sum() + 1000
+    alt_click = negative(keypoint("k3", 85.0, 80.0, "Road"))  # inside the right lane
+    taken = answered_mask(c.post("/predict", json=click_body(road, right, alt_click)))
+    assert taken[270, 384] and not taken[288, 408] and taken.sum() == first.sum() + 1  # the right lane less its click
+    boxed = answered_mask(c.post("/predict", json=click_body(road, rectangle("r1", 40.0, 70.0, 20.0, 30.0, "Road"))))
+    rows, cols = boxed.nonzero()
+    assert boxed[306, 240] and rows.min() >= 252 and 192 <= cols.min() and cols.max() < 288
+    assert boxed.sum() < first.sum()
+    other = c.post("/predict", json=click_body(road, keypoint("k4", 80.0, 60.0, "Car")))  # a dark car: below tau
+    assert other.status_code == 200 and other.json["results"][0]["result"] == []
+    for bad, message in [(click_body(keypoint("k5", 50.0, 85.0, None)), "pick a label"),
+                         (click_body(keypoint("k6", 150.0, 85.0, "Road")), "outside"),
+                         (click_body(rectangle("r2", 100.0, 50.0, 5.0, 5.0, "Road")), "outside the image"),
+                         (click_body({"type": "choices", "value": {}}), "no keypoint click or box")]:
+        r = c.post("/predict", json=bad)
+        assert r.status_code == 400 and message in r.json["error"], r.json
+
+
+def _click_in_a_fresh_backend(settings) -> dict:
+    """Another process, as a second gunicorn worker: a new backend on the same MODEL_DIR answers a click."""
+    backend = ActiveLearningBackend(Services.create(settings), RecordingRunner())
+    body = click_body(keypoint("k1", 50.0, 85.0, "Road"))
+    answer = backend.predict(body["tasks"], body["params"]["context"], project_uid="7.1", label_config=CONFIG)
+    return {"answer": answer, "expander": backend.services.engine.expander().describe()}
+
+
+def test_a_click_in_another_process_reads_the_prefetched_work_from_disk(tmp_path, camvid_root):
+    import multiprocessing as mp
+
+    from ml_backend.loop import prefetch_expansions
+
+    c, backend = camvid_click_project(tmp_path, camvid_root)
+    prefetch_expansions(backend.services, 7, [1])  # what the round's push does, in an RQ worker
+    assert backend.services.engine.expander().cache.computed == 1
+    with mp.get_context("spawn").Pool(1) as pool:
+        there = pool.apply(_click_in_a_fresh_backend, (backend.services.settings,))
+    cache = there["expander"]["cache"]
+    assert cache["computed"] == 0 and cache["disk_hits"] == 1
+    assert cache["directory"].startswith(str(tmp_path / "embeddings"))
+    here = c.post("/predict", json=click_body(keypoint("k1", 50.0, 85.0, "Road"))).json["results"][0]
+    assert there["answer"][0]["result"] == here["result"] and len(here["result"]) == 1

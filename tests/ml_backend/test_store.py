@@ -10,6 +10,16 @@ def store(tmp_path):
     return s
 
 
+def store_written_before(tmp_path, create: str, insert: str) -> Store:
+    """A store whose file holds one table as an earlier version wrote it, opened by today's code."""
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "old.sqlite3") as db:
+        db.execute(create)
+        db.execute(insert)
+    return Store(tmp_path / "old.sqlite3")
+
+
 def pixels(store, project=1):
     return sorted((r["task"], r["pixel"], r["class"]) for r in store.labels(project))
 
@@ -42,19 +52,40 @@ def test_deleted_tasks_drop_out_of_the_labeled_set_but_keep_their_rows(store):
 
 
 def test_queries_are_answered_dismissed_or_open(store):
+    """Answers arrive on query tasks (holders 100, 101, 102) and label the image tasks 10 and 11."""
     store.save_round(1, 0, None, [
         {"task": 10, "pixel": 5, "rank": 0, "region": "q0-10-5"},
         {"task": 10, "pixel": 9, "rank": 1, "region": "q0-10-9"},
         {"task": 11, "pixel": 3, "rank": 2, "region": "q0-11-3"}])
     assert store.round_progress(1, 0) == {"open": 3, "answered": 0, "dismissed": 0}
+    assert len(store.unplaced_queries(1, 0)) == 3  # on no query task yet
+    store.place_queries(1, 0, 10, [5, 9], holder=100)
+    store.place_queries(1, 0, 11, [3], holder=101)
     store.open_round(1, 0)
-    store.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], [Label(10, "q0-10-5", 5, 1, "keypoint")])
+    assert store.unplaced_queries(1, 0) == []
+    # one point labeled, the other deleted by the annotator
+    store.apply_annotation(1, 500, 10, "2026-01-01T00:00:01Z", [], [Label(10, "q0-10-5", 5, 1, "keypoint")],
+                           holder=100)
     assert {(q["task"], q["pixel"]): q["status"] for q in store.queries(1, 0)} == {
         (10, 5): "answered", (10, 9): "dismissed", (11, 3): "open"}
-    store.apply_annotation(1, 101, 11, "2026-01-01T00:00:01Z", [], [Label(11, "q0-11-3", 4, 0, "keypoint")])
-    assert store.round_progress(1, 0) == {"open": 0, "answered": 2, "dismissed": 1}  # matched by region id
-    store.delete_annotations(1, [101])
-    assert store.round_progress(1, 0)["open"] == 1  # deleting the answer reopens the query
+    # submitted with the placeholder still on the point: open, and its query task is used up
+    store.apply_annotation(1, 501, 11, "2026-01-01T00:00:01Z", [], [], holder=101, pending=["q0-11-3"])
+    assert store.round_progress(1, 0)["open"] == 1 and [q["pixel"] for q in store.unplaced_queries(1, 0)] == [3]
+    store.place_queries(1, 0, 11, [3], holder=102)  # a fresh query task
+    assert store.unplaced_queries(1, 0) == [] and store.round_progress(1, 0)["open"] == 1
+    store.apply_annotation(1, 502, 11, "2026-01-01T00:00:02Z", [], [], holder=102, cancelled=True)  # skipped
+    assert store.round_progress(1, 0) == {"open": 0, "answered": 1, "dismissed": 2}
+    store.delete_annotations(1, [502])  # the skip deleted: open again, on a query task Label Studio serves again
+    assert store.round_progress(1, 0)["open"] == 1 and store.unplaced_queries(1, 0) == []
+    # an answer whose point was moved still answers its query (matched by region id)
+    store.apply_annotation(1, 503, 11, "2026-01-01T00:00:03Z", [], [Label(11, "q0-11-3", 4, 0, "keypoint")],
+                           holder=102)
+    assert store.round_progress(1, 0) == {"open": 0, "answered": 2, "dismissed": 1}
+    store.delete_annotations(1, [500])  # deleting the answer reopens both queries of task 10's query task
+    assert store.round_progress(1, 0)["open"] == 2
+    assert store.query_task(1, 100) is None  # add_query_task records holders; place_queries alone does not
+    store.add_query_task(1, 102, 0, 11, "p1-r0-t11-1")
+    assert store.query_task(1, 102)["task"] == 11 and store.query_task(1, 11) is None
 
 
 def test_heads_swap_atomically_and_jobs_survive_a_restart(tmp_path):
@@ -70,28 +101,50 @@ def test_heads_swap_atomically_and_jobs_survive_a_restart(tmp_path):
     assert again.interrupted_jobs() == []
 
 
+def test_heads_remember_the_labels_they_saw_and_old_stores_gain_the_column(tmp_path):
+    s = store_written_before(  # the heads table as it was before labels_digest
+        tmp_path, "CREATE TABLE heads (project INTEGER NOT NULL, version TEXT NOT NULL, round INTEGER NOT NULL, "
+        "path TEXT NOT NULL, labeled INTEGER NOT NULL, report TEXT NOT NULL, created REAL NOT NULL, "
+        "current INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (project, version))",
+        "INSERT INTO heads VALUES (1, 'head-1', 0, '/h1', 3, '{}', 1.0, 1)")
+    assert s.current_head(1)["labels_digest"] is None
+    s.add_head(1, "head-2", 1, "/h2", 9, {}, "abc123")
+    assert s.current_head(1)["labels_digest"] == "abc123"
+
+
 def test_timestamps_are_normalised():
     assert parse_timestamp("2026-11-24T22:10:00.5+01:00") == "2026-11-24T21:10:00.500000Z"
     assert parse_timestamp("2026-11-24T22:10:00Z") < parse_timestamp("2026-11-24T22:10:00.000001Z")
-    assert parse_timestamp("garbage").endswith("Z")
+    assert parse_timestamp(None) == parse_timestamp("") == ""  # undated: before every dated version
+    for bad in ("garbage", "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"):  # the last two overflow in UTC
+        with pytest.raises(ValueError):
+            parse_timestamp(bad)
+
+
+def test_versions_are_ordered_by_label_studio_timestamps_never_by_arrival(store):
+    first = [Label(10, "a", 5, 1, "keypoint")]
+    assert store.apply_annotation(1, 100, 10, None, [], first) == "applied"  # a CREATED without updated_at
+    # an UPDATED stamped long before it arrives still replaces the undated version
+    assert store.apply_annotation(1, 100, 10, "2020-01-01T00:00:00Z", [], [Label(10, "a", 6, 2, "keypoint")]) == "applied"
+    assert store.apply_annotation(1, 100, 10, None, [], first) == "stale"  # undated never replaces dated
+    assert pixels(store) == [(10, 6, 2)]
+    # two annotations on one pixel at the same time: the higher annotation id counts as the newer
+    store.apply_annotation(1, 202, 11, "2026-01-01T00:00:00Z", [], [Label(11, "b", 3, 4, "keypoint")])
+    store.apply_annotation(1, 201, 11, "2026-01-01T00:00:00Z", [], [Label(11, "b", 3, 7, "keypoint")])
+    assert [r["annotation"] for r in store.labels(1) if r["task"] == 11] == [201, 202]
 
 
 def test_labels_record_the_round_they_answer_and_old_stores_gain_the_column(store, tmp_path):
-    import sqlite3
-
     store.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], [Label(10, "a", 5, 1, "brush")])
     store.save_round(1, 0, None, [{"task": 11, "pixel": 7, "rank": 0, "region": "q0"}])
     store.apply_annotation(1, 101, 11, "2026-01-01T00:00:01Z", [], [Label(11, "q0", 7, 2, "keypoint")])
-    store.mark_pushed(1, 0, 11, 555)  # round 0 reaches Label Studio
+    store.place_queries(1, 0, 11, [7], holder=99)  # round 0 reaches Label Studio
     store.apply_annotation(1, 102, 11, "2026-01-01T00:00:02Z", [], [Label(11, "q0", 7, 2, "keypoint")])
     assert {r["annotation"]: r["round"] for r in store.labels(1)} == {100: None, 101: None, 102: 0}
 
-    old = tmp_path / "old.sqlite3"  # the labels table as it was before the round column
-    with sqlite3.connect(old) as db:
-        db.execute("CREATE TABLE labels (project INTEGER NOT NULL, task INTEGER NOT NULL, annotation INTEGER NOT NULL, "
-                   "region TEXT NOT NULL, pixel INTEGER NOT NULL, class INTEGER NOT NULL, source TEXT NOT NULL, "
-                   "PRIMARY KEY (project, annotation, region, pixel))")
-        db.execute("INSERT INTO labels VALUES (1, 10, 100, 'a', 5, 1, 'keypoint')")
-    migrated = Store(old)
+    migrated = store_written_before(  # the labels table as it was before the round column
+        tmp_path, "CREATE TABLE labels (project INTEGER NOT NULL, task INTEGER NOT NULL, annotation INTEGER NOT NULL, "
+        "region TEXT NOT NULL, pixel INTEGER NOT NULL, class INTEGER NOT NULL, source TEXT NOT NULL, "
+        "PRIMARY KEY (project, annotation, region, pixel))", "INSERT INTO labels VALUES (1, 10, 100, 'a', 5, 1, 'keypoint')")
     migrated.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], [Label(10, "a", 5, 1, "keypoint")])
     assert [(r["pixel"], r["round"]) for r in migrated.labels(1)] == [(5, None)]

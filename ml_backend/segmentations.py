@@ -1,0 +1,88 @@
+"""The current head's segmentation of every image task, computed once per head and task.
+
+After each new head a background job segments every image task and pushes the result to Label
+Studio as a prediction of the head's version, so that opening a task and "Retrieve Predictions"
+are instant. `/predict` answers from the same files (a query task gets its image's segmentation)
+and computes only what is missing. A segmentation is Label Studio's BrushLabels RLE at the
+image's original size, one region per class, scored by the head's mean confidence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+from PIL import Image
+
+from ml_backend.images import original_image
+from ml_backend.regions import brush_region
+from ml_backend.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def image_task(services: Services, project: int, task: int) -> int:
+    """The image task behind a Label Studio task id: a query task's image, else the task itself."""
+    row = services.store.query_task(project, task)
+    return row["task"] if row else task
+
+
+def segmentation(services: Services, project: int, task: int, head_row: dict, url: str | None = None) -> dict:
+    """{"result", "score", "model_version"} of `head_row` on image task `task`, from the cache when it
+    is there."""
+    version = head_row["version"]
+    path = services.files(project).root / "segmentations" / version / f"{task}.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            log.warning("project %s: recomputing unreadable segmentation %s", project, path)
+    schema, engine = services.schema(project), services.engine
+    head = engine.head(project, version, head_row["path"])
+    original = original_image(services, project, task, url)
+    r = services.settings.resolution
+    classes, confidence = engine.segment(head, np.asarray(Image.fromarray(original).resize((r, r), Image.BILINEAR)))
+    h, w = original.shape[:2]
+    full = np.asarray(Image.fromarray(classes.astype(np.uint8)).resize((w, h), Image.NEAREST))
+    prediction = {"result": [brush_region(f"seg-{c}", full == c, int(c), schema) for c in np.unique(full)],
+                  "score": float(confidence.mean()), "model_version": version}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(prediction))
+    tmp.replace(path)
+    return prediction
+
+
+def push_segmentation(services: Services, project: int, task: int, head_row: dict) -> bool:
+    """Push the head's segmentation of one image task unless Label Studio has it; True if pushed."""
+    if services.store.segmentation_pushed(project, task, head_row["version"]):
+        return False
+    prediction = segmentation(services, project, task, head_row)
+    ident = services.client(project).create_prediction(task, prediction["result"], head_row["version"],
+                                                       prediction["score"])
+    services.store.mark_segmentation(project, task, head_row["version"], ident)
+    return True
+
+
+def push_segmentations(services: Services, project: int) -> int:
+    """Segment every usable image task with the current head and push the predictions Label Studio
+    does not have yet; returns how many it pushed. A newer head makes the job stop: its own follows."""
+    store = services.store
+    current = store.current_head(project)
+    if current is None:
+        return 0
+    version, tasks = current["version"], store.tasks(project, "ready")
+    pushed = 0
+    for n, row in enumerate(tasks):
+        head_row = store.current_head(project)
+        if head_row is None or head_row["version"] != version:
+            log.info("project %s: %s is no longer the current head; its segmentations stop", project, version)
+            break
+        try:
+            pushed += push_segmentation(services, project, row["task"], head_row)
+        except ValueError as exc:  # one unusable image never stops the others
+            log.warning("project %s task %s: no segmentation: %s", project, row["task"], exc)
+        services.progress.update(project, f"segmenting tasks with {version}", n + 1, len(tasks))
+    log.info("project %s: %d segmentations of %s pushed to Label Studio", project, pushed, version)
+    return pushed
