@@ -450,11 +450,22 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(spearmanr(a.numpy(), b.numpy()).statistic)
 
 
+AGREEMENT = ("round0_overlap", "round1_overlap", "local_picks_overlap", "local_objective_ratio_mean",
+             "local_objective_ratio_min", "edald_spearman", "edald_top_b_overlap")
+
+
 def _precision_run(data: str, backbone: str, resolution: int, images: int, candidates: int, local_k: int,
-                   budget: int, dtypes: list[str], seed: int) -> dict:
+                   budget: int, dtypes: list[str], seed: int, timed_images: int = 3) -> dict:
     """Round 0 and round 1 at each precision, compared with the first (float32): the pixels they
     pick, the herding objective of those picks in float32 features, and eDALD's ranking of every
-    candidate under one head."""
+    candidate under one head.
+
+    The noise floor is how far the method's own randomness moves the same measures at full
+    precision: a float32 run whose UNet noise images come from another seed (as another SEED
+    would draw them). A precision agrees when no measure falls below the floor's. Round 1 also
+    gets the overlap under a float32 head of another seed (a head trained on a few pixels hangs
+    on its seed). Speed: after the rounds (every extractor warm), each precision computes the 18
+    UNet inputs of the same images in turn, so that a change of load hits them alike."""
     from model.acquisition import acquisition_scores
     from model.datasets import load_dataset
     from model.features import DiffusionFeatureExtractor, ImageFeatureSource
@@ -468,11 +479,12 @@ def _precision_run(data: str, backbone: str, resolution: int, images: int, candi
     config = RoundConfig(budget=budget, candidates=candidates, local_k=local_k, seed=seed)
     keys = [ds.key(i) for i in range(len(ds))]
     runs = []
-    for dtype in dtypes:
-        log.info("%s: round 0, answers, head and round 1 on %d images", dtype, len(ds))
-        extractor = DiffusionFeatureExtractor(unet, FeatureConfig(resolution=resolution, dtype=dtype))
+    for dtype, noise_seed in [(d, seed) for d in dtypes] + [(dtypes[0], seed + 1)]:
+        name = dtype if noise_seed == seed else f"{dtype} noise seed {noise_seed}"
+        log.info("%s: round 0, answers, head and round 1 on %d images", name, len(ds))
+        extractor = DiffusionFeatureExtractor(unet, FeatureConfig(resolution=resolution, dtype=dtype, seed=noise_seed))
         source = ImageFeatureSource(extractor, lambda i: ds.image(i, resolution), keys)
-        cache = RecordCache({"dtype": dtype})
+        cache = RecordCache({"dtype": dtype, "noise seed": noise_seed})
         t = time.perf_counter()
         r0 = run_round(source, {}, None, config, cache)
         seconds = time.perf_counter() - t
@@ -483,14 +495,23 @@ def _precision_run(data: str, backbone: str, resolution: int, images: int, candi
         head, _ = train_head(feats, classes, ds.num_classes, TrainConfig(seed=seed))
         pixels = {i: px for i, (px, _) in labeled.items()}
         r1 = run_round(source, pixels, head, config, cache, round_index=1, queried=queried)
-        runs.append({"dtype": dtype, "extractor": extractor, "round0": r0, "round1": r1, "head": head,
-                     "local": local, "seconds_per_image": seconds / len(ds)})
-        if len(runs) == 1:  # round 1 hangs on a head trained from a few pixels: how far does its seed alone move it?
+        runs.append({"name": name, "dtype": dtype, "extractor": extractor, "round0": r0, "round1": r1, "head": head,
+                     "local": local, "round0_seconds_per_image": seconds / len(ds)})
+        if len(runs) == 1:
             reseeded, _ = train_head(feats, classes, ds.num_classes, TrainConfig(seed=seed + 1))
             runs[0]["round1_reseeded"] = run_round(source, pixels, reseeded, config, cache, round_index=1,
                                                    queried=queried)
 
-    base = runs[0]
+    base, floor_run = runs[0], runs[-1]
+    log.info("time per image, precisions in turn on %d images", min(timed_images, len(ds)))
+    timed = {run["dtype"]: run["extractor"] for run in reversed(runs)}  # the first run of each precision
+    times: dict[str, list[float]] = {dtype: [] for dtype in timed}
+    all_noises = (0, *base["extractor"].config.draw_indices)
+    for i in range(min(timed_images, len(ds))):
+        for dtype in list(timed) if i % 2 == 0 else list(timed)[::-1]:  # alternate the order
+            t = time.perf_counter()
+            timed[dtype].maps(ds.image(i, resolution), all_noises)
+            times[dtype].append(time.perf_counter() - t)
 
     def overlap(a, b) -> float:
         return len(set(a.queries) & set(b.queries)) / len(b.queries)
@@ -512,14 +533,17 @@ def _precision_run(data: str, backbone: str, resolution: int, images: int, candi
     log.info("herding objectives and eDALD rankings of every candidate")
     base_objective = [objective(i, base["local"][i]) for i in range(len(ds))]
     base_scores = torch.cat([edald(base["extractor"], i) for i in range(len(ds))])
+    top = max(1, budget)
     lines = []
     for run in runs[1:]:
         ratios = [objective(i, run["local"][i]) / o for i, o in enumerate(base_objective)]
         scores = torch.cat([edald(run["extractor"], i) for i in range(len(ds))])
-        top = max(1, budget)
         lines.append({
-            "compared": f"{run['dtype']} vs {base['dtype']}",
-            "seconds_per_image": run["seconds_per_image"], "base_seconds_per_image": base["seconds_per_image"],
+            "compared": f"{run['name']} vs {base['name']}", "noise_floor": run is floor_run,
+            "feature_seconds_per_image": statistics.median(times[run["dtype"]]),
+            "base_feature_seconds_per_image": statistics.median(times[base["dtype"]]), "timed_images": len(times[base["dtype"]]),
+            "round0_seconds_per_image": run["round0_seconds_per_image"],
+            "base_round0_seconds_per_image": base["round0_seconds_per_image"],
             "round0_overlap": overlap(run["round0"], base["round0"]),
             "round1_overlap": overlap(run["round1"], base["round1"]),
             "round1_overlap_fp32_other_head_seed": overlap(base["round1_reseeded"], base["round1"]),
@@ -530,13 +554,17 @@ def _precision_run(data: str, backbone: str, resolution: int, images: int, candi
             "edald_top_b_overlap": len(set(torch.topk(scores, top).indices.tolist())
                                        & set(torch.topk(base_scores, top).indices.tolist())) / top,
             "pixels_ranked": len(scores)})
+    floor = lines[-1]
+    for line in lines[:-1]:
+        line["below_noise_floor"] = [key for key in AGREEMENT if line[key] < floor[key]]
+        line["agrees_within_noise_floor"] = not line["below_noise_floor"]
     return {"lines": lines, **machine("cpu")}
 
 
 def bench_precision(args) -> None:
     r = isolated(_precision_run, data=args.data, backbone=args.backbone, resolution=args.resolution,
                  images=args.images, candidates=args.candidates, local_k=args.local_k, budget=args.budget,
-                 dtypes=args.dtypes, seed=args.seed)
+                 dtypes=args.dtypes, seed=args.seed, timed_images=args.timed_images)
     common = {"benchmark": "precision", "backbone": args.backbone, "resolution": args.resolution,
               "images": args.images, "candidates": args.candidates, "budget": args.budget}
     if "error" in r:
@@ -724,7 +752,8 @@ def add_parser(sub) -> None:
     p.add_argument("--local-k", type=int, default=50)
     p.add_argument("--budget", type=int, default=10, help="clicks per round")
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES),
-                   help="the first is the reference the others are compared with")
+                   help="the first is the reference the others (and the noise floor) are compared with")
+    p.add_argument("--timed-images", type=int, default=3, help="images each precision times in turn (median)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=bench_precision)
 

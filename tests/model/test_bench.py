@@ -62,17 +62,27 @@ def test_features_benchmark_scales_a_share_of_an_image_to_18_forwards():
 
 def test_precision_comparison_of_identical_runs_is_exact(camvid_root):
     """fp32 against a second fp32 run: every agreement measure must be exactly 1 (the runs are
-    deterministic), and bf16 is compared on the same scale."""
+    deterministic) and cannot fall below the noise floor; bf16 and the floor (float32 under
+    other noise images) are compared on the same scale, and the floor moves the features."""
+    from model.bench import AGREEMENT
+
     r = _precision_run(str(camvid_root), "tiny", 32, images=2, candidates=120, local_k=6, budget=3,
-                       dtypes=["fp32", "fp32", "bf16"], seed=0)
-    same, bf16 = r["lines"]
+                       dtypes=["fp32", "fp32", "bf16"], seed=0, timed_images=1)
+    same, bf16, floor = r["lines"]
     assert same["compared"] == "fp32 vs fp32" and bf16["compared"] == "bf16 vs fp32"
-    for key in ("round0_overlap", "round1_overlap", "local_picks_overlap", "local_objective_ratio_mean",
-                "local_objective_ratio_min", "edald_spearman", "edald_top_b_overlap"):
+    assert floor["compared"] == "fp32 noise seed 1 vs fp32" and floor["noise_floor"] and not bf16["noise_floor"]
+    for key in AGREEMENT:
         assert same[key] == pytest.approx(1.0, abs=1e-12), key
-        assert 0 <= bf16[key] <= 1.01, key
-    assert same["pixels_ranked"] == bf16["pixels_ranked"] == 240
+        assert 0 <= bf16[key] <= 1.01 and 0 <= floor[key] <= 1.01, key
+    assert same["agrees_within_noise_floor"] and same["below_noise_floor"] == []
+    assert bf16["agrees_within_noise_floor"] == (bf16["below_noise_floor"] == [])
+    assert set(bf16["below_noise_floor"]) == {key for key in AGREEMENT if bf16[key] < floor[key]}
+    assert floor["edald_spearman"] < 1 and floor["local_picks_overlap"] < 1  # other noise: other features
+    assert "agrees_within_noise_floor" not in floor
+    assert same["pixels_ranked"] == bf16["pixels_ranked"] == floor["pixels_ranked"] == 240
     assert 0 <= same["round1_overlap_fp32_other_head_seed"] == bf16["round1_overlap_fp32_other_head_seed"] <= 1
+    assert same["timed_images"] == 1 and same["feature_seconds_per_image"] > 0 and bf16["feature_seconds_per_image"] > 0
+    assert same["base_feature_seconds_per_image"] == bf16["base_feature_seconds_per_image"]
 
 
 def _sleep(seconds: float) -> dict:
