@@ -576,13 +576,16 @@ def bench_precision(args) -> None:
 
 # gpu --------------------------------------------------------------------------------------------
 GPU_TARGETS = {"seconds_per_image": 0.15, "answer_to_queries_seconds": 60.0, "peak_gpu_memory_gb": 20.0}
+SWEEP_RESERVE_SECONDS = 150  # of bench gpu's deadline, kept from the round for the feature throughput sweep
 
 
 def bench_gpu(args) -> None:
-    """Everything the GPU path needs measured, in one run that stops within --deadline seconds:
-    feature throughput by precision, batch, memory layout and torch.compile; then a full round at
-    scale with the precision the backend picks (FEATURE_DTYPE=auto); then a summary against the
-    targets. --tiny runs the same steps at a size a CPU finishes in a minute (for the tests)."""
+    """Everything the GPU path needs measured, in one run that ends within --deadline seconds. First
+    a full round at scale with the precision the backend picks (FEATURE_DTYPE=auto), because the
+    targets hang on it; it may use all but SWEEP_RESERVE_SECONDS of the deadline. Then feature
+    throughput by precision and batch, and the fastest of those in channels_last and under
+    torch.compile; a variant starts only while 30 s are left. Last, a summary against the targets.
+    --tiny runs the same steps at a size a CPU finishes in a few minutes (for the tests)."""
     from model.features import resolve_dtype
 
     started = time.monotonic()
@@ -596,41 +599,43 @@ def bench_gpu(args) -> None:
     def left() -> float:
         return args.deadline - (time.monotonic() - started)
 
-    lines = measure_features(backbone, resolution, feature_variants(dtypes, batches, False, False), device,
-                             repeats=1, iterations=args.iterations, warmup=1, noises=None, timeout=left())
-    for line in lines:
-        emit(line)
-    measured = [line for line in lines if "error" not in line]
-    if not measured:
-        emit({"benchmark": "gpu", "error": "no feature measurement succeeded"})
-        return
-    best = min(measured, key=lambda line: line["seconds_per_image"])
-    product = {"dtype": resolve_dtype(args.dtype, device), "batch": args.batch}
-    default = next((m for m in measured if m["dtype"] == product["dtype"] and m["batch"] == product["batch"]), None)
-    # the round first, at the backend's settings; the tuning variants after it may not fit the deadline
     round_line = round_measurement(args, backbone, resolution, device, "superpixel", segment_all=True, stream=True,
-                                   timeout=max(1.0, left() - 60))
+                                   timeout=max(1.0, left() - SWEEP_RESERVE_SECONDS))
     emit(round_line)
-    tuned = {"dtype": best["dtype"], "batch": best["batch"]}
-    for variant in (dict(tuned, channels_last=True, compile=False), dict(tuned, channels_last=False, compile=True)):
-        if variant["compile"] and not args.compile:
-            continue
+
+    def measure(variant: dict) -> dict:
         if left() < 30:
-            emit({"benchmark": "features", **variant, "error": "skipped: the deadline is near"})
-            continue
-        line = measure_features(backbone, resolution, [variant], device, repeats=1, iterations=args.iterations,
+            return {"benchmark": "features", "backbone": backbone, "resolution": resolution, **variant,
+                    "error": "skipped: the deadline is near"}
+        return measure_features(backbone, resolution, [variant], device, repeats=1, iterations=args.iterations,
                                 warmup=1, noises=None, timeout=left())[0]
+
+    measured = []
+    for variant in feature_variants(dtypes, batches, False, False):
+        line = measure(variant)
+        emit(line)
+        if "error" not in line:
+            measured.append(line)
+    best = min(measured, key=lambda line: line["seconds_per_image"]) if measured else None
+    tuned = {"dtype": best["dtype"], "batch": best["batch"]} if best else None
+    tuning = [] if best is None else [dict(tuned, channels_last=True, compile=False)] + (
+        [dict(tuned, channels_last=False, compile=True)] if args.compile else [])
+    for variant in tuning:
+        line = measure(variant)
         if "error" not in line:
             line["speedup_over_best_plain"] = best["seconds_per_image"] / line["seconds_per_image"]
         emit(line)
+
+    product = {"dtype": resolve_dtype(args.dtype, device), "batch": args.batch}
+    default = next((m for m in measured if m["dtype"] == product["dtype"] and m["batch"] == product["batch"]), None)
     summary = {"benchmark": "gpu", "backbone": backbone, "resolution": resolution, "images": round_line.get("images"),
                "backend_features": product,
                "seconds_per_image": default["seconds_per_image"] if default else None,
-               "best_features": tuned, "best_seconds_per_image": best["seconds_per_image"],
+               "best_features": tuned, "best_seconds_per_image": best["seconds_per_image"] if best else None,
                "answer_to_queries_seconds": round_line.get("answer_to_queries_seconds"),
                "peak_gpu_memory_gb": round_line.get("peak_gpu_memory_gb"),
                "wall_seconds": time.monotonic() - started, **machine(device)}
-    summary["targets_met"] = {k: None if summary[k] is None else summary[k] <= target  # None: not measurable here
+    summary["targets_met"] = {k: None if summary[k] is None else summary[k] <= target  # None: not measured
                               for k, target in GPU_TARGETS.items()}
     emit(summary)
 

@@ -44,6 +44,7 @@ def test_gpu_command_runs_its_steps_on_a_cpu(camvid_root):
     assert round_line["answer_to_queries_seconds"] == pytest.approx(parts, rel=1e-6)
     assert round_line["segment_all_seconds"] > 0 and round_line["labeled_pixels"] >= 1
 
+    assert lines.index(round_line) < lines.index(features[0])  # the round the targets hang on comes first
     (summary,) = [x for x in lines if x["benchmark"] == "gpu"]
     assert summary["backend_features"]["batch"] == 6 and summary["images"] == 2
     assert summary["answer_to_queries_seconds"] == round_line["answer_to_queries_seconds"]
@@ -51,6 +52,21 @@ def test_gpu_command_runs_its_steps_on_a_cpu(camvid_root):
     assert set(summary["targets_met"]) == {"seconds_per_image", "answer_to_queries_seconds", "peak_gpu_memory_gb"}
     assert summary["targets_met"]["peak_gpu_memory_gb"] is None  # no GPU memory on a CPU
     assert lines[-1] == summary
+
+
+def test_gpu_command_keeps_its_deadline_and_still_sums_up(camvid_root):
+    """A deadline too short for anything: the round is stopped, every feature variant is skipped,
+    and the summary still comes, with nothing claimed as met."""
+    t = time.monotonic()
+    lines = _bench("gpu", "--data", str(camvid_root), "--tiny", "--device", "cpu", "--deadline", "1")
+    assert time.monotonic() - t < 60
+    round_line, *features, summary = lines
+    assert round_line["benchmark"] == "round" and round_line["error"] == "timed out after 1 s"
+    assert [x["benchmark"] for x in features] == ["features", "features"]
+    assert all(x["error"] == "skipped: the deadline is near" for x in features)
+    assert summary["benchmark"] == "gpu" and summary["best_features"] is None
+    assert summary["targets_met"] == {"seconds_per_image": None, "answer_to_queries_seconds": None,
+                                      "peak_gpu_memory_gb": None}
 
 
 def test_features_benchmark_scales_a_share_of_an_image_to_18_forwards():
