@@ -26,7 +26,7 @@ from ml_backend.query_tasks import is_query_task, publish_round, queue_version, 
 from ml_backend.segmentations import push_segmentations
 from ml_backend.services import Services
 from model.head import train_head
-from model.selection import image_record, labeled_features, needs_noise_draws, record_digest, run_round
+from model.selection import image_record, labeled_features, record_digest, run_round
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class RoundContext:
         self.pixels = {i: px for i, (px, _) in self.labeled.items()}  # image index -> labeled pixels
         # image index -> every pixel queried in an earlier round, answered or not: never asked again
         self.queried = {self.index[t]: px for t, px in store.queried_pixels(project).items() if t in self.index}
-        self.need_draws = needs_noise_draws(self.config.acquisition)
+        self.need_draws = self.config.needs_noise_draws
 
     def record(self, i: int):
         """The image's stage-1 record for its labeled and queried pixels (computed when missing)."""
