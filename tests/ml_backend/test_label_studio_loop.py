@@ -15,6 +15,7 @@ from PIL import Image
 from ml_backend.label_config import SHIPPED_CONFIG
 from ml_backend.label_studio import QUERY_VIEW_TITLE, LabelStudioClient
 from model.datasets import CAMVID_CLASSES
+from tests.ml_backend.sdk_checks import assert_valid_result
 from tests.ml_backend.servers import ImageHost, drip, redirect_to, send_bytes, start_backend, stop, wait_until
 
 N_IMAGES, BUDGET_FACTOR = 8, 0.5
@@ -31,7 +32,11 @@ def import_camvid(ls, project: int, root, count: int) -> dict[int, str]:
 
 
 def predictions(ls, project: int, version: str) -> list[dict]:
-    return [p for p in ls.api("GET", f"/api/predictions/?project={project}").json() if p["model_version"] == version]
+    """The project's predictions of `version`, each checked by the SDK against the shipped config."""
+    found = [p for p in ls.api("GET", f"/api/predictions/?project={project}").json() if p["model_version"] == version]
+    for p in found:
+        assert_valid_result(SHIPPED_CONFIG.read_text(), p["result"])
+    return found
 
 
 def query_predictions(ls, project: int, version: str) -> list[dict]:
@@ -190,6 +195,7 @@ def test_label_all_tasks_serves_exactly_the_open_queries_round_after_round(ls, c
             "tasks": [task], "project": f"{project}.0", "label_config": config, "params": {"context": None}})
         assert r.status_code == 200, r.text
         result = r.json()["results"][0]
+        assert_valid_result(config, result["result"])
         assert result["model_version"] in (head1, f"p{project}-head-2") and 0 < result["score"] <= 1
         covered = np.zeros((360, 480), dtype=int)
         for region in result["result"]:

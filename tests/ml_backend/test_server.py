@@ -15,6 +15,7 @@ from ml_backend.config import Settings
 from ml_backend.label_config import SHIPPED_CONFIG
 from ml_backend.server import create_app
 from ml_backend.services import Services
+from tests.ml_backend.sdk_checks import assert_valid_result
 from tests.ml_backend.servers import ImageHost, send_bytes
 
 CONFIG = SHIPPED_CONFIG.read_text()
@@ -351,6 +352,7 @@ def test_interactive_click_returns_the_expanded_region_in_the_clicks_class(tmp_p
     assert r.status_code == 200
     result = r.json["results"][0]
     assert result["model_version"] == "expander-superpixel" and len(result["result"]) == 1
+    assert_valid_result(CONFIG, result["result"])
     region = result["result"][0]
     assert region["type"] == "brushlabels" and region["from_name"] == "mask" and region["value"]["brushlabels"] == ["Road"]
     mask = decode_rle(region["value"]["rle"]).reshape(360, 480, 4)[:, :, 3] > 0
