@@ -59,6 +59,11 @@ class ExportedHead:
     report: dict  # the training report: labeled pixels, epochs, final loss, ...
     details: dict  # project, round, created, labels digest
 
+    def __post_init__(self):
+        if self.weights["num_classes"] != len(self.classes):
+            raise ValueError(f"head {self.version} has {self.weights['num_classes']} classes but {len(self.classes)} "
+                             f"class names were given")
+
     def head(self) -> SegmentationHead:
         return SegmentationHead.from_checkpoint(self.weights)
 
@@ -87,9 +92,5 @@ class ExportedHead:
         if data.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path} is a head file of format version {data.get('format_version')}; this code reads "
                              f"version {FORMAT_VERSION}")
-        exported = cls(data["version"], tuple(data["classes"]), data["head"], FeatureSetup.from_dict(data["features"]),
-                       data["report"], data["details"])
-        if exported.weights["num_classes"] != len(exported.classes):
-            raise ValueError(f"{path}: the head has {exported.weights['num_classes']} classes but the file names "
-                             f"{len(exported.classes)}")
-        return exported
+        return cls(data["version"], tuple(data["classes"]), data["head"], FeatureSetup.from_dict(data["features"]),
+                   data["report"], data["details"])
