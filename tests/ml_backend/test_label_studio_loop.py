@@ -267,7 +267,7 @@ def test_kill_9_during_a_round_and_during_training_loses_nothing(ls, camvid_root
         names = import_camvid(ls, project, camvid_root, N_IMAGES)
         ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "m", "is_interactive": False})
 
-        wait_until(lambda: "per-image features" in health_stage(backend), 300, "round 0 under way", 0.1)
+        wait_until(lambda: "features and local herding" in health_stage(backend), 300, "round 0 under way", 0.1)
         stop(backend.process, signal.SIGKILL)
         assert predictions(ls, project, f"p{project}-round-0") == []  # died before pushing
         assert any(j["status"] == "running" for j in read_store(model_dir).interrupted_jobs())
