@@ -139,8 +139,20 @@ def publish_round(services: Services, project: int, round_index: int) -> None:
     round_row = store.round(project, round_index)
     version = queue_version(project, round_row)
     tasks = client.tasks(project, resolve_uri=False)
-    retire_outside_queue(services, project, round_index, tasks)
-    holders = place_queries(services, project, round_row, version, tasks)
-    overlap = client.prepare_queue(project, version, INSTRUCTION, INSTRUCTION_MARKER)
-    for holder in holders:
-        client.release_task(holder, overlap)
+    try:
+        retire_outside_queue(services, project, round_index, tasks)
+        holders = place_queries(services, project, round_row, version, tasks)
+        overlap = client.prepare_queue(project, version, INSTRUCTION, INSTRUCTION_MARKER)
+        for holder in holders:
+            client.release_task(holder, overlap)
+    except Exception as exc:
+        status = getattr(exc, "status_code", None)
+        if status not in (401, 403):
+            raise
+        todo = (f"Label Studio refused the backend's key (HTTP {status}) while it set up the labeling queue of "
+                f"project {project}: use the key of a user who may manage the project (LABEL_STUDIO_API_KEY), "
+                f"or set by hand in the project's settings: sampling 'Uncertainty sampling', model version "
+                f"{version}, predictions shown to annotators, no training on annotation submission")
+        log.error("project %s: %s", project, todo)
+        services.progress.update(project, "labeling queue not set up", message=todo)
+        raise RuntimeError(todo) from None
