@@ -10,7 +10,7 @@ import numpy as np
 
 from ml_backend.progress import Progress, forget_finished, job_scope
 from ml_backend.store import Label, Store
-from tests.ml_backend.test_server import CONFIG, RecordingRunner, make_client
+from tests.ml_backend.test_server import CONFIG, make_client
 
 
 STAGE, WORK = "round 3: features and local herding", ("round 3 records", 20)

@@ -16,12 +16,13 @@ from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
 from ml_backend.label_config import SHIPPED_CONFIG
-from ml_backend.learning_curve import CurveSeries, draw_curve
+from ml_backend.learning_curve import draw_curve
 from model.head_export import ExportedHead
 from tests.conftest import REPO
 from tests.ml_backend.servers import start_backend, stop, wait_until
 from tests.ml_backend.test_label_studio_loop import (answer_with_ground_truth, import_camvid, keypoints,
                                                      model_version, next_task, predictions, read_store)
+from tests.ml_backend.test_learning_curve import series_from_metrics
 
 CONFIG = SHIPPED_CONFIG.read_text()
 
@@ -187,12 +188,7 @@ def test_pin_roll_back_and_forward_export_and_the_learning_curve(ls, camvid_root
             head[1], head[2], None, None, head[3], None]
         assert all(r["seconds_to_next_round"] > 0 for r in (rounds[0], rounds[1], rounds[4]))
         png = requests.get(f"{backend.url}/metrics/{project}/curve.png", timeout=30)
-        series = CurveSeries([r["round"] for r in rounds], [r["point_agreement"] for r in rounds],
-                             [r["region_agreement"] for r in rounds], [r["answered"] for r in rounds],
-                             [(r["next_head"] or {}).get("final_loss") for r in rounds],
-                             [(r["next_head"] or {}).get("labeled_pixels") for r in rounds],
-                             [r["seconds_to_next_round"] for r in rounds])
-        assert png.content == draw_curve(series, 0.9, f"project {project}: learning curve without ground truth")
+        assert png.content == draw_curve(series_from_metrics(rounds), 0.9, f"project {project}: learning curve without ground truth")
         (tmp_path / "curve.png").write_bytes(png.content)
         print("learning curve PNG:", tmp_path / "curve.png")
         assert read_store(tmp_path / "model").current_head(project)["version"] == head[3]

@@ -122,4 +122,5 @@ def test_the_servers_job_thread_runs_a_job_another_process_recorded(tmp_path):
         time.sleep(0.1)
     assert ran == [(7, "pin")]
     time.sleep(2 * InProcessRunner.ADOPT_INTERVAL)
-    assert ran == [(7, "pin")]  # once
+    assert ran == [(7, "pin")] and runner.idle()  # once
+    assert [j["status"] for j in store.recent_jobs()] == ["done"]
