@@ -230,6 +230,10 @@ class Settings:
                 raise SettingsError(f"unknown setting {key!r}; a project may set {', '.join(PROJECT_SETTINGS)}")
         settings = replace(self, **changes)
         settings.validate()
+        if changes.get("expander") == "sam" and not (self.sam_checkpoint and self.sam_checkpoint.is_file()):
+            # the environment's EXPANDER=sam reports a missing file in /metrics; a project's would break its rounds
+            raise SettingsError("EXPANDER=sam needs a SAM checkpoint, which is per backend (SAM_CHECKPOINT), and this "
+                                "backend has none; choose superpixel or none")
         return settings
 
     def project_view(self) -> dict:

@@ -94,3 +94,24 @@ def test_gunicorn_workers_need_redis(monkeypatch):
     monkeypatch.setenv("THREADS", "0")
     with pytest.raises(SettingsError, match="THREADS=0"):
         Settings.from_env()
+
+
+def test_a_project_may_choose_sam_only_where_the_backend_has_its_checkpoint(tmp_path):
+    with pytest.raises(SettingsError, match="EXPANDER=sam needs a SAM checkpoint, which is per backend"):
+        Settings().for_project({"EXPANDER": "sam"})
+    with pytest.raises(SettingsError, match="EXPANDER=sam needs"):  # a path that holds no file
+        Settings(sam_checkpoint=tmp_path / "sam_vit_b.pth").for_project({"EXPANDER": "sam"})
+    (tmp_path / "sam_vit_b.pth").write_bytes(b"weights")
+    assert Settings(sam_checkpoint=tmp_path / "sam_vit_b.pth").for_project({"EXPANDER": "sam"}).expander == "sam"
+    sam = Settings(expander="sam")  # the environment's own choice is reported in /metrics, not refused here
+    assert sam.for_project({}) == sam and sam.for_project({"EXPANDER": "none"}).expander == "none"
+
+
+def test_the_readme_lists_the_keys_a_project_may_set():
+    from ml_backend.config import PROJECT_SETTINGS
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    paragraph = readme[readme.index("The accepted keys"):].split("\n\n")[0]
+    listed = set(re.findall(r"`([A-Z_]+)`", paragraph)) - {"SAM_CHECKPOINT"}
+    assert listed == set(PROJECT_SETTINGS)

@@ -124,6 +124,7 @@ def test_extra_params_set_one_projects_settings_and_not_anothers(client):
     ({"BACKBONE": "imagenet256"}, "BACKBONE is a per-backend setting"),
     ({"DEVICE": "cuda"}, "per-backend"), ({"BUDGET": "many"}, "BUDGET='many' is not a valid int"),
     ({"ACQUISITION": "edal"}, "ACQUISITION='edal'"), ("BUDGET=5", "must be a JSON object"),
+    ({"EXPANDER": "sam"}, "EXPANDER=sam needs a SAM checkpoint"),
 ])
 def test_bad_extra_params_are_refused_and_change_nothing(client, extra, fragment):
     c, backend, runner = client
