@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-CAMVID_COLORS = np.array([[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222],
-                          [128, 128, 0], [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]],
-                         dtype=np.uint8)
+from model.prediction import class_colors
 
 
 def _pyplot():
@@ -117,8 +115,7 @@ def plot_selections(sim, path: Path, images: int = 4) -> None:
 def plot_predictions(sim, head, path: Path, title: str, images: int = 3) -> None:
     plt = _pyplot()
     r = sim.resolution
-    colors = CAMVID_COLORS if sim.eval_set.num_classes <= len(CAMVID_COLORS) else \
-        (np.random.default_rng(0).integers(0, 255, (sim.eval_set.num_classes, 3))).astype(np.uint8)
+    colors = class_colors(sim.eval_set.num_classes)
     n = min(images, len(sim.eval_set))
     chosen = np.linspace(0, len(sim.eval_set) - 1, n).round().astype(int)  # spread: neighbours are near-duplicate frames
     fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n + 0.4), squeeze=False)
