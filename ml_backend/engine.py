@@ -68,9 +68,8 @@ class Engine:
                            local_sketch_dim=s.local_sketch_dim or None)
 
     def train_config(self, settings: Settings) -> TrainConfig:
-        dropout = 0.2 if get_acquisition(settings.acquisition).samples == "dropout" else 0.0
         return TrainConfig(batch_size=settings.train_batch_size, max_epochs=settings.train_max_epochs,
-                           mc_dropout=dropout, seed=settings.seed)
+                           mc_dropout=get_acquisition(settings.acquisition).head_dropout, seed=settings.seed)
 
     def checkpoint_path(self) -> Path | None:
         return self.settings.diffusion_checkpoint

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 EPS_REFERENCE = 1e-8
+MC_DROPOUT_RATE = 0.2  # the head's dropout when a method samples it (BALD family)
 
 
 def entropy(log_p: torch.Tensor) -> torch.Tensor:
@@ -105,6 +106,11 @@ class Acquisition:
     @property
     def needs_noise_draws(self) -> bool:
         return self.samples == "noise"
+
+    @property
+    def head_dropout(self) -> float:
+        """The dropout the head must be trained with so that this method can sample it."""
+        return MC_DROPOUT_RATE if self.samples == "dropout" else 0.0
 
     def scores(self, reference: torch.Tensor, samples: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
