@@ -148,7 +148,7 @@ def simulate(args: argparse.Namespace) -> None:
     from model.expansion import build_expander
     from model.features import DiffusionFeatureExtractor
     from model.head import TrainConfig
-    from model.simulate import Simulation, SimulationConfig, parse_strategy
+    from model.experiments.simulate import Simulation, SimulationConfig, parse_strategy
 
     for name in args.strategy:
         parse_strategy(name)

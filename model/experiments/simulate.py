@@ -250,7 +250,7 @@ class Simulation:
         for strategy in self.strategies:
             for seed in self.config.seeds:
                 final_heads[(strategy.name, seed)] = self.run_one(strategy, seed)
-        from model.simulation_report import write_reports
+        from model.experiments.simulation_report import write_reports
 
         write_reports(self, final_heads)
 
