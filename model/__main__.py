@@ -196,7 +196,7 @@ def expansion(args: argparse.Namespace) -> None:
 
     from model.datasets import load_dataset
     from model.expansion import SuperpixelExpander, build_expander
-    from model.expansion_report import markdown, run_report
+    from model.experiments.expansion_report import markdown, run_report
 
     dataset = load_dataset(args.data, args.split, args.dataset, args.preprocess)
     if args.expander == "superpixel":  # every image's segmentation stays in memory for the clicks
