@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the diffusion checkpoint of the head's backbone (the head file names the file)")
     p.add_argument("--device", default="auto")
     p.set_defaults(run=segment_folder)
-    from model.bench import add_parser as add_bench
+    from model.experiments.bench import add_parser as add_bench
 
     add_bench(sub)
     return parser
