@@ -15,16 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.experiments.report_output import markdown_table, pyplot
 from model.prediction import class_colors
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -49,16 +41,14 @@ def summary_rows(rows: list[dict]) -> list[dict]:
 
 
 def summary_markdown(rows: list[dict]) -> str:
-    lines = ["| strategy | seeds | round | mIoU (%) | pixel acc. (%) | labeled pixels | share of pixels |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['strategy']} | {r['seeds']} | {r['round']} | {r['miou_mean']:.2f} ± {r['miou_std']:.2f} | "
-                     f"{r['acc_mean']:.1f} | {r['labeled_mean']:.0f} | {r['share_mean']:.5%} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["strategy", "seeds", "round", "mIoU (%)", "pixel acc. (%)", "labeled pixels", "share of pixels"],
+        [[r["strategy"], r["seeds"], r["round"], f"{r['miou_mean']:.2f} ± {r['miou_std']:.2f}", f"{r['acc_mean']:.1f}",
+          f"{r['labeled_mean']:.0f}", f"{r['share_mean']:.5%}"] for r in rows])
 
 
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         curves[row["strategy"]][int(row["round"])].append(float(row["miou"]) * 100)
@@ -81,7 +71,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
 
 def plot_selections(sim, path: Path, images: int = 4) -> None:
     """Pixels selected by (up to) the first two strategies, seed of the first run, all rounds."""
-    plt = _pyplot()
+    plt = pyplot()
     strategies = sim.strategies[:2]
     seed = sim.config.seeds[0]
     picks = {}
@@ -113,7 +103,7 @@ def plot_selections(sim, path: Path, images: int = 4) -> None:
 
 
 def plot_predictions(sim, head, path: Path, title: str, images: int = 3) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     r = sim.resolution
     colors = class_colors(sim.eval_set.num_classes)
     n = min(images, len(sim.eval_set))
