@@ -12,11 +12,15 @@ import threading
 import time
 from dataclasses import asdict
 
-from ml_backend import payloads
+from werkzeug.exceptions import NotFound
+
+from ml_backend import payloads, versions
 from ml_backend.click_prompt import ContextError, click_session
+from ml_backend.config import SettingsError
+from ml_backend.images import original_image
 from ml_backend.jobs import InProcessRunner
 from ml_backend.label_config import LabelConfigError, LabelSchema, parse_label_config
-from ml_backend.images import original_image
+from ml_backend.learning_curve import curve_series, draw_curve, learning_curve, stopping_hint
 from ml_backend.loop import advance_when_answered
 from ml_backend.payloads import RequestError
 from ml_backend.regions import brush_region, labels_from_result
@@ -40,16 +44,25 @@ class ActiveLearningBackend:
 
     # setup ---------------------------------------------------------------------------------------
     def setup(self, project_uid, label_config: str | None, hostname: str | None = None,
-              access_token: str | None = None, authenticated: bool = False) -> dict:
+              access_token: str | None = None, authenticated: bool = False, extra_params=None) -> dict:
         """`authenticated`: the request passed BASIC_AUTH, and may change the project's Label Studio
-        address and token (see Services.accept_setup_credentials)."""
-        request = payloads.setup(project_uid, label_config, hostname, access_token)
+        address and token (see Services.accept_setup_credentials). `extra_params`: the model's "Extra
+        params" in Label Studio, the project's settings; they replace the ones the last /setup sent
+        (none: the environment's), and one that cannot apply refuses the whole /setup."""
+        request = payloads.setup(project_uid, label_config, hostname, access_token, extra_params)
         project, label_config = request.project, request.label_config
         schema = parse_label_config(label_config)
         problem = self.services.engine.checkpoint_problem()
         if problem:
             raise RequestError(problem)
+        try:
+            effective = self.services.settings.for_project(request.extra_params)
+        except SettingsError as exc:
+            raise RequestError(f"extra params: {exc}") from None
+        overrides = {str(k).upper(): getattr(effective, str(k).lower()) for k in request.extra_params}
         self.services.store.save_project(project, label_config, asdict(schema))
+        if self.services.store.set_overrides(project, overrides):
+            log.info("project %s: settings from Label Studio's extra params: %s", project, overrides or "none")
         self.services.accept_setup_credentials(project, request.hostname, request.access_token, authenticated)
         with self._lock:
             due = time.time() - self._last_sync.get(project, 0.0) > SYNC_INTERVAL
@@ -92,7 +105,7 @@ class ActiveLearningBackend:
             prompt = session.prompt(w, h)
         except ContextError as exc:
             raise RequestError(f"unusable click: {exc}") from None
-        expander = self.services.engine.expander()
+        expander = self.services.engine.expander(self.services.settings_for(project))
         mask, confidence, expanded = expander.prompt_region(image, prompt)
         regions = []
         if expanded:
@@ -141,13 +154,14 @@ class ActiveLearningBackend:
             store.delete_annotations(project, message.ids)
             return {"status": "ok"}
         schema = self._schema(project, message.label_config)
+        region_cap = self.services.settings_for(project).region_pixel_cap
         outcomes, problems, pending = [], [], []
         for annotation in message.annotations:
             task = image_task(self.services, project, annotation.task)  # answers on a query task label its image
             row = store.task(project, task)
             size = (row["width"], row["height"]) if row and row["status"] == "ready" else None
             parsed = labels_from_result(annotation.result, schema, task, self.services.settings.resolution,
-                                        self.services.settings.region_pixel_cap, size)
+                                        region_cap, size)
             problems += parsed.problems
             pending += parsed.pending
             outcomes.append(store.apply_annotation(project, annotation.id, task, annotation.updated_at,
@@ -158,16 +172,39 @@ class ActiveLearningBackend:
                 "advance": advanced}
 
     # introspection -------------------------------------------------------------------------------
-    def versions(self, project: int | None = None) -> list[str]:
-        store = self.services.store
-        projects = [project] if project is not None else store.projects()
-        return [h["version"] for p in projects for h in store.heads(p)]
+    def versions(self, project: int | None = None) -> dict:
+        """Head versions of one project or of all (names carry the project), oldest first, and which
+        head of each project is current."""
+        heads = versions.heads(self.services.store, project)
+        return {"versions": [h["version"] for h in heads],
+                "current": {str(h["project"]): h["version"] for h in heads if h["current"]},
+                "heads": [{k: h[k] for k in ("project", "version", "round", "labeled", "created", "current")}
+                          for h in heads]}
+
+    def pin(self, data: dict) -> dict:
+        request = payloads.pin(data, versions.project_of)
+        return versions.pin(self.services, self.runner, request.project, request.version)
+
+    def curve_png(self, project_uid) -> bytes:
+        project = payloads.project_id(project_uid)
+        if self.services.store.project(project) is None:
+            raise NotFound(f"project {project} is not known to this backend (Label Studio calls /setup on connect)")
+        return draw_curve(curve_series(learning_curve(self.services.store, project)),
+                          self.services.settings_for(project).stop_agreement,
+                          f"project {project}: learning curve without ground truth")
+
+    def _settings_view(self, project: int, curve: list[dict]) -> dict:
+        settings = self.services.settings_for(project)
+        hint = stopping_hint(curve, settings)
+        return {"settings": settings.project_view(), "overrides": self.services.store.overrides(project),
+                "stopping_hint": hint["message"] if hint else None}
 
     def projects_status(self) -> dict:
         store, out = self.services.store, {}
         for project in store.projects():
             current = store.current_round(project)
             head = store.current_head(project)
+            curve = learning_curve(store, project)
             out[str(project)] = {
                 "tasks": len(store.tasks(project)), "images_ready": len(store.tasks(project, "ready")),
                 "images_failed": len(store.tasks(project, "failed")),
@@ -175,14 +212,16 @@ class ActiveLearningBackend:
                 "round": current["round"] if current else None, "round_status": current["status"] if current else None,
                 "queries": store.round_progress(project, current["round"]) if current else None,
                 "model_version": head["version"] if head else None,
+                **self._settings_view(project, curve), "rounds": curve,
             }
         return out
 
     def health(self) -> dict:
         """What Label Studio's connect dialog and an operator need without credentials: whether the
-        backend can work and, if not, the one thing to do; per project its progress, the tasks whose
+        backend can work and, if not, the one thing to do; per project its progress (that of every
+        process: it is in the store), its effective settings with the stopping hint, the tasks whose
         image failed (with the reason) and why credentials from /setup were refused. Always a 200,
-        which Label Studio needs to connect. Settings, paths and jobs are in /metrics."""
+        which Label Studio needs to connect. Backend settings, paths and jobs are in /metrics."""
         problem = self.services.engine.checkpoint_problem()
         engine = self.services.engine
         out = {
@@ -190,6 +229,8 @@ class ActiveLearningBackend:
             "model_class": type(self).__name__,
             "model": {"backbone": engine.backbone.name, "pretrained": engine.backbone.pretrained and problem is None},
             "progress": self.services.progress.snapshot(), "failed_tasks": self.failed_tasks(),
+            "projects": {str(p): self._settings_view(p, learning_curve(self.services.store, p))
+                         for p in self.services.store.projects()},
         }
         if problem is not None:
             out["todo"] = problem
@@ -209,7 +250,7 @@ class ActiveLearningBackend:
             "uptime_s": round(time.time() - self.started, 1), "backbone": self.services.engine.status(),
             "jobs": self.runner.describe(), "settings": self.services.settings.public(),
             "projects": self.projects_status(),
-            "heads": {str(p): [{k: h[k] for k in ("version", "round", "labeled", "created", "current")}
+            "heads": {str(p): [{k: h[k] for k in ("version", "round", "labeled", "created", "current", "report")}
                                for h in store.heads(p)] for p in store.projects()},
             "recent_jobs": store.recent_jobs(20),
         }

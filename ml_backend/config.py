@@ -1,9 +1,16 @@
-"""Backend settings, all from environment variables (documented in the README with their defaults)."""
+"""Backend settings: environment variables (documented in the README with their defaults), and per
+project the overrides Label Studio sends as the model's "Extra params".
+
+A project may set only what leaves the shared backbone, its features and the deployment alone
+(`PROJECT_SETTINGS`); both sources go through the same conversion (`_convert`) and the same checks
+(`Settings.validate`), so a value the environment would refuse is refused from a project too.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from model.acquisition import METHODS
@@ -16,24 +23,52 @@ class SettingsError(ValueError):
     pass
 
 
+# What a project may set in Label Studio's "Extra params" (JSON, e.g. {"BUDGET": 20, "ACQUISITION": "margin"}).
+# Everything else changes what all projects share (backbone, resolution, noise draws, device, paths,
+# credentials, the job queue) and stays per backend.
+PROJECT_SETTINGS = ("BUDGET", "BUDGET_FACTOR", "ACQUISITION", "COVERAGE", "CANDIDATES", "LOCAL_K", "LOCAL_SKETCH_DIM",
+                    "KEEP_GLOBAL", "SEED", "TRAIN_BATCH_SIZE", "TRAIN_MAX_EPOCHS", "AUTO_ADVANCE", "SUGGEST_CLASSES",
+                    "EXPANDER", "SAM_TAU", "SUPERPIXEL_TAU", "REGION_PIXEL_CAP", "STOP_AGREEMENT", "STOP_ROUNDS")
+# Names Label Studio's generated backends use for the same two settings.
+ALIASES = {"LABEL_STUDIO_HOST": "LABEL_STUDIO_URL", "LABEL_STUDIO_ACCESS_TOKEN": "LABEL_STUDIO_API_KEY"}
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _env(name: str, default: str) -> str:
-    value = os.environ.get(name)
-    return default if value is None or value == "" else value
+    """The variable's value, or its alias's (LABEL_STUDIO_HOST for LABEL_STUDIO_URL, ...)."""
+    values = {n: os.environ.get(n) or "" for n in (name, *[a for a, target in ALIASES.items() if target == name])}
+    given = {n: v for n, v in values.items() if v}
+    if len(set(given.values())) > 1:
+        raise SettingsError(f"{' and '.join(given)} are both set, to different values; set one of them")
+    return next(iter(given.values()), default)
+
+
+def _convert(name: str, raw, kind):
+    """One setting's value as `kind`, from the environment's text or from JSON (a number, a boolean,
+    a string); the error names the setting and the value."""
+    if kind is bool:
+        text = str(raw).lower() if not isinstance(raw, bool) else ("true" if raw else "false")
+        if text not in TRUE + FALSE:
+            raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
+        return text in TRUE
+    if kind in (int, float):
+        if isinstance(raw, bool) or (kind is int and isinstance(raw, float) and not raw.is_integer()):
+            raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}")
+        try:
+            return kind(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if not isinstance(raw, str):
+        raise SettingsError(f"{name}={raw!r} is not a string")
+    return raw
 
 
 def _number(name: str, default, kind):
-    raw = _env(name, str(default))
-    try:
-        return kind(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    return _convert(name, _env(name, str(default)), kind)
 
 
 def _flag(name: str, default: bool) -> bool:
-    raw = _env(name, "true" if default else "false").lower()
-    if raw not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
-    return raw in ("1", "true", "yes", "on")
+    return _convert(name, _env(name, "true" if default else "false"), bool)
 
 
 @dataclass(frozen=True)
@@ -67,6 +102,8 @@ class Settings:
     sam_tau: float = 0.85
     superpixel_tau: float = 0.5
     region_pixel_cap: int = 256
+    stop_agreement: float = 0.9  # the stopping hint: point agreement at least this high ...
+    stop_rounds: int = 3  # ... for this many rounds in a row
     basic_auth_user: str = ""
     basic_auth_pass: str = field(default="", repr=False)
     redis_url: str = field(default="", repr=False)
@@ -75,6 +112,8 @@ class Settings:
     max_request_mb: int = 16  # largest request body (413 above it)
     host: str = "127.0.0.1"  # the Docker image sets HOST=0.0.0.0
     port: int = 9090
+    workers: int = 1  # gunicorn worker processes (the Docker image); more than 1 needs REDIS_URL
+    threads: int = 8  # gunicorn threads per worker
     log_level: str = "INFO"
 
     @classmethod
@@ -85,15 +124,6 @@ class Settings:
             raise SettingsError(f"BACKBONE={backbone!r}; choose one of {', '.join(BACKBONES)}")
         default_ckpt = BACKBONES[backbone].checkpoint_file
         ckpt = _env("DIFFUSION_CHECKPOINT", str(model_dir / "checkpoints" / default_ckpt) if default_ckpt else "")
-        acquisition = _env("ACQUISITION", "edald")
-        if acquisition not in METHODS:
-            raise SettingsError(f"ACQUISITION={acquisition!r}; choose one of {', '.join(METHODS)}")
-        coverage = _env("COVERAGE", "herding")
-        if coverage not in COVERAGE_METHODS:
-            raise SettingsError(f"COVERAGE={coverage!r}; choose one of {', '.join(COVERAGE_METHODS)}")
-        expander = _env("EXPANDER", "superpixel")
-        if expander not in ("superpixel", "sam", "none"):
-            raise SettingsError(f"EXPANDER={expander!r}; choose superpixel, sam or none")
         sam_ckpt = _env("SAM_CHECKPOINT", "")
         settings = cls(
             label_studio_url=_env("LABEL_STUDIO_URL", "http://localhost:8080").rstrip("/"),
@@ -110,8 +140,8 @@ class Settings:
             local_sketch_dim=_number("LOCAL_SKETCH_DIM", 0, int),
             keep_global=_number("KEEP_GLOBAL", 0.5, float),
             candidates=_number("CANDIDATES", 10_000, int),
-            coverage=coverage,
-            acquisition=acquisition,
+            coverage=_env("COVERAGE", "herding"),
+            acquisition=_env("ACQUISITION", "edald"),
             draws=_number("DRAWS", 5, int),
             seed=_number("SEED", 0, int),
             train_batch_size=_number("TRAIN_BATCH_SIZE", 8, int),
@@ -119,12 +149,14 @@ class Settings:
             auto_advance=_flag("AUTO_ADVANCE", True),
             suggest_classes=_flag("SUGGEST_CLASSES", False),
             records_batch=_number("RECORDS_BATCH", 8, int),
-            expander=expander,
+            expander=_env("EXPANDER", "superpixel"),
             sam_checkpoint=Path(sam_ckpt).expanduser() if sam_ckpt else None,
             sam_model_type=_env("SAM_MODEL_TYPE", "vit_b"),
             sam_tau=_number("SAM_TAU", 0.85, float),
             superpixel_tau=_number("SUPERPIXEL_TAU", 0.5, float),
             region_pixel_cap=_number("REGION_PIXEL_CAP", 256, int),
+            stop_agreement=_number("STOP_AGREEMENT", 0.9, float),
+            stop_rounds=_number("STOP_ROUNDS", 3, int),
             basic_auth_user=_env("BASIC_AUTH_USER", ""),
             basic_auth_pass=_env("BASIC_AUTH_PASS", ""),
             redis_url=_env("REDIS_URL", ""),
@@ -133,6 +165,8 @@ class Settings:
             max_request_mb=_number("MAX_REQUEST_MB", 16, int),
             host=_env("HOST", "127.0.0.1"),
             port=_number("PORT", 9090, int),
+            workers=_number("WORKERS", 1, int),
+            threads=_number("THREADS", 8, int),
             log_level=_env("LOG_LEVEL", "INFO").upper(),
         )
         settings.validate()
@@ -142,6 +176,12 @@ class Settings:
         problems = []
         if self.feature_dtype not in ("auto", *DTYPES):
             problems.append(f"FEATURE_DTYPE={self.feature_dtype!r}; choose auto, {', '.join(DTYPES)}")
+        if self.acquisition not in METHODS:
+            problems.append(f"ACQUISITION={self.acquisition!r}; choose one of {', '.join(METHODS)}")
+        if self.coverage not in COVERAGE_METHODS:
+            problems.append(f"COVERAGE={self.coverage!r}; choose one of {', '.join(COVERAGE_METHODS)}")
+        if self.expander not in ("superpixel", "sam", "none"):
+            problems.append(f"EXPANDER={self.expander!r}; choose superpixel, sam or none")
         if self.resolution < 32 or self.resolution % 32:
             problems.append(f"RESOLUTION={self.resolution} must be a positive multiple of 32")
         if not 0 < self.budget_factor:
@@ -152,16 +192,58 @@ class Settings:
             problems.append(f"KEEP_GLOBAL={self.keep_global} must lie in (0, 1]")
         if self.local_k < 1 or self.candidates < 1 or self.draws < 1 or self.records_batch < 1:
             problems.append("LOCAL_K, CANDIDATES, DRAWS and RECORDS_BATCH must be at least 1")
+        if self.train_batch_size < 1 or self.train_max_epochs < 1 or self.region_pixel_cap < 0:
+            problems.append("TRAIN_BATCH_SIZE and TRAIN_MAX_EPOCHS must be at least 1, REGION_PIXEL_CAP at least 0")
+        if not (0 <= self.sam_tau <= 1 and 0 <= self.superpixel_tau <= 1):
+            problems.append(f"SAM_TAU={self.sam_tau} and SUPERPIXEL_TAU={self.superpixel_tau} must lie in [0, 1]")
+        if not 0 <= self.stop_agreement <= 1 or self.stop_rounds < 1:
+            problems.append(f"STOP_AGREEMENT={self.stop_agreement} must lie in [0, 1] and STOP_ROUNDS="
+                            f"{self.stop_rounds} be at least 1")
         if self.local_sketch_dim < 0:
             problems.append(f"LOCAL_SKETCH_DIM={self.local_sketch_dim} must be 0 (exact) or a dimension")
         if self.sam_model_type not in ("vit_b", "vit_l", "vit_h"):
             problems.append(f"SAM_MODEL_TYPE={self.sam_model_type!r}; choose vit_b, vit_l or vit_h")
         if not (self.download_timeout > 0 and self.max_downloads >= 1 and self.max_request_mb >= 1):
             problems.append("DOWNLOAD_TIMEOUT must be positive, MAX_DOWNLOADS and MAX_REQUEST_MB at least 1")
+        if self.workers < 1 or self.threads < 1:
+            problems.append(f"WORKERS={self.workers} and THREADS={self.threads} must be at least 1")
+        elif self.workers > 1 and not self.redis_url:
+            problems.append(f"WORKERS={self.workers} needs REDIS_URL: without it the job runner lives in the web "
+                            "process, and each worker would run jobs of its own")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             problems.append("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if problems:
             raise SettingsError("; ".join(problems))
+
+    def for_project(self, overrides: Mapping[str, object]) -> Settings:
+        """These settings with a project's overrides (Label Studio's "Extra params": names as in the
+        environment, any case; values as JSON numbers, booleans or strings). An unknown name, a
+        per-backend one or a bad value is a SettingsError that says which and why."""
+        if not isinstance(overrides, Mapping):
+            raise SettingsError(f"extra params must be a JSON object of settings, not {type(overrides).__name__}")
+        kinds = {f.name: type(f.default) for f in fields(self)}
+        changes = {}
+        for key, value in overrides.items():
+            name = str(key).upper()
+            if name in PROJECT_SETTINGS:
+                changes[name.lower()] = _convert(name, value, kinds[name.lower()])
+            elif name.lower() in kinds or name in ALIASES:
+                raise SettingsError(f"{key} is a per-backend setting (shared by every project: backbone and features, "
+                                    f"device, paths, credentials, the job queue); set it in the backend's environment. "
+                                    f"A project may set {', '.join(PROJECT_SETTINGS)}")
+            else:
+                raise SettingsError(f"unknown setting {key!r}; a project may set {', '.join(PROJECT_SETTINGS)}")
+        settings = replace(self, **changes)
+        settings.validate()
+        if changes.get("expander") == "sam" and not (self.sam_checkpoint and self.sam_checkpoint.is_file()):
+            # the environment's EXPANDER=sam reports a missing file in /metrics; a project's would break its rounds
+            raise SettingsError("EXPANDER=sam needs a SAM checkpoint, which is per backend (SAM_CHECKPOINT), and this "
+                                "backend has none; choose superpixel or none")
+        return settings
+
+    def project_view(self) -> dict:
+        """The settings a project may override, by their environment names (for /health and /metrics)."""
+        return {name: getattr(self, name.lower()) for name in PROJECT_SETTINGS}
 
     def public(self) -> dict:
         """Settings safe to show in /health and logs (no secrets)."""

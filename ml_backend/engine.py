@@ -1,11 +1,15 @@
 """The backend's ML side: one frozen backbone shared by all projects, heads per project, expander.
 
-The backbone loads on first use, not at import or /setup (Label Studio gives /setup 3 seconds and
-the ImageNet checkpoint is 2.2 GB); a checkpoint problem is kept and shown by /health and /setup.
+The backbone and its features are the backend's (`self.settings`, from the environment); what a
+round, a training run and the expander do comes from the project's effective settings, passed in
+(`Services.settings_for`). The backbone loads on first use, not at import or /setup (Label Studio
+gives /setup 3 seconds and the ImageNet checkpoint is 2.2 GB); a checkpoint problem is kept and
+shown by /health and /setup.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from pathlib import Path
@@ -20,7 +24,8 @@ from model.embedding_cache import LRUCache
 from model.expansion import Expander, build_expander
 from model.features import DiffusionFeatureExtractor, FeatureConfig, ImageFeatureSource, resolve_dtype
 from model.head import SegmentationHead, TrainConfig
-from model.prediction import segment
+from model.head_export import FeatureSetup
+from model.prediction import ImageSegmentation, segment_image
 from model.selection import RecordCache, RoundConfig, budget_for
 
 log = logging.getLogger(__name__)
@@ -39,28 +44,34 @@ class Engine:
         self.backbone = get_backbone(settings.backbone)
         self._lock = threading.RLock()
         self._extractor: DiffusionFeatureExtractor | None = None
-        self._expander: Expander | None = None
+        self._expanders: dict[str, Expander] = {}  # by name, built with the environment's tau
         self.backbone_error: str | None = None
         self.expander_error: str | None = None
         self._heads = LRUCache(16)
 
     # configuration ------------------------------------------------------------------------------
     def feature_config(self) -> FeatureConfig:
+        """The backend's features; their noise seed is the environment's SEED whatever a project sets."""
         s = self.settings
         return FeatureConfig(resolution=s.resolution, draws=s.draws, seed=s.seed,
                              dtype=resolve_dtype(s.feature_dtype, self.device))
 
-    def round_config(self, num_images: int) -> RoundConfig:
-        s = self.settings
+    def feature_setup(self) -> FeatureSetup:
+        """What a head trained here expects as input (recorded with it, for export)."""
+        path = self.checkpoint_path()
+        return FeatureSetup(self.backbone.name, self.settings.seed,
+                            path.name if path else None, self.feature_config())
+
+    def round_config(self, settings: Settings, num_images: int) -> RoundConfig:
+        s = settings
         budget = min(s.budget, num_images * s.resolution ** 2) if s.budget else budget_for(num_images, s.budget_factor)
         return RoundConfig(budget=budget, candidates=s.candidates, local_k=s.local_k,
                            keep_global=s.keep_global, coverage=s.coverage, acquisition=s.acquisition, seed=s.seed,
                            local_sketch_dim=s.local_sketch_dim or None)
 
-    def train_config(self) -> TrainConfig:
-        dropout = 0.2 if get_acquisition(self.settings.acquisition).samples == "dropout" else 0.0
-        return TrainConfig(batch_size=self.settings.train_batch_size, max_epochs=self.settings.train_max_epochs,
-                           mc_dropout=dropout, seed=self.settings.seed)
+    def train_config(self, settings: Settings) -> TrainConfig:
+        return TrainConfig(batch_size=settings.train_batch_size, max_epochs=settings.train_max_epochs,
+                           mc_dropout=get_acquisition(settings.acquisition).head_dropout, seed=settings.seed)
 
     def checkpoint_path(self) -> Path | None:
         return self.settings.diffusion_checkpoint
@@ -79,14 +90,13 @@ class Engine:
         return (f"the diffusion checkpoint for BACKBONE={self.backbone.name} is missing: download "
                 f"{self.backbone.url} to {path} (or set DIFFUSION_CHECKPOINT to where the file is)")
 
-    def record_fingerprint(self) -> dict:
+    def record_fingerprint(self, settings: Settings) -> dict:
         path = self.checkpoint_path()
         stat = path.stat() if path and path.is_file() else None
         return {"backbone": self.backbone.name, "checkpoint": str(path), "size": stat.st_size if stat else None,
                 "mtime": stat.st_mtime if stat else None, "features": self.feature_config().__dict__,
-                "candidates": self.settings.candidates, "local_k": self.settings.local_k,
-                "local_sketch_dim": self.settings.local_sketch_dim,
-                "coverage": self.settings.coverage, "seed": self.settings.seed}
+                "candidates": settings.candidates, "local_k": settings.local_k,
+                "local_sketch_dim": settings.local_sketch_dim, "coverage": settings.coverage, "seed": settings.seed}
 
     # components ---------------------------------------------------------------------------------
     def extractor(self) -> DiffusionFeatureExtractor:
@@ -106,25 +116,33 @@ class Engine:
     def source(self, load_image, keys: list[str]) -> ImageFeatureSource:
         return ImageFeatureSource(self.extractor(), load_image, keys)
 
-    def records(self, directory: Path) -> RecordCache:
-        return RecordCache(self.record_fingerprint(), directory)
+    def records(self, settings: Settings, directory: Path) -> RecordCache:
+        return RecordCache(self.record_fingerprint(settings), directory)
 
-    def expander(self) -> Expander:
-        """The click expander; its per-image work (SAM embeddings, segmentations) is shared on disk under
-        MODEL_DIR/embeddings by every process: web workers, threads, and the RQ worker that prefetches."""
+    def expander(self, settings: Settings | None = None) -> Expander:
+        """The click expander a project's settings name (default: the environment's), with its tau. One
+        of each kind is built and shared by every project (a project's tau is a view of it); its
+        per-image work (SAM embeddings, segmentations) is shared on disk under MODEL_DIR/embeddings by
+        every process: web workers, threads, and the RQ worker that prefetches."""
+        s, base = settings or self.settings, self.settings
         with self._lock:
-            if self._expander is None:
-                s = self.settings
-                tau = s.sam_tau if s.expander == "sam" else s.superpixel_tau
+            if s.expander not in self._expanders:
+                tau = base.sam_tau if s.expander == "sam" else base.superpixel_tau
                 try:
-                    self._expander = build_expander(s.expander, tau=tau, sam_checkpoint=s.sam_checkpoint,
-                                                    sam_model_type=s.sam_model_type, device=str(self.device),
-                                                    cache_dir=s.model_dir / "embeddings")
+                    self._expanders[s.expander] = build_expander(
+                        s.expander, tau=tau, sam_checkpoint=base.sam_checkpoint, sam_model_type=base.sam_model_type,
+                        device=str(self.device), cache_dir=base.model_dir / "embeddings")
                 except (FileNotFoundError, ValueError, ImportError) as exc:
                     self.expander_error = str(exc)
                     raise
                 self.expander_error = None
-            return self._expander
+            shared = self._expanders[s.expander]
+        tau = {"sam": s.sam_tau, "superpixel": s.superpixel_tau}.get(s.expander, shared.tau)
+        if tau == shared.tau:
+            return shared
+        view = copy.copy(shared)  # the same model and caches, the project's threshold
+        view.tau = tau
+        return view
 
     def head(self, project: int, version: str, path: str) -> SegmentationHead:
         key = (project, version)
@@ -137,17 +155,18 @@ class Engine:
     def remember_head(self, project: int, version: str, head: SegmentationHead) -> None:
         self._heads.put((project, version), head)
 
-    def segment(self, head: SegmentationHead, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        maps = self.extractor().maps(image)[0]
-        return segment(head, maps)
+    def segment(self, head: SegmentationHead, image: np.ndarray) -> ImageSegmentation:
+        """The head's segmentation of an image at its original size (model.prediction.segment_image,
+        which `python -m model segment` runs on exported heads too)."""
+        return segment_image(self.extractor(), head, image)
 
     def status(self) -> dict:
         loaded = self._extractor is not None
         problem = self.checkpoint_problem()
-        expander = {"name": self.settings.expander, "loaded": self._expander is not None,
-                    "error": self.expander_error}
-        if self._expander is not None:
-            expander.update(self._expander.describe())
+        built = self._expanders.get(self.settings.expander)
+        expander = {"name": self.settings.expander, "loaded": built is not None, "error": self.expander_error}
+        if built is not None:
+            expander.update(built.describe())
         return {
             "backbone": self.backbone.name, "pretrained": self.backbone.pretrained and problem is None,
             "loaded": loaded, "device": str(self.device),

@@ -4,11 +4,12 @@ Kinds: `sync` (fetch tasks and images; start round 0), `advance` (next round onc
 answered), `train` (next round now: START_TRAINING), the two steps a round fans out into:
 `records` (per-image features and local herding for a batch of images) and `select` (global
 herding, uncertainty, push), which waits for the round's `records` jobs; `push` (open queries onto
-query tasks) and `segment` (the current head's segmentation of every task, to Label Studio).
+query tasks), `segment` (the current head's segmentation of every task, to Label Studio) and `pin`
+(a head pinned by hand: close the open round, select and publish one with that head).
 
 Every job is a row in the store before it runs, so a process that dies mid-job leaves a queued or
-running row behind and the next start runs it again. `sync`, `advance`, `train`, `push` and
-`segment` are not stacked: a project has at most one of each waiting to start (submitting another
+running row behind and the next start runs it again. `sync`, `advance`, `train`, `push`, `segment`
+and `pin` are not stacked: a project has at most one of each waiting to start (submitting another
 returns it), and a `train` with nothing labeled since the last head ends at once, so repeated
 training requests give one head.
 
@@ -26,12 +27,13 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from ml_backend.progress import forget_finished, job_scope
 from ml_backend.store import Store
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = ("sync", "advance", "train", "records", "select", "push", "segment")
-SINGLETON_KINDS = ("sync", "advance", "train", "push", "segment")
+JOB_KINDS = ("sync", "advance", "train", "records", "select", "push", "segment", "pin")
+SINGLETON_KINDS = ("sync", "advance", "train", "push", "segment", "pin")
 
 Handler = Callable[[int, str, dict], None]  # (project, kind, payload)
 
@@ -64,7 +66,8 @@ def run_job(store: Store, handler: Handler, job_id: int, owner=None) -> None:
         owner.current = {"id": job_id, "project": job["project"], "kind": job["kind"]}
     store.start_job(job_id)
     try:
-        handler(job["project"], job["kind"], job["payload"])
+        with job_scope(job_id):
+            handler(job["project"], job["kind"], job["payload"])
     except Exception as exc:  # a failed job is recorded and logged; the next trigger retries the work
         log.error("job %s (%s, project %s) failed: %s\n%s", job_id, job["kind"], job["project"], exc,
                   traceback.format_exc())
@@ -72,40 +75,63 @@ def run_job(store: Store, handler: Handler, job_id: int, owner=None) -> None:
     else:
         store.finish_job(job_id)
     finally:
+        forget_finished(store, job["project"])
         if owner is not None:
             owner.current = None
 
 
 class InProcessRunner:
-    """One worker thread, jobs in submission order (which also honours `depends_on`)."""
+    """One worker thread, jobs in submission order (which also honours `depends_on`). A job another
+    process recorded in the store (`python -m ml_backend heads pin` without REDIS_URL) is picked up
+    within ADOPT_INTERVAL seconds."""
+
+    ADOPT_INTERVAL = 2.0
 
     def __init__(self, store: Store, handler: Handler | None = None):
         self.store = store
         self.handler = handler
         self._queue: queue.Queue[int] = queue.Queue()
         self._lock = threading.Lock()
+        self._known: set[int] = set()  # every job this runner has queued
         self.current: dict | None = None
         self._thread = threading.Thread(target=self._work, name="jobs", daemon=True)
         self._thread.start()
 
+    def _put(self, job: int) -> None:
+        self._known.add(job)
+        self._queue.put(job)
+
     def submit(self, project: int, kind: str, payload: dict | None = None, depends_on: Sequence[int] = ()) -> int:
         with self._lock:
             job, new = record_job(self.store, project, kind, payload)
-        if new:
-            self._queue.put(job)
+            if new:
+                self._put(job)
         return job
 
     def resume(self) -> list[int]:
         """Queue again what a previous process left unfinished, in the original order."""
         jobs = [int(j["id"]) for j in self.store.interrupted_jobs()]
-        for job in jobs:
-            log.warning("re-running interrupted job %s", job)
-            self._queue.put(job)
+        with self._lock:
+            for job in jobs:
+                log.warning("re-running interrupted job %s", job)
+                self._put(job)
         return jobs
+
+    def _adopt(self) -> None:
+        with self._lock:
+            for row in self.store.interrupted_jobs():
+                if row["status"] == "queued" and row["id"] not in self._known:
+                    log.info("job %s (%s, project %s) was recorded by another process: running it", row["id"],
+                             row["kind"], row["project"])
+                    self._put(int(row["id"]))
 
     def _work(self) -> None:
         while True:
-            job_id = self._queue.get()
+            try:
+                job_id = self._queue.get(timeout=self.ADOPT_INTERVAL)
+            except queue.Empty:
+                self._adopt()
+                continue
             run_job(self.store, self.handler, job_id, self)
 
     def idle(self) -> bool:
@@ -113,3 +139,20 @@ class InProcessRunner:
 
     def describe(self) -> dict:
         return {"kind": "in-process", "queued": self._queue.qsize(), "running": self.current}
+
+
+class StoreRunner:
+    """Records jobs in the store only, for the server's in-process runner to pick up: what the
+    command line uses without REDIS_URL."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def submit(self, project: int, kind: str, payload: dict | None = None, depends_on: Sequence[int] = ()) -> int:
+        return record_job(self.store, project, kind, payload)[0]
+
+    def resume(self) -> list[int]:
+        return []
+
+    def describe(self) -> dict:
+        return {"kind": "store"}

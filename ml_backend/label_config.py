@@ -10,9 +10,10 @@ a box as Label Studio's own SAM backend does), so its labels must be among the c
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+
+from label_studio_sdk.label_interface import LabelInterface
 
 SHIPPED_CONFIG = Path(__file__).with_name("label_config.xml")
 QUERY_PLACEHOLDER = "Label me"
@@ -42,22 +43,21 @@ class LabelSchema:
             raise LabelConfigError(f"unknown class {name!r}; the config defines {', '.join(self.classes)}") from None
 
 
-def _labels(control: ET.Element) -> list[str]:
-    return [label.get("value", "") for label in control.iter("Label") if label.get("value")]
-
-
 def parse_label_config(xml: str | None) -> LabelSchema:
+    """The schema of a project's config, read with the SDK's LabelInterface (tags, names, labels);
+    the checks are the backend's own: which controls it needs and how their labels must agree."""
     if not xml or not xml.strip():
         raise LabelConfigError("the project has no labeling configuration; use ml_backend/label_config.xml")
     try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
+        interface = LabelInterface(xml)
+    except Exception as exc:  # the SDK raises lxml's and its own syntax errors
         raise LabelConfigError(f"the labeling configuration is not valid XML: {exc}") from None
-    images = {el.get("name"): el for el in root.iter("Image") if el.get("name")}
+    images = {obj.name: obj for obj in interface.objects if obj.tag == "Image" and obj.name}
     if not images:
         raise LabelConfigError("the labeling configuration has no <Image name=... value=\"$...\"/> tag")
-    keypoints = [el for el in root.iter("KeyPointLabels") if el.get("toName") in images]
-    brushes = [el for el in root.iter("BrushLabels") if el.get("toName") in images]
+    on_image = [c for c in interface.controls if any(name in images for name in c.to_name)]
+    keypoints = [c for c in on_image if c.tag == "KeyPointLabels"]
+    brushes = [c for c in on_image if c.tag == "BrushLabels"]
     missing = []
     if not keypoints:
         missing.append("a <KeyPointLabels> control whose toName is the image (the backend's queries)")
@@ -67,20 +67,21 @@ def parse_label_config(xml: str | None) -> LabelSchema:
         raise LabelConfigError("the labeling configuration lacks " + " and ".join(missing)
                                + "; see ml_backend/label_config.xml")
     kp = keypoints[0]
-    brush = next((b for b in brushes if b.get("toName") == kp.get("toName")), None)
+    image_name = next(name for name in kp.to_name if name in images)
+    brush = next((b for b in brushes if image_name in b.to_name), None)
     if brush is None:
         raise LabelConfigError("KeyPointLabels and BrushLabels must label the same <Image>")
-    kp_labels, brush_labels = _labels(kp), _labels(brush)
+    kp_labels, brush_labels = list(kp.labels), list(brush.labels)
     if QUERY_PLACEHOLDER not in kp_labels:
         raise LabelConfigError(
-            f"KeyPointLabels '{kp.get('name')}' lacks the query placeholder label: add "
+            f"KeyPointLabels '{kp.name}' lacks the query placeholder label: add "
             f"<Label value=\"{QUERY_PLACEHOLDER}\" background=\"#FF00FF\"/> as its first label (query points carry it "
             f"until an annotator gives them a class); see ml_backend/label_config.xml")
     if QUERY_PLACEHOLDER in brush_labels:
         raise LabelConfigError(f"'{QUERY_PLACEHOLDER}' is the query placeholder, not a class: remove it from BrushLabels")
     kp_labels = [label for label in kp_labels if label != QUERY_PLACEHOLDER]
     if not kp_labels:
-        raise LabelConfigError(f"KeyPointLabels '{kp.get('name')}' has no class <Label value=...> children")
+        raise LabelConfigError(f"KeyPointLabels '{kp.name}' has no class <Label value=...> children")
     if kp_labels != brush_labels:
         only_kp = sorted(set(kp_labels) - set(brush_labels))
         only_brush = sorted(set(brush_labels) - set(kp_labels))
@@ -95,20 +96,19 @@ def parse_label_config(xml: str | None) -> LabelSchema:
                                + "; ".join(detail) + ")")
     if len(set(kp_labels)) != len(kp_labels):
         raise LabelConfigError("a label appears twice in KeyPointLabels")
-    image = images[kp.get("toName")]
-    rectangle = next((r for r in root.iter("RectangleLabels") if r.get("toName") == kp.get("toName")), None)
+    image = images[image_name]
+    rectangle = next((r for r in on_image if r.tag == "RectangleLabels" and image_name in r.to_name), None)
     if rectangle is not None:
-        unknown = [label for label in _labels(rectangle) if label not in kp_labels]
+        unknown = [label for label in rectangle.labels if label not in kp_labels]
         if unknown:
-            raise LabelConfigError(f"RectangleLabels '{rectangle.get('name')}' has labels that are not classes: "
+            raise LabelConfigError(f"RectangleLabels '{rectangle.name}' has labels that are not classes: "
                                    f"{', '.join(unknown)} (its boxes prompt the click expander; use the labels of "
                                    "KeyPointLabels)")
-    value = image.get("value", "")
+    value = image.value or ""
     if not value.startswith("$") or len(value) < 2:
-        raise LabelConfigError(f"<Image name='{image.get('name')}'> needs value=\"$field\" naming the task's image field")
+        raise LabelConfigError(f"<Image name='{image.name}'> needs value=\"$field\" naming the task's image field")
     return LabelSchema(
-        image_name=image.get("name"), image_key=value[1:], keypoint_name=kp.get("name"),
-        brush_name=brush.get("name"), classes=tuple(kp_labels),
-        smart_keypoints=kp.get("smart", "").lower() in ("true", "1"),
-        rectangle_name=rectangle.get("name") if rectangle is not None else None,
+        image_name=image.name, image_key=value[1:], keypoint_name=kp.name, brush_name=brush.name,
+        classes=tuple(kp_labels), smart_keypoints=kp.attr.get("smart", "").lower() in ("true", "1"),
+        rectangle_name=rectangle.name if rectangle is not None else None,
     )

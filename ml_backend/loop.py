@@ -7,6 +7,13 @@ push:    put the open round's queries that no annotator can meet onto query task
          (ml_backend/query_tasks.py): after a round is selected, and when a submitted query task
          left points with the placeholder.
 segment: push the new head's segmentation of every image task (ml_backend/segmentations.py).
+pin:     a head was pinned by hand (ml_backend/versions.py): close the open round (its unanswered
+         queries stay recorded and are never asked again) and select the next one with that head,
+         without training, so that Label Studio shows the pinned version.
+
+Each round's answers are measured against the head that chose it when the round closes
+(ml_backend/learning_curve.py). What a round does follows the project's effective settings
+(`Services.settings_for`: the environment and Label Studio's extra params).
 
 Each step is safe to repeat: a round is recorded before its queries are pushed and a query is
 marked placed once its query task and prediction exist, so a job that died half-way resumes
@@ -22,11 +29,12 @@ import torch
 
 from ml_backend.images import fetch_image, original_image
 from ml_backend.labeled_set import ExpansionCache, build_labeled_set, labels_digest
+from ml_backend.learning_curve import record_round
 from ml_backend.query_tasks import is_query_task, publish_round, queue_version, retire_outside_queue
 from ml_backend.segmentations import push_segmentations
 from ml_backend.services import Services
 from model.head import train_head
-from model.selection import image_record, labeled_features, needs_noise_draws, record_digest, run_round
+from model.selection import image_record, labeled_features, record_digest, run_round
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +46,7 @@ def handle_job(services: Services, runner, project: int, kind: str, payload: dic
     elif kind in ("advance", "train"):
         advance_project(services, runner, project, force=kind == "train")
     elif kind == "records":
-        compute_records(services, project, payload["tasks"])
+        compute_records(services, project, payload["tasks"], payload["round"], payload.get("images"))
     elif kind == "select":
         select_round(services, runner, project, payload["round"], payload.get("head"))
     elif kind == "push":
@@ -47,6 +55,8 @@ def handle_job(services: Services, runner, project: int, kind: str, payload: dic
             push_round(services, runner, project, current["round"])
     elif kind == "segment":
         push_segmentations(services, project)
+    elif kind == "pin":
+        select_with_current_head(services, runner, project)
     else:
         raise ValueError(f"unknown job kind {kind!r}")
 
@@ -74,7 +84,7 @@ def sync_project(services: Services, runner, project: int) -> None:
     current = services.store.current_round(project)
     if current is None:
         if services.store.tasks(project, "ready"):
-            plan_round(services, runner, project, 0)
+            plan_round(services, runner, project, 0, train=True)
         else:
             services.progress.update(project, "waiting for tasks", message="no usable images in the project yet")
     elif current["status"] == "selected":
@@ -91,7 +101,7 @@ def advance_when_answered(services: Services, runner, project: int) -> bool:
     if current is None or current["status"] != "open":
         return False
     counts = services.store.round_progress(project, current["round"])
-    if counts["open"] == 0 and services.settings.auto_advance:
+    if counts["open"] == 0 and services.settings_for(project).auto_advance:
         runner.submit(project, "advance")
         return True
     if services.store.unplaced_queries(project, current["round"]):
@@ -110,6 +120,9 @@ def advance_project(services: Services, runner, project: int, force: bool) -> No
     if current["status"] == "selected":
         push_round(services, runner, project, current["round"])
         return
+    if current["status"] == "closed":
+        log.info("project %s: a pinned head's round is being prepared; the request ends here", project)
+        return
     counts = store.round_progress(project, current["round"])
     if counts["open"] and not force:
         log.info("project %s: round %s still has %d open queries", project, current["round"], counts["open"])
@@ -118,8 +131,29 @@ def advance_project(services: Services, runner, project: int, force: bool) -> No
         log.info("project %s: nothing labeled since the last head: the training request ends here", project)
         return
     sync_tasks(services, project)
+    record_round(services, project, current["round"])
     store.complete_round(project, current["round"])
-    plan_round(services, runner, project, current["round"] + 1)
+    plan_round(services, runner, project, current["round"] + 1, train=True)
+
+
+def select_with_current_head(services: Services, runner, project: int) -> None:
+    """After a head is pinned: unless the latest round was chosen by it, close that round (its
+    unanswered queries stay in the store, never asked again; publishing the next round takes their
+    tasks out of the queue) and select the next round with the pinned head, without training."""
+    store = services.store
+    head, latest = store.current_head(project), store.current_round(project)
+    if head is None or latest is None:
+        return
+    if latest["head_version"] == head["version"]:
+        if latest["status"] == "selected":
+            push_round(services, runner, project, latest["round"])
+        log.info("project %s: round %d was chosen by %s already", project, latest["round"], head["version"])
+        return
+    if latest["status"] in ("selected", "open"):
+        record_round(services, project, latest["round"])
+        store.complete_round(project, latest["round"], "closed")
+        log.info("project %s: round %d closed: %s was pinned", project, latest["round"], head["version"])
+    plan_round(services, runner, project, latest["round"] + 1, train=False)
 
 
 def labeled_since_last_head(store, project: int) -> bool:
@@ -134,7 +168,8 @@ class RoundContext:
 
     def __init__(self, services: Services, project: int):
         self.services, self.project = services, project
-        s, store, engine = services.settings, services.store, services.engine
+        store, engine = services.store, services.engine
+        self.settings = s = services.settings_for(project)
         self.files = services.files(project)
         rows = store.tasks(project, "ready")
         self.tasks = [row["task"] for row in rows]
@@ -142,9 +177,9 @@ class RoundContext:
         # Keys by image content: candidates and records follow the image, whatever its task id.
         keys = [f"image-{row['digest'] or row['task']}" for row in rows]
         self.source = engine.source(lambda i: self.files.load_image(self.tasks[i]), keys)
-        self.cache = engine.records(self.files.records)
-        self.config = engine.round_config(len(self.tasks))
-        expansions = ExpansionCache(self.files.root / "expansions", engine.expander()) if s.expander != "none" else None
+        self.cache = engine.records(s, self.files.records)
+        self.config = engine.round_config(s, len(self.tasks))
+        expansions = ExpansionCache(self.files.root / "expansions", engine.expander(s)) if s.expander != "none" else None
         rows = store.labels(project)
         self.labels_digest = labels_digest(rows)  # recorded with the head trained on them
         labeled = build_labeled_set(rows, self.files.load_image, expansions, s.region_pixel_cap)
@@ -152,7 +187,7 @@ class RoundContext:
         self.pixels = {i: px for i, (px, _) in self.labeled.items()}  # image index -> labeled pixels
         # image index -> every pixel queried in an earlier round, answered or not: never asked again
         self.queried = {self.index[t]: px for t, px in store.queried_pixels(project).items() if t in self.index}
-        self.need_draws = needs_noise_draws(self.config.acquisition)
+        self.need_draws = self.config.needs_noise_draws
 
     def record(self, i: int):
         """The image's stage-1 record for its labeled and queried pixels (computed when missing)."""
@@ -165,9 +200,10 @@ class RoundContext:
             is not None
 
 
-def plan_round(services: Services, runner, project: int, round_index: int) -> None:
-    """Train on everything labeled so far (if anything is) and swap the head in; then queue the
-    per-image work in batches and the selection that waits for it."""
+def plan_round(services: Services, runner, project: int, round_index: int, train: bool) -> None:
+    """With `train`, train on everything labeled so far (if anything is) and swap the head in; else
+    the round is chosen by the current head (a pinned one). Then queue the per-image work in
+    batches and the selection that waits for it."""
     store, engine = services.store, services.engine
     services.progress.update(project, "loading backbone")
     ctx = RoundContext(services, project)
@@ -175,35 +211,45 @@ def plan_round(services: Services, runner, project: int, round_index: int) -> No
         services.progress.update(project, "waiting for tasks", message="no usable images")
         return
     version = None
-    if ctx.labeled:
+    if not train:
+        version = store.current_head(project)["version"]
+    elif ctx.labeled:
         feats, classes = labeled_features(ctx.source, ctx.labeled, ctx.config, ctx.cache,
-                                          services.progress.reporter(project, "training features "), ctx.queried)
+                                          services.progress.reporter(project, "training"), ctx.queried)
         services.progress.update(project, "training head", message=f"{len(classes)} labeled pixels")
-        head, report = train_head(feats, classes, len(services.schema(project).classes), engine.train_config())
+        head, report = train_head(feats, classes, len(services.schema(project).classes),
+                                  engine.train_config(ctx.settings))
         version = f"p{project}-head-{len(store.heads(project)) + 1}"
         path = ctx.files.head_path(version)
         tmp = path.with_suffix(".tmp")
         torch.save(head.checkpoint(), tmp)
         tmp.replace(path)
         engine.remember_head(project, version, head)
-        store.add_head(project, version, round_index, str(path), len(classes), report.as_dict(), ctx.labels_digest)
+        store.add_head(project, version, round_index, str(path), len(classes), report.as_dict(), ctx.labels_digest,
+                       engine.feature_setup().as_dict())
         log.info("project %s: %s trained on %d pixels (%s)", project, version, len(classes), report.as_dict())
     missing = [t for t in ctx.tasks if not ctx.has_record(t)]
     size = services.settings.records_batch
-    jobs = [runner.submit(project, "records", {"round": round_index, "tasks": missing[a:a + size]})
+    jobs = [runner.submit(project, "records", {"round": round_index, "tasks": missing[a:a + size],
+                                               "images": len(missing)})
             for a in range(0, len(missing), size)]
     services.progress.update(project, f"round {round_index} queued", message=f"{len(missing)} images to process "
                              f"in {len(jobs)} batches{' (with noise draws)' if ctx.need_draws else ''}")
     runner.submit(project, "select", {"round": round_index, "head": version}, depends_on=jobs)
 
 
-def compute_records(services: Services, project: int, tasks: list[int]) -> None:
-    """Per-image stage 1 (features, local herding, draw features) for a batch of images."""
+def compute_records(services: Services, project: int, tasks: list[int], round_index: int,
+                    images: int | None = None) -> None:
+    """Per-image stage 1 (features, local herding, draw features) for a batch of the round's
+    `images`, which the progress counts (every batch of the round adds to the same count)."""
     ctx = RoundContext(services, project)
     todo = [t for t in tasks if t in ctx.index]
+    stage = f"round {round_index}: features and local herding"
+    work = (f"round {round_index} records", images) if images else None  # None: a job queued by older code
+    services.progress.update(project, stage, 0, len(todo), work=work)
     for n, task in enumerate(todo):
         ctx.record(ctx.index[task])
-        services.progress.update(project, "per-image features and herding", n + 1, len(todo))
+        services.progress.update(project, stage, n + 1, len(todo), work=work)
 
 
 def select_round(services: Services, runner, project: int, round_index: int, head_version: str | None) -> None:
@@ -215,13 +261,17 @@ def select_round(services: Services, runner, project: int, round_index: int, hea
         else:
             log.info("project %s: round %d already selected", project, round_index)
         return
+    current = store.current_head(project)
+    if head_version is not None and head_version != current["version"]:
+        log.info("project %s: round %d was planned with %s, no longer the current head (%s): not selected",
+                 project, round_index, head_version, current["version"])
+        return
     ctx = RoundContext(services, project)
     head = None
     if head_version is not None:
-        row = next(h for h in store.heads(project) if h["version"] == head_version)
-        head = engine.head(project, head_version, row["path"])
+        head = engine.head(project, head_version, current["path"])
     result = run_round(ctx.source, ctx.pixels, head, ctx.config, ctx.cache,
-                       services.progress.reporter(project, f"round {round_index} "), round_index=round_index,
+                       services.progress.reporter(project, f"round {round_index}:"), round_index=round_index,
                        queried=ctx.queried)
     suggested = [None] * len(result.queries)
     if head is not None:
@@ -232,7 +282,7 @@ def select_round(services: Services, runner, project: int, round_index: int, hea
     queries = [{"task": ctx.tasks[i], "pixel": p, "rank": k, "score": result.scores[k] if result.scores else None,
                 "suggested": suggested[k], "region": f"q{round_index}-{ctx.tasks[i]}-{p}"}
                for k, (i, p) in enumerate(result.queries)]
-    store.save_round(project, round_index, head_version, queries)
+    store.save_round(project, round_index, head_version, queries, ctx.settings.project_view())
     log.info("project %s: round %d selected %d pixels on %d images (%s)", project, round_index, len(queries),
              len({q['task'] for q in queries}), {k: round(v, 2) for k, v in result.seconds.items()})
     push_round(services, runner, project, round_index)
@@ -257,10 +307,11 @@ def push_round(services: Services, runner, project: int, round_index: int) -> No
 def prefetch_expansions(services: Services, project: int, tasks: list[int]) -> None:
     """Compute the expander's per-image work (SAM embeddings) for the queried images now, so that an
     annotator's first click on them is fast."""
-    if services.settings.expander == "none":
+    settings = services.settings_for(project)
+    if settings.expander == "none":
         return
     try:
-        expander = services.engine.expander()
+        expander = services.engine.expander(settings)
     except (FileNotFoundError, ValueError, ImportError) as exc:
         log.warning("project %s: expander unavailable, no prefetch: %s", project, exc)
         return

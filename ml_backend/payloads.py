@@ -85,11 +85,15 @@ class Setup:
     label_config: str | None
     hostname: str | None  # Label Studio's address and a token, as Label Studio sends them
     access_token: str | None
+    extra_params: dict  # the model's "Extra params": the project's settings ({} when none are set)
 
 
-def setup(project, label_config, hostname=None, access_token=None) -> Setup:
+def setup(project, label_config, hostname=None, access_token=None, extra_params=None) -> Setup:
+    if extra_params is not None and not isinstance(extra_params, dict):
+        raise RequestError(f"'extra_params' must be a JSON object of settings, such as {{\"BUDGET\": 20}}, "
+                           f"not {_show(extra_params)}")
     return Setup(project_id(project), text(label_config, "schema"), text(hostname, "hostname"),
-                 text(access_token, "access_token"))
+                 text(access_token, "access_token"), extra_params or {})
 
 
 # /predict ------------------------------------------------------------------------------------
@@ -192,3 +196,24 @@ def versions_project(body: bytes, query: str | None) -> int | None:
     project = json_object(body).get("project") if body.strip() else None
     project = project if project is not None else query
     return project_id(project) if project else None
+
+
+@dataclass(frozen=True)
+class Pin:
+    project: int
+    version: str
+
+
+def pin(data: dict, project_of) -> Pin:
+    """`{"version": "p7-head-2"}`, with `"project"` optional: a head's name carries its project.
+    `project_of` reads it from the name (None for a name without one)."""
+    version = text(data.get("version"), "version")
+    if version is None:
+        raise RequestError("/versions/pin needs 'version', the head to pin (GET /versions lists them)")
+    named = project_of(version)
+    project = project_id(data["project"]) if data.get("project") is not None else named
+    if project is None:
+        raise RequestError(f"/versions/pin needs 'project': {version!r} does not name one")
+    if named is not None and named != project:
+        raise RequestError(f"{version!r} is a head of project {named}, not of project {project}")
+    return Pin(project, version)

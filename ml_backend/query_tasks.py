@@ -77,6 +77,7 @@ def place_queries(services: Services, project: int, round_row: dict, version: st
     for row in store.query_tasks(project):
         if row["round"] == round_index:
             attempts[row["task"]] += 1
+    suggest = services.settings_for(project).suggest_classes
     by_image: dict[int, list[dict]] = defaultdict(list)  # in rank order of each image's best query
     for q in unplaced:
         by_image[q["task"]].append(q)
@@ -92,7 +93,7 @@ def place_queries(services: Services, project: int, round_row: dict, version: st
                 "query_round": round_index, "query_for_task": task, "query_points": len(queries), "query_key": key})
         if not recovered or client.find_prediction(holder, version) is None:
             regions = [query_region(q["region"], q["pixel"], services.settings.resolution, schema, image["width"],
-                                    image["height"], _suggestion(services, schema, q)) for q in queries]
+                                    image["height"], _suggestion(suggest, schema, q)) for q in queries]
             client.create_prediction(holder, regions, version, query_score(queries[0]["rank"], total))
         store.add_query_task(project, holder, round_index, task, key)
         store.place_queries(project, round_index, task, [q["pixel"] for q in queries], holder)
@@ -103,8 +104,8 @@ def place_queries(services: Services, project: int, round_row: dict, version: st
     return holders
 
 
-def _suggestion(services: Services, schema, query: dict) -> str | None:
-    if not services.settings.suggest_classes or query["suggested"] is None:
+def _suggestion(suggest: bool, schema, query: dict) -> str | None:
+    if not suggest or query["suggested"] is None:
         return None
     return f"Model suggests: {schema.classes[query['suggested']]}"
 

@@ -3,7 +3,9 @@
 Keypoints are stored by Label Studio in percent of the image size; the model works on the image
 squashed to R x R, so a keypoint at (x%, y%) is pixel (floor(y/100 R), floor(x/100 R)) and a
 query pixel is sent back at its centre. Brush regions travel as Label Studio's RLE of an RGBA
-image of the original size.
+image of the original size. Region dicts are built here rather than with the SDK's
+PredictionValue, which only wraps a list of such dicts; the tests check every one with the SDK's
+LabelInterface.validate_prediction.
 """
 
 from __future__ import annotations

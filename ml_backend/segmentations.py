@@ -4,16 +4,19 @@ After each new head a background job segments every image task and pushes the re
 Studio as a prediction of the head's version, so that opening a task and "Retrieve Predictions"
 are instant. `/predict` answers from the same files (a query task gets its image's segmentation)
 and computes only what is missing. A segmentation is Label Studio's BrushLabels RLE at the
-image's original size, one region per class, scored by the head's mean confidence.
+image's original size, one region per class, scored by the head's mean confidence; beside it the
+class map at the model's resolution is kept, which the learning curve compares with the answers.
+Images are segmented by `model.prediction.segment_image`, as `python -m model segment` does with
+an exported head.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ml_backend.images import original_image
 from ml_backend.regions import brush_region
@@ -28,30 +31,53 @@ def image_task(services: Services, project: int, task: int) -> int:
     return row["task"] if row else task
 
 
+def _cached(services: Services, project: int, version: str, task: int) -> Path:
+    return services.files(project).root / "segmentations" / version / str(task)
+
+
 def segmentation(services: Services, project: int, task: int, head_row: dict, url: str | None = None) -> dict:
     """{"result", "score", "model_version"} of `head_row` on image task `task`, from the cache when it
     is there."""
-    version = head_row["version"]
-    path = services.files(project).root / "segmentations" / version / f"{task}.json"
+    path = _cached(services, project, head_row["version"], task).with_suffix(".json")
     if path.exists():
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
             log.warning("project %s: recomputing unreadable segmentation %s", project, path)
+    return _compute(services, project, task, head_row, url)[0]
+
+
+def class_map(services: Services, project: int, task: int, head_row: dict) -> np.ndarray:
+    """The head's class of every pixel of the task's image at the model's resolution [R, R], from the
+    cache when it is there (the learning curve compares it with the annotators' regions)."""
+    path = _cached(services, project, head_row["version"], task).with_suffix(".npy")
+    if path.exists():
+        try:
+            return np.load(path)
+        except (OSError, ValueError):
+            log.warning("project %s: recomputing unreadable class map %s", project, path)
+    return _compute(services, project, task, head_row)[1]
+
+
+def _compute(services: Services, project: int, task: int, head_row: dict,
+             url: str | None = None) -> tuple[dict, np.ndarray]:
+    """Segment the image, and cache the Label Studio prediction and the class map."""
+    version = head_row["version"]
     schema, engine = services.schema(project), services.engine
     head = engine.head(project, version, head_row["path"])
-    original = original_image(services, project, task, url)
-    r = services.settings.resolution
-    classes, confidence = engine.segment(head, np.asarray(Image.fromarray(original).resize((r, r), Image.BILINEAR)))
-    h, w = original.shape[:2]
-    full = np.asarray(Image.fromarray(classes.astype(np.uint8)).resize((w, h), Image.NEAREST))
+    seg = engine.segment(head, original_image(services, project, task, url))
+    full = seg.full_size()
     prediction = {"result": [brush_region(f"seg-{c}", full == c, int(c), schema) for c in np.unique(full)],
-                  "score": float(confidence.mean()), "model_version": version}
+                  "score": float(seg.confidence.mean()), "model_version": version}
+    path = _cached(services, project, version, task)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{task}.tmp.npy")
+    np.save(tmp, seg.classes.astype(np.uint8))
+    tmp.replace(path.with_suffix(".npy"))
+    tmp = path.with_name(f".{task}.tmp.json")
     tmp.write_text(json.dumps(prediction))
-    tmp.replace(path)
-    return prediction
+    tmp.replace(path.with_suffix(".json"))
+    return prediction, seg.classes.astype(np.uint8)
 
 
 def push_segmentation(services: Services, project: int, task: int, head_row: dict) -> bool:

@@ -6,7 +6,7 @@ label-studio-sdk 2.x and are past their security support. The routes and payload
 Label Studio 1.23 sends (ml/api_connector.py) and the model class keeps label-studio-ml's shape.
 
 Routes: GET /health (and /), POST /setup, POST /predict, POST /webhook, POST /train (older Label
-Studio), GET|POST /versions, GET /metrics. Bodies are read and checked by ml_backend.payloads; bad
+Studio), GET|POST /versions, POST /versions/pin, GET /metrics, GET /metrics/<project>/curve.png. Bodies are read and checked by ml_backend.payloads; bad
 requests get a 4xx with a JSON message, bodies over MAX_REQUEST_MB a 413. With BASIC_AUTH every
 route but /health needs the credentials.
 """
@@ -29,6 +29,7 @@ from ml_backend.images import ImageUnavailable
 from ml_backend.loop import handle_job
 from ml_backend.payloads import RequestError
 from ml_backend.services import Services
+from ml_backend.versions import UnknownVersion
 from model.backbones import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,14 @@ def credentials_match(auth, user: str, password: str) -> bool:
         return False
     given = [(auth.username or "").encode(), (auth.password or "").encode()]
     return hmac.compare_digest(given[0], user.encode()) & hmac.compare_digest(given[1], password.encode())
+
+
+def reason_phrase(message: str, limit: int = 300) -> str:
+    """A 400's message as its HTTP reason phrase (one line of ASCII). Label Studio shows a refused
+    /setup in the model dialog as requests' "400 Client Error: <reason phrase> for url: ...", never
+    the body, so the reason phrase is where a bad label config or extra param can be named."""
+    text = " ".join(message.split()).encode("ascii", "replace").decode()
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def create_backend(settings: Settings) -> ActiveLearningBackend:
@@ -81,11 +90,17 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
     @app.errorhandler(LabelConfigError)
     def bad_request(exc):
         log.warning("%s %s: 400 %s", request.method, request.path, exc)
-        return jsonify({"error": str(exc)}), 400
+        response = jsonify({"error": str(exc)})
+        response.status = f"400 {reason_phrase(str(exc))}"
+        return response
 
     @app.errorhandler(ImageUnavailable)
     def no_image(exc):
         return jsonify({"error": str(exc)}), 422
+
+    @app.errorhandler(UnknownVersion)
+    def no_version(exc):
+        return jsonify({"error": str(exc)}), 404
 
     @app.errorhandler(CheckpointError)
     @app.errorhandler(LabelStudioUnavailable)
@@ -115,7 +130,8 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
             raise RequestError("/setup needs 'project'")
         return jsonify(backend.setup(data["project"], data.get("schema") or data.get("label_config"),
                                      data.get("hostname"), data.get("access_token"),
-                                     authenticated=bool(settings.basic_auth_user)))
+                                     authenticated=bool(settings.basic_auth_user),
+                                     extra_params=data.get("extra_params")))
 
     @app.post("/predict")
     def predict():
@@ -148,10 +164,19 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
     @app.route("/versions", methods=["GET", "POST"])
     def versions():
         project = payloads.versions_project(request.get_data(cache=True), request.args.get("project"))
-        return jsonify({"versions": backend.versions(project)})
+        return jsonify(backend.versions(project))
+
+    @app.post("/versions/pin")
+    def pin():
+        """Make a head the current one (roll back, or forward again): {"version", "project" (optional)}."""
+        return jsonify(backend.pin(_json_body())), 202
 
     @app.get("/metrics")
     def metrics():
         return jsonify(backend.metrics())
+
+    @app.get("/metrics/<project>/curve.png")
+    def curve(project):
+        return Response(backend.curve_png(project), 200, {"Content-Type": "image/png", "Cache-Control": "no-store"})
 
     return app

@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from ml_backend.config import Settings
+from ml_backend.config import Settings, SettingsError
 from ml_backend.engine import Engine
 from ml_backend.label_config import LabelConfigError, LabelSchema
 from ml_backend.label_studio import DownloadLimits, LabelStudioClient, LabelStudioUnavailable
@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Services:
-    settings: Settings
+    settings: Settings  # the environment's: per backend, and every project's defaults
     store: Store
     engine: Engine
-    progress: Progress = field(default_factory=Progress)
+    progress: Progress
     downloads: DownloadLimits = field(default_factory=DownloadLimits)
     # Label Studio's own address and token from /setup, used when LABEL_STUDIO_API_KEY is not set.
     _setup_credentials: dict[int, tuple[str, str]] = field(default_factory=dict, repr=False)
@@ -34,8 +34,21 @@ class Services:
     @classmethod
     def create(cls, settings: Settings) -> Services:
         settings.model_dir.mkdir(parents=True, exist_ok=True)
-        return cls(settings, Store(settings.model_dir / "state.sqlite3"), Engine(settings),
+        store = Store(settings.model_dir / "state.sqlite3")
+        return cls(settings, store, Engine(settings), Progress(store),
                    downloads=DownloadLimits(settings.download_timeout, settings.max_downloads))
+
+    def settings_for(self, project: int) -> Settings:
+        """The project's effective settings: the environment's, with the overrides Label Studio sent
+        in /setup (validated when they arrived; a stored override that no longer validates, after
+        the environment changed, is logged and left out)."""
+        overrides = self.store.overrides(project)
+        try:
+            return self.settings.for_project(overrides)
+        except SettingsError as exc:
+            log.error("project %s: its settings from Label Studio no longer apply (%s); using the environment's",
+                      project, exc)
+            return self.settings
 
     def accept_setup_credentials(self, project: int, hostname: str | None, token: str | None,
                                  authenticated: bool) -> None:

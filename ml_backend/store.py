@@ -21,7 +21,8 @@ from pathlib import Path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
-    project INTEGER PRIMARY KEY, label_config TEXT NOT NULL, schema TEXT NOT NULL, updated REAL NOT NULL);
+    project INTEGER PRIMARY KEY, label_config TEXT NOT NULL, schema TEXT NOT NULL, updated REAL NOT NULL,
+    overrides TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS tasks (
     project INTEGER NOT NULL, task INTEGER NOT NULL, image_url TEXT NOT NULL,
     width INTEGER, height INTEGER, status TEXT NOT NULL DEFAULT 'pending', error TEXT, digest TEXT,
@@ -38,11 +39,15 @@ CREATE TABLE IF NOT EXISTS labels (
 CREATE INDEX IF NOT EXISTS labels_by_task ON labels (project, task);
 CREATE TABLE IF NOT EXISTS rounds (
     project INTEGER NOT NULL, round INTEGER NOT NULL, status TEXT NOT NULL, head_version TEXT,
-    created REAL NOT NULL, pushed REAL, PRIMARY KEY (project, round));
+    created REAL NOT NULL, pushed REAL, settings TEXT, PRIMARY KEY (project, round));
 CREATE TABLE IF NOT EXISTS queries (
     project INTEGER NOT NULL, round INTEGER NOT NULL, task INTEGER NOT NULL, pixel INTEGER NOT NULL,
     rank INTEGER NOT NULL, score REAL, suggested INTEGER, region TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'open', holder INTEGER, PRIMARY KEY (project, round, task, pixel));
+    status TEXT NOT NULL DEFAULT 'open', holder INTEGER, closed REAL, PRIMARY KEY (project, round, task, pixel));
+CREATE TABLE IF NOT EXISTS round_metrics (
+    project INTEGER NOT NULL, round INTEGER NOT NULL, answered INTEGER NOT NULL, dismissed INTEGER NOT NULL,
+    unanswered INTEGER NOT NULL, point_agreement REAL, point_pixels INTEGER NOT NULL, region_agreement REAL,
+    region_pixels INTEGER NOT NULL, last_answer REAL, recorded REAL NOT NULL, PRIMARY KEY (project, round));
 CREATE TABLE IF NOT EXISTS query_tasks (
     project INTEGER NOT NULL, holder INTEGER NOT NULL, round INTEGER NOT NULL, task INTEGER NOT NULL,
     key TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (project, holder));
@@ -52,17 +57,24 @@ CREATE TABLE IF NOT EXISTS segmentations (
 CREATE TABLE IF NOT EXISTS heads (
     project INTEGER NOT NULL, version TEXT NOT NULL, round INTEGER NOT NULL, path TEXT NOT NULL,
     labeled INTEGER NOT NULL, report TEXT NOT NULL, created REAL NOT NULL, current INTEGER NOT NULL DEFAULT 0,
-    labels_digest TEXT, PRIMARY KEY (project, version));
+    labels_digest TEXT, features TEXT, PRIMARY KEY (project, version));
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, project INTEGER NOT NULL, kind TEXT NOT NULL, payload TEXT,
     status TEXT NOT NULL, error TEXT, created REAL NOT NULL, started REAL, finished REAL);
+CREATE TABLE IF NOT EXISTS progress (
+    project INTEGER NOT NULL, job INTEGER NOT NULL, stage TEXT NOT NULL, done INTEGER, total INTEGER, message TEXT,
+    work TEXT, work_total INTEGER, started REAL, updated REAL NOT NULL, PRIMARY KEY (project, job));
 """
 
 # Columns added after the first stores were written: the round a label answered, the labels a head saw,
-# the task an annotation was made on and its points left with the placeholder, the query task a query waits on.
+# the task an annotation was made on and its points left with the placeholder, the query task a query waits on,
+# a project's settings from Label Studio, when a query stopped being open, the settings that chose a round,
+# the features a head was trained on.
 ADDED_COLUMNS = (("labels", "round", "INTEGER"), ("heads", "labels_digest", "TEXT"),
                  ("annotations", "holder", "INTEGER"), ("annotations", "pending", "TEXT NOT NULL DEFAULT '[]'"),
-                 ("annotations", "cancelled", "INTEGER NOT NULL DEFAULT 0"), ("queries", "holder", "INTEGER"))
+                 ("annotations", "cancelled", "INTEGER NOT NULL DEFAULT 0"), ("queries", "holder", "INTEGER"),
+                 ("projects", "overrides", "TEXT NOT NULL DEFAULT '{}'"), ("queries", "closed", "REAL"),
+                 ("rounds", "settings", "TEXT"), ("heads", "features", "TEXT"))
 
 
 @dataclass(frozen=True)
@@ -124,7 +136,8 @@ class Store:
     # projects ---------------------------------------------------------------------------------
     def save_project(self, project: int, label_config: str, schema: dict) -> None:
         with self.transaction() as db:
-            db.execute("INSERT INTO projects VALUES (?,?,?,?) ON CONFLICT(project) DO UPDATE SET "
+            db.execute("INSERT INTO projects (project, label_config, schema, updated) VALUES (?,?,?,?) "
+                       "ON CONFLICT(project) DO UPDATE SET "
                        "label_config=excluded.label_config, schema=excluded.schema, updated=excluded.updated",
                        (project, label_config, json.dumps(schema), time.time()))
 
@@ -132,7 +145,21 @@ class Store:
         row = self._one("SELECT * FROM projects WHERE project=?", (project,))
         if row:
             row["schema"] = json.loads(row["schema"])
+            row["overrides"] = json.loads(row["overrides"])
         return row
+
+    def set_overrides(self, project: int, overrides: dict) -> bool:
+        """Replace the project's settings from Label Studio's extra params; True if they changed."""
+        with self.transaction() as db:
+            row = db.execute("SELECT overrides FROM projects WHERE project=?", (project,)).fetchone()
+            if row is None or json.loads(row["overrides"]) == overrides:
+                return False
+            db.execute("UPDATE projects SET overrides=? WHERE project=?", (json.dumps(overrides), project))
+            return True
+
+    def overrides(self, project: int) -> dict:
+        row = self._one("SELECT overrides FROM projects WHERE project=?", (project,))
+        return json.loads(row["overrides"]) if row else {}
 
     def projects(self) -> list[int]:
         return [r["project"] for r in self._all("SELECT project FROM projects ORDER BY project")]
@@ -242,11 +269,13 @@ class Store:
         return self._one("SELECT * FROM rounds WHERE project=? ORDER BY round DESC LIMIT 1", (project,))
 
     def save_round(self, project: int, round_index: int, head_version: str | None,
-                   queries: list[dict]) -> None:
-        """Record a round's queries (status 'selected': chosen, not yet in Label Studio)."""
+                   queries: list[dict], settings: dict | None = None) -> None:
+        """Record a round's queries (status 'selected': chosen, not yet in Label Studio), with the
+        project's settings that chose them."""
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?,NULL)",
-                       (project, round_index, "selected", head_version, time.time()))
+            db.execute("INSERT OR REPLACE INTO rounds (project, round, status, head_version, created, pushed, settings) "
+                       "VALUES (?,?,?,?,?,NULL,?)", (project, round_index, "selected", head_version, time.time(),
+                                                     json.dumps(settings) if settings is not None else None))
             db.execute("DELETE FROM queries WHERE project=? AND round=?", (project, round_index))
             db.executemany(
                 "INSERT INTO queries (project, round, task, pixel, rank, score, suggested, region) "
@@ -296,10 +325,11 @@ class Store:
         """A query is answered once a live keypoint label of its image sits on its pixel or carries its
         region id. Otherwise the latest live annotation of the query task holding it decides: a skip,
         or a submission without the query's point, dismisses it; a submission with the point still
-        carrying the placeholder keeps it open (it goes onto a new query task). No annotation: open."""
-        for q in db.execute("SELECT q.round, q.pixel, q.region, q.holder FROM queries q JOIN rounds r "
+        carrying the placeholder keeps it open (it goes onto a new query task). No annotation: open.
+        `closed` keeps when the query stopped being open (the learning curve's last answer)."""
+        for q in db.execute("SELECT q.round, q.pixel, q.region, q.holder, q.status, q.closed FROM queries q JOIN rounds r "
                             "ON r.project=q.project AND r.round=q.round WHERE q.project=? AND q.task=? "
-                            "AND r.status IN ('open', 'complete')", (project, task)).fetchall():
+                            "AND r.status IN ('open', 'complete', 'closed')", (project, task)).fetchall():
             hit = db.execute(
                 "SELECT 1 FROM labels l JOIN annotations a ON a.project=l.project AND a.annotation=l.annotation "
                 "WHERE l.project=? AND l.task=? AND a.deleted=0 AND l.source='keypoint' AND (l.pixel=? OR l.region=?) "
@@ -313,8 +343,9 @@ class Store:
                 status = "open"
             else:
                 status = "dismissed"
-            db.execute("UPDATE queries SET status=? WHERE project=? AND round=? AND task=? AND pixel=?",
-                       (status, project, q["round"], task, q["pixel"]))
+            closed = None if status == "open" else q["closed"] if q["status"] == status else time.time()
+            db.execute("UPDATE queries SET status=?, closed=? WHERE project=? AND round=? AND task=? AND pixel=?",
+                       (status, closed, project, q["round"], task, q["pixel"]))
 
     def queried_pixels(self, project: int) -> dict[int, list[int]]:
         """task -> every pixel any round has queried there (whatever became of the query)."""
@@ -333,6 +364,41 @@ class Store:
     def round(self, project: int, round_index: int) -> dict | None:
         return self._one("SELECT * FROM rounds WHERE project=? AND round=?", (project, round_index))
 
+    def rounds(self, project: int) -> list[dict]:
+        rows = self._all("SELECT * FROM rounds WHERE project=? ORDER BY round", (project,))
+        for row in rows:
+            row["settings"] = json.loads(row["settings"]) if row["settings"] else None
+        return rows
+
+    def answers(self, project: int, round_index: int) -> list[dict]:
+        """The round's answered queries with the class their newest live keypoint label gives them:
+        {task, pixel (the query's), suggested (the class the round's head gave it), label_pixel, class}."""
+        rows = self._all(
+            "SELECT q.task, q.pixel, q.suggested, l.pixel AS label_pixel, l.class FROM queries q "
+            "JOIN labels l ON l.project=q.project AND l.task=q.task AND l.source='keypoint' "
+            "AND (l.pixel=q.pixel OR l.region=q.region) "
+            "JOIN annotations a ON a.project=l.project AND a.annotation=l.annotation AND a.deleted=0 "
+            "WHERE q.project=? AND q.round=? AND q.status='answered' ORDER BY q.rank, a.updated_at, a.annotation",
+            (project, round_index))
+        return list({(r["task"], r["pixel"]): r for r in rows}.values())
+
+    def last_closed(self, project: int, round_index: int) -> float | None:
+        """When the round's last query was answered or dismissed."""
+        return self._one("SELECT MAX(closed) AS t FROM queries WHERE project=? AND round=?", (project, round_index))["t"]
+
+    # the learning curve -----------------------------------------------------------------------
+    def save_round_metrics(self, project: int, round_index: int, metrics: dict) -> None:
+        columns = ("answered", "dismissed", "unanswered", "point_agreement", "point_pixels", "region_agreement",
+                   "region_pixels", "last_answer")
+        with self.transaction() as db:
+            db.execute(f"INSERT OR REPLACE INTO round_metrics (project, round, {', '.join(columns)}, recorded) "
+                       f"VALUES (?,?,{','.join('?' * len(columns))},?)",
+                       (project, round_index, *[metrics[c] for c in columns], time.time()))
+
+    def round_metrics(self, project: int) -> dict[int, dict]:
+        return {r["round"]: r for r in self._all("SELECT * FROM round_metrics WHERE project=? ORDER BY round",
+                                                 (project,))}
+
     # segmentations ----------------------------------------------------------------------------
     def segmentation_pushed(self, project: int, task: int, version: str) -> bool:
         return self._one("SELECT 1 AS x FROM segmentations WHERE project=? AND task=? AND version=? AND prediction "
@@ -342,26 +408,72 @@ class Store:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO segmentations VALUES (?,?,?,?)", (project, task, version, prediction))
 
-    def complete_round(self, project: int, round_index: int) -> None:
+    def complete_round(self, project: int, round_index: int, status: str = "complete") -> None:
+        """The round leaves the queue: 'complete' (answered, or training requested), or 'closed' (a
+        head was pinned: its unanswered queries stay here, never asked again)."""
         with self.transaction() as db:
-            db.execute("UPDATE rounds SET status='complete' WHERE project=? AND round=?", (project, round_index))
+            db.execute("UPDATE rounds SET status=? WHERE project=? AND round=?", (status, project, round_index))
 
     # head versions ----------------------------------------------------------------------------
     def add_head(self, project: int, version: str, round_index: int, path: str, labeled: int, report: dict,
-                 labels_digest: str | None = None) -> None:
+                 labels_digest: str | None = None, features: dict | None = None) -> None:
         """Register a trained head and make it the one that serves, in one transaction; with the
-        digest of the labels it was trained on, so that a repeated training request can tell."""
+        digest of the labels it was trained on, so that a repeated training request can tell, and
+        the feature configuration it expects (for export)."""
         with self.transaction() as db:
             db.execute("UPDATE heads SET current=0 WHERE project=?", (project,))
             db.execute("INSERT OR REPLACE INTO heads (project, version, round, path, labeled, report, created, "
-                       "current, labels_digest) VALUES (?,?,?,?,?,?,?,1,?)",
-                       (project, version, round_index, path, labeled, json.dumps(report), time.time(), labels_digest))
+                       "current, labels_digest, features) VALUES (?,?,?,?,?,?,?,1,?,?)",
+                       (project, version, round_index, path, labeled, json.dumps(report), time.time(), labels_digest,
+                        json.dumps(features) if features is not None else None))
+
+    def pin_head(self, project: int, version: str) -> bool:
+        """Make an existing head the one that serves; False if the project has no such head."""
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM heads WHERE project=? AND version=?", (project, version)).fetchone() is None:
+                return False
+            db.execute("UPDATE heads SET current=(version=?) WHERE project=?", (version, project))
+            return True
 
     def current_head(self, project: int) -> dict | None:
-        return self._one("SELECT * FROM heads WHERE project=? AND current=1", (project,))
+        return self._decoded(self._one("SELECT * FROM heads WHERE project=? AND current=1", (project,)))
+
+    def head(self, project: int, version: str) -> dict | None:
+        return self._decoded(self._one("SELECT * FROM heads WHERE project=? AND version=?", (project, version)))
 
     def heads(self, project: int) -> list[dict]:
-        return self._all("SELECT * FROM heads WHERE project=? ORDER BY created", (project,))
+        return [self._decoded(h) for h in self._all("SELECT * FROM heads WHERE project=? ORDER BY created", (project,))]
+
+    @staticmethod
+    def _decoded(head: dict | None) -> dict | None:
+        if head is not None:
+            head["report"] = json.loads(head["report"]) if head["report"] else {}
+            head["features"] = json.loads(head["features"]) if head["features"] else None
+        return head
+
+    # progress ---------------------------------------------------------------------------------
+    def set_progress(self, project: int, job: int, stage: str, done: int | None, total: int | None,
+                     message: str | None, work: str | None = None, work_total: int | None = None) -> None:
+        """What job `job` (0: the project outside any job) is doing now, and the piece of work it has a
+        share of (`work`, of `work_total` items over all its jobs); a new stage restarts its clock."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("INSERT INTO progress (project, job, stage, done, total, message, work, work_total, started, "
+                       "updated) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(project, job) DO UPDATE SET "
+                       "started=CASE WHEN stage=excluded.stage THEN started ELSE excluded.started END, "
+                       "stage=excluded.stage, done=excluded.done, total=excluded.total, message=excluded.message, "
+                       "work=excluded.work, work_total=excluded.work_total, updated=excluded.updated",
+                       (project, job, stage, done, total, message, work, work_total, now, now))
+
+    def progress(self, project: int | None = None) -> list[dict]:
+        """Progress rows, newest first, with their job's kind and status (None for job 0)."""
+        where = "WHERE p.project=? " if project is not None else ""
+        return self._all("SELECT p.*, j.kind, j.status FROM progress p LEFT JOIN jobs j ON j.id=p.job "
+                         f"{where}ORDER BY p.updated DESC, p.job DESC", () if project is None else (project,))
+
+    def delete_progress(self, project: int, jobs: Iterable[int]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM progress WHERE project=? AND job=?", [(project, j) for j in jobs])
 
     # jobs -------------------------------------------------------------------------------------
     def add_job(self, project: int, kind: str, payload: dict | None = None) -> int:

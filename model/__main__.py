@@ -1,4 +1,4 @@
-"""Command line: `python -m model info|simulate|bench ...`."""
+"""Command line: `python -m model info|expansion|simulate|bench|segment ...`."""
 
 from __future__ import annotations
 
@@ -74,7 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/expansion")
     p.set_defaults(run=expansion)
     add_simulate(sub)
-    from model.bench import add_parser as add_bench
+
+    p = sub.add_parser("segment", help="label PNGs and colour overlays of a folder of images, with an exported head")
+    p.add_argument("--head", required=True, help="a head file written by `python -m ml_backend heads export`")
+    p.add_argument("--images", required=True, help="a folder of images (PNG, JPEG, BMP, TIFF, WebP)")
+    p.add_argument("--out", required=True, help="writes labels/<image>.png (class index per pixel), "
+                   "overlays/<image>.png and classes.txt")
+    p.add_argument("--checkpoint", default=None,
+                   help="the diffusion checkpoint of the head's backbone (the head file names the file)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=segment_folder)
+    from model.experiments.bench import add_parser as add_bench
 
     add_bench(sub)
     return parser
@@ -140,7 +150,7 @@ def simulate(args: argparse.Namespace) -> None:
     from model.expansion import build_expander
     from model.features import DiffusionFeatureExtractor, resolve_dtype
     from model.head import TrainConfig
-    from model.simulate import Simulation, SimulationConfig, parse_strategy
+    from model.experiments.simulate import Simulation, SimulationConfig, parse_strategy
 
     for name in args.strategy:
         parse_strategy(name)
@@ -189,7 +199,7 @@ def expansion(args: argparse.Namespace) -> None:
 
     from model.datasets import load_dataset
     from model.expansion import SuperpixelExpander, build_expander
-    from model.expansion_report import markdown, run_report
+    from model.experiments.expansion_report import markdown, run_report
 
     dataset = load_dataset(args.data, args.split, args.dataset, args.preprocess)
     if args.expander == "superpixel":  # every image's segmentation stays in memory for the clicks
@@ -202,6 +212,50 @@ def expansion(args: argparse.Namespace) -> None:
                          args.region_cap)
     print(markdown(reports))
     print(f"wrote {args.out}/expansion.md, expansion.json and expansion.png")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def segment_folder(args: argparse.Namespace) -> None:
+    """Segment every image of a folder as the backend did, with a head exported from it."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+    from tqdm import tqdm
+
+    from model.head_export import ExportedHead
+    from model.prediction import class_colors, overlay, segment_image
+
+    exported = ExportedHead.load(args.head)
+    folder, out = Path(args.images), Path(args.out)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--images {folder} is not a folder")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    stems = [p.stem for p in images]
+    if len(set(stems)) < len(stems):
+        raise ValueError(f"{folder} holds images that share a name: {sorted({s for s in stems if stems.count(s) > 1})}")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    extractor = exported.features.extractor(args.checkpoint, device)
+    if exported.features.checkpoint_file is None:
+        print(f"WARNING: {NOT_PRETRAINED_WARNING}", file=sys.stderr)
+    head = exported.head()
+    colors = class_colors(len(exported.classes))
+    for sub in ("labels", "overlays"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for path in tqdm(images, desc=f"segment with {exported.version}", unit="image"):
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("RGB"))
+        labels = segment_image(extractor, head, image).full_size()
+        Image.fromarray(labels).save(out / "labels" / f"{path.stem}.png")
+        Image.fromarray(overlay(image, labels, colors)).save(out / "overlays" / f"{path.stem}.png")
+    (out / "classes.txt").write_text("".join(f"{i} {name} {' '.join(map(str, colors[i]))}\n"
+                                             for i, name in enumerate(exported.classes)))
+    print(f"wrote {len(images)} label maps to {out / 'labels'}, overlays to {out / 'overlays'}, and classes.txt "
+          f"(index, name, overlay colour)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 EPS_REFERENCE = 1e-8
+MC_DROPOUT_RATE = 0.2  # the head's dropout when a method samples it (BALD family)
 
 
 def entropy(log_p: torch.Tensor) -> torch.Tensor:
@@ -102,6 +103,21 @@ class Acquisition:
     score: Callable[[AcquisitionInputs], torch.Tensor]
     description: str
 
+    @property
+    def needs_noise_draws(self) -> bool:
+        return self.samples == "noise"
+
+    @property
+    def head_dropout(self) -> float:
+        """The dropout the head must be trained with so that this method can sample it."""
+        return MC_DROPOUT_RATE if self.samples == "dropout" else 0.0
+
+    def scores(self, reference: torch.Tensor, samples: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scores [P] (float64) for P pixels."""
+        inputs = AcquisitionInputs(reference, samples, generator or torch.Generator().manual_seed(0))
+        return self.score(inputs).double()
+
 
 def _need_samples(i: AcquisitionInputs) -> torch.Tensor:
     if i.samples is None:
@@ -146,7 +162,5 @@ def get_acquisition(name: str) -> Acquisition:
 
 def acquisition_scores(name: str, reference: torch.Tensor, samples: torch.Tensor | None = None,
                        generator: torch.Generator | None = None) -> torch.Tensor:
-    """Scores [P] (float64) of `name` for P pixels."""
-    method = get_acquisition(name)
-    inputs = AcquisitionInputs(reference, samples, generator or torch.Generator().manual_seed(0))
-    return method.score(inputs).double()
+    """Scores [P] (float64) of the method called `name`; a round resolves its method once instead."""
+    return get_acquisition(name).scores(reference, samples, generator)

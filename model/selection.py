@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from model.acquisition import acquisition_scores, get_acquisition
+from model.acquisition import Acquisition, get_acquisition
 from model.coreset import k_center_greedy
 from model.features import REFERENCE_NOISE, FeatureMaps
 from model.head import SegmentationHead
@@ -72,9 +72,20 @@ class RoundConfig:
         if self.coverage is None and self.acquisition is None:
             raise ValueError("a round needs a coverage stage, an acquisition, or both")
         if self.acquisition is not None:
-            get_acquisition(self.acquisition)
+            get_acquisition(self.acquisition)  # an unknown name fails when the round is configured
         if self.budget < 0 or self.local_k < 1 or self.candidates < 1 or not 0 < self.keep_global <= 1:
             raise ValueError(f"invalid round configuration: {self}")
+
+    @property
+    def method(self) -> Acquisition | None:
+        """The acquisition named by `acquisition`; a round looks it up once and passes it down."""
+        return get_acquisition(self.acquisition) if self.acquisition is not None else None
+
+    @property
+    def needs_noise_draws(self) -> bool:
+        """Whether records must carry the features under the M noise draws (DALD family)."""
+        method = self.method
+        return method is not None and method.needs_noise_draws
 
 
 def budget_for(num_images: int, budget_factor: float) -> int:
@@ -182,10 +193,9 @@ def _select(method: str, features: torch.Tensor, budget: int, covered: torch.Ten
     return max_herding(features, budget, covered, sigma=sigma, seed=seed, sketch_dim=sketch_dim)
 
 
-def _uncertainty_inputs(head: SegmentationHead, acquisition: str, reference: torch.Tensor,
+def _uncertainty_inputs(head: SegmentationHead, method: Acquisition, reference: torch.Tensor,
                         draws: torch.Tensor | None, mc_samples: int, generator: torch.Generator):
     """Log-probabilities of the reference pass and of the stochastic samples the method needs."""
-    method = get_acquisition(acquisition)
     ref = head.log_probs(reference)
     samples = None
     if method.samples == "noise":
@@ -195,10 +205,6 @@ def _uncertainty_inputs(head: SegmentationHead, acquisition: str, reference: tor
     elif method.samples == "dropout":
         samples = head.mc_dropout_log_probs(reference, mc_samples, generator)
     return ref, samples
-
-
-def needs_noise_draws(acquisition: str | None) -> bool:
-    return acquisition is not None and get_acquisition(acquisition).samples == "noise"
 
 
 def image_record(source: FeatureSource, image: int, labeled_pixels, config: RoundConfig, need_draws: bool,
@@ -241,7 +247,7 @@ def labeled_features(source: FeatureSource, labeled: Mapping[int, tuple[np.ndarr
     images' records so that the round that follows needs no second UNet pass for these images.
     `labeled` maps image index -> (pixels, classes); `queried` as in `run_round`."""
     queried = queried or {}
-    need_draws = needs_noise_draws(config.acquisition)
+    need_draws = config.needs_noise_draws
     feats, classes = [], []
     items = sorted(labeled.items())
     for n, (i, (pixels, cls)) in enumerate(items):
@@ -271,14 +277,14 @@ def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: Se
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + round_index)
     if config.acquisition == "random" and config.coverage is None:
         return _random_round(source, labeled, queried, config, generator)
-    acquisition = config.acquisition if head is not None else None
+    method = config.method if head is not None else None
     coverage = config.coverage or "herding"  # one-stage strategies have no model at round 0: cover
-    if config.coverage is None and acquisition is not None:
-        return _one_stage_round(source, labeled, queried, head, config, acquisition, generator, progress)
+    if config.coverage is None and method is not None:
+        return _one_stage_round(source, labeled, queried, head, config, method, generator, progress)
 
     # Draw features are computed with each image's record as soon as the configured method will need
     # them (round 0 included), so that later rounds find them there.
-    need_draws = needs_noise_draws(config.acquisition)
+    need_draws = config.needs_noise_draws
     pool_pixels, pool_images, pool_ref, pool_draws, covered = [], [], [], [], []
     recomputed = 0
     n = len(source)
@@ -297,20 +303,19 @@ def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: Se
     pixels, images = np.concatenate(pool_pixels), np.concatenate(pool_images)
     ref_all = torch.from_numpy(np.concatenate(pool_ref)).float()
     cov_all = torch.from_numpy(np.concatenate(covered)).float()
-    keep = config.budget if acquisition is None else max(config.budget, round(config.keep_global * len(pixels)))
+    keep = config.budget if method is None else max(config.budget, round(config.keep_global * len(pixels)))
     progress("global", 0, 1)
     kept = _select(coverage, ref_all, keep, cov_all, config.sigma, config.seed)
     progress("global", 1, 1)
     global_done = time.perf_counter()
 
     scores = None
-    if acquisition is None:
+    if method is None:
         order = kept[: config.budget]
     else:
-        draws_kept = torch.from_numpy(np.concatenate(pool_draws)[kept]).float() if needs_noise_draws(acquisition) else None
-        ref, samples = _uncertainty_inputs(head, acquisition, ref_all[kept], draws_kept, config.mc_samples,
-                                           generator)
-        s = acquisition_scores(acquisition, ref, samples, generator)
+        draws_kept = torch.from_numpy(np.concatenate(pool_draws)[kept]).float() if method.needs_noise_draws else None
+        ref, samples = _uncertainty_inputs(head, method, ref_all[kept], draws_kept, config.mc_samples, generator)
+        s = method.scores(ref, samples, generator)
         rank = torch.argsort(s, descending=True, stable=True)[: config.budget].numpy()
         order, scores = kept[rank], s[rank].tolist()
         progress("uncertainty", 1, 1)
@@ -324,12 +329,11 @@ def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: Se
 
 
 def _one_stage_round(source: FeatureSource, labeled: Mapping[int, np.ndarray],
-                     queried: Mapping[int, np.ndarray], head: SegmentationHead, config: RoundConfig, acquisition: str, generator: torch.Generator,
-                     progress: Progress) -> RoundResult:
+                     queried: Mapping[int, np.ndarray], head: SegmentationHead, config: RoundConfig,
+                     method: Acquisition, generator: torch.Generator, progress: Progress) -> RoundResult:
     """Score every candidate pixel of every image and take the top b."""
     started = time.perf_counter()
-    method = get_acquisition(acquisition)
-    draw_noises = tuple(range(1, source.draws + 1)) if method.samples == "noise" else ()
+    draw_noises = tuple(range(1, source.draws + 1)) if method.needs_noise_draws else ()
     all_scores, all_images, all_pixels = [], [], []
     n = len(source)
     for i in range(n):
@@ -341,8 +345,8 @@ def _one_stage_round(source: FeatureSource, labeled: Mapping[int, np.ndarray],
         for part in np.array_split(cands, max(1, len(cands) // 4096)):
             ref = maps[0].at(part)
             draws = torch.stack([m.at(part) for m in maps[1:]], dim=1) if draw_noises else None
-            ref_lp, samples = _uncertainty_inputs(head, acquisition, ref, draws, config.mc_samples, generator)
-            all_scores.append(acquisition_scores(acquisition, ref_lp, samples, generator))
+            ref_lp, samples = _uncertainty_inputs(head, method, ref, draws, config.mc_samples, generator)
+            all_scores.append(method.scores(ref_lp, samples, generator))
             all_images.append(np.full(len(part), i, dtype=np.int64))
             all_pixels.append(part)
         progress("uncertainty", i + 1, n)

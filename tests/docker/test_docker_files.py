@@ -38,6 +38,9 @@ def test_compose_services_ports_and_volumes():
     assert worker["image"] == backend["image"] and backend["build"]["dockerfile"] == "docker/Dockerfile"
     assert set(c["volumes"]) == {"label-studio-data", "model-dir", "redis-data"}
     assert c["services"]["label-studio"]["environment"]["ML_BLOCK_LOCAL_IP"] == "false"
+    # several gunicorn workers only beside Redis (the settings refuse them without it)
+    workers = re.fullmatch(r"\$\{WORKERS:-(\d+)\}", backend["environment"]["WORKERS"]).group(1)
+    assert int(workers) > 1 and backend["environment"]["REDIS_URL"] and "THREADS" in backend["environment"]
 
 
 def test_every_variable_the_compose_sets_is_read_by_the_code_and_documented():
@@ -59,7 +62,11 @@ def test_dockerfile_downloads_the_official_checkpoints_and_starts_gunicorn():
         assert url in text
     assert re.search(r"^EXPOSE 9090$", text, re.M)
     cmd = re.search(r"^CMD (\[.*\])$", text, re.M).group(1)
-    assert "ml_backend.wsgi:app" in cmd and "--workers 1" in cmd and "--bind ${HOST}:${PORT}" in cmd
+    assert "ml_backend.wsgi:app" in cmd and "--bind ${HOST}:${PORT}" in cmd
+    # gunicorn's processes and threads come from WORKERS and THREADS, with the backend's defaults
+    assert "--workers ${WORKERS}" in cmd and "--threads ${THREADS}" in cmd and "--preload" not in cmd
+    assert re.search(rf"^\s+WORKERS={Settings().workers} \\$", text, re.M)
+    assert re.search(rf"^\s+THREADS={Settings().threads}$", text, re.M)
     # the backend listens on loopback by default; the image opens it to the container's network
     assert Settings().host == "127.0.0.1" and re.search(r"^\s+HOST=0\.0\.0\.0 \\$", text, re.M)
     env = dict(re.findall(r"(\w+)=(\S+)", text[text.index("ENV BACKBONE"):]))

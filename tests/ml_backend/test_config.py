@@ -1,3 +1,6 @@
+import re
+from dataclasses import replace
+
 import pytest
 
 from ml_backend.config import Settings, SettingsError
@@ -32,9 +35,11 @@ def test_bad_values_are_named(monkeypatch, name, value, fragment):
 def test_an_absolute_budget_overrides_the_factor(tmp_path):
     from ml_backend.engine import Engine
 
-    assert Engine(Settings(model_dir=tmp_path, backbone="tiny")).round_config(20).budget == 2  # 0.1 x 20
-    assert Engine(Settings(model_dir=tmp_path, backbone="tiny", budget=7)).round_config(20).budget == 7
-    assert Engine(Settings(model_dir=tmp_path, backbone="tiny", budget=7, resolution=32)).round_config(0).budget == 0
+    settings = Settings(model_dir=tmp_path, backbone="tiny")
+    engine = Engine(settings)
+    assert engine.round_config(settings, 20).budget == 2  # 0.1 x 20
+    assert engine.round_config(replace(settings, budget=7), 20).budget == 7
+    assert engine.round_config(replace(settings, budget=7, resolution=32), 0).budget == 0
 
 
 @pytest.mark.parametrize("value", ["fp32", "BF16", "fp16", "auto", ""])
@@ -52,4 +57,79 @@ def test_feature_dtype_reaches_the_extractor(monkeypatch, tmp_path, value):
     extractor = engine.extractor()
     assert extractor.config.dtype == expected
     assert extractor.amp_dtype == {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[expected]
-    assert engine.record_fingerprint()["features"]["dtype"] == expected  # records of one precision not reused by another
+    assert engine.record_fingerprint(engine.settings)["features"]["dtype"] == expected  # records of one precision not reused by another
+
+
+def test_a_project_overrides_only_its_own_settings_with_the_environments_checks():
+    base = Settings(budget=0, acquisition="edald")
+    project = base.for_project({"BUDGET": 12, "acquisition": "margin", "AUTO_ADVANCE": "false", "SAM_TAU": 0.7,
+                                "KEEP_GLOBAL": 1, "TRAIN_MAX_EPOCHS": "20"})
+    assert (project.budget, project.acquisition, project.auto_advance, project.sam_tau) == (12, "margin", False, 0.7)
+    assert project.keep_global == 1.0 and project.train_max_epochs == 20
+    assert (base.budget, base.acquisition, base.auto_advance) == (0, "edald", True)  # the defaults stay
+    assert base.for_project({}) == base
+    assert project.project_view()["BUDGET"] == 12 and "BACKBONE" not in project.project_view()
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"BUDGETT": 3}, "unknown setting 'BUDGETT'; a project may set BUDGET, BUDGET_FACTOR"),
+    ({"BACKBONE": "tiny"}, "BACKBONE is a per-backend setting"), ({"RESOLUTION": 128}, "RESOLUTION is a per-backend"),
+    ({"DRAWS": 3}, "per-backend"), ({"FEATURE_DTYPE": "fp32"}, "per-backend"), ({"label_studio_api_key": "x"}, "per-backend"),
+    ({"LABEL_STUDIO_ACCESS_TOKEN": "x"}, "per-backend"), ({"RECORDS_BATCH": 2}, "per-backend"),
+    ({"BUDGET": -1}, "BUDGET=-1"), ({"BUDGET": 2.5}, "not a valid int"), ({"BUDGET": True}, "not a valid int"),
+    ({"BUDGET_FACTOR": "lots"}, "not a valid float"), ({"ACQUISITION": "edal"}, "ACQUISITION='edal'; choose one"),
+    ({"COVERAGE": "kmeans"}, "COVERAGE"), ({"EXPANDER": "magic"}, "EXPANDER"), ({"AUTO_ADVANCE": 3}, "boolean"),
+    ({"KEEP_GLOBAL": 0}, "KEEP_GLOBAL"), ({"LOCAL_K": 0}, "LOCAL_K"), ({"SUPERPIXEL_TAU": 1.5}, "SUPERPIXEL_TAU"),
+    ({"STOP_AGREEMENT": 2}, "STOP_AGREEMENT"), ({"STOP_ROUNDS": 0}, "STOP_ROUNDS"), ({"TRAIN_BATCH_SIZE": 0}, "TRAIN"),
+    ({"ACQUISITION": ["margin"]}, "not a string"),
+])
+def test_a_bad_project_setting_is_named(overrides, fragment):
+    with pytest.raises(SettingsError, match=re.escape(fragment)):
+        Settings().for_project(overrides)
+
+
+def test_label_studios_generated_backend_names_are_aliases(monkeypatch):
+    for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LABEL_STUDIO_HOST", "http://ls.example:8080/")
+    monkeypatch.setenv("LABEL_STUDIO_ACCESS_TOKEN", "token-123")
+    s = Settings.from_env()
+    assert (s.label_studio_url, s.label_studio_api_key) == ("http://ls.example:8080", "token-123")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "token-123")  # both names, one value: fine
+    assert Settings.from_env().label_studio_api_key == "token-123"
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "another")
+    with pytest.raises(SettingsError, match="LABEL_STUDIO_API_KEY and LABEL_STUDIO_ACCESS_TOKEN are both set"):
+        Settings.from_env()
+
+
+def test_gunicorn_workers_need_redis(monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("WORKERS", "4")
+    with pytest.raises(SettingsError, match="WORKERS=4 needs REDIS_URL"):
+        Settings.from_env()
+    monkeypatch.setenv("REDIS_URL", "redis://localhost:6379/0")
+    assert Settings.from_env().workers == 4
+    monkeypatch.setenv("THREADS", "0")
+    with pytest.raises(SettingsError, match="THREADS=0"):
+        Settings.from_env()
+
+
+def test_a_project_may_choose_sam_only_where_the_backend_has_its_checkpoint(tmp_path):
+    with pytest.raises(SettingsError, match="EXPANDER=sam needs a SAM checkpoint, which is per backend"):
+        Settings().for_project({"EXPANDER": "sam"})
+    with pytest.raises(SettingsError, match="EXPANDER=sam needs"):  # a path that holds no file
+        Settings(sam_checkpoint=tmp_path / "sam_vit_b.pth").for_project({"EXPANDER": "sam"})
+    (tmp_path / "sam_vit_b.pth").write_bytes(b"weights")
+    assert Settings(sam_checkpoint=tmp_path / "sam_vit_b.pth").for_project({"EXPANDER": "sam"}).expander == "sam"
+    sam = Settings(expander="sam")  # the environment's own choice is reported in /metrics, not refused here
+    assert sam.for_project({}) == sam and sam.for_project({"EXPANDER": "none"}).expander == "none"
+
+
+def test_the_readme_lists_the_keys_a_project_may_set():
+    from ml_backend.config import PROJECT_SETTINGS
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    paragraph = readme[readme.index("The accepted keys"):].split("\n\n")[0]
+    listed = set(re.findall(r"`([A-Z_]+)`", paragraph)) - {"SAM_CHECKPOINT"}
+    assert listed == set(PROJECT_SETTINGS)

@@ -15,6 +15,7 @@ from PIL import Image
 from ml_backend.label_config import SHIPPED_CONFIG
 from ml_backend.label_studio import QUERY_VIEW_TITLE, LabelStudioClient
 from model.datasets import CAMVID_CLASSES
+from tests.ml_backend.sdk_checks import assert_valid_result
 from tests.ml_backend.servers import ImageHost, drip, redirect_to, send_bytes, start_backend, stop, wait_until
 
 N_IMAGES, BUDGET_FACTOR = 8, 0.5
@@ -31,7 +32,11 @@ def import_camvid(ls, project: int, root, count: int) -> dict[int, str]:
 
 
 def predictions(ls, project: int, version: str) -> list[dict]:
-    return [p for p in ls.api("GET", f"/api/predictions/?project={project}").json() if p["model_version"] == version]
+    """The project's predictions of `version`, each checked by the SDK against the shipped config."""
+    found = [p for p in ls.api("GET", f"/api/predictions/?project={project}").json() if p["model_version"] == version]
+    for p in found:
+        assert_valid_result(SHIPPED_CONFIG.read_text(), p["result"])
+    return found
 
 
 def query_predictions(ls, project: int, version: str) -> list[dict]:
@@ -190,6 +195,7 @@ def test_label_all_tasks_serves_exactly_the_open_queries_round_after_round(ls, c
             "tasks": [task], "project": f"{project}.0", "label_config": config, "params": {"context": None}})
         assert r.status_code == 200, r.text
         result = r.json()["results"][0]
+        assert_valid_result(config, result["result"])
         assert result["model_version"] in (head1, f"p{project}-head-2") and 0 < result["score"] <= 1
         covered = np.zeros((360, 480), dtype=int)
         for region in result["result"]:
@@ -267,7 +273,7 @@ def test_kill_9_during_a_round_and_during_training_loses_nothing(ls, camvid_root
         names = import_camvid(ls, project, camvid_root, N_IMAGES)
         ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "m", "is_interactive": False})
 
-        wait_until(lambda: "per-image features" in health_stage(backend), 300, "round 0 under way", 0.1)
+        wait_until(lambda: "features and local herding" in health_stage(backend), 300, "round 0 under way", 0.1)
         stop(backend.process, signal.SIGKILL)
         assert predictions(ls, project, f"p{project}-round-0") == []  # died before pushing
         assert any(j["status"] == "running" for j in read_store(model_dir).interrupted_jobs())
@@ -306,7 +312,36 @@ def round0_by_image(ls, project, names) -> set[tuple[str, float, float]]:
     return {(names[image_of(ls, t)], x, y) for t, x, y in keypoints(predictions(ls, project, f"p{project}-round-0"))}
 
 
+class HealthWatch:
+    """Polls the backend's /health in a thread and keeps every progress it shows for a project."""
+
+    def __init__(self, backend, project: int, interval: float = 0.05):
+        import threading
+
+        self.seen: list[dict] = []
+        self._stop = threading.Event()
+
+        def watch():
+            while not self._stop.is_set():
+                try:
+                    progress = requests.get(backend.url + "/health", timeout=5).json()["progress"].get(str(project))
+                except (requests.RequestException, ValueError, KeyError):
+                    progress = None
+                if progress and (not self.seen or progress != self.seen[-1]):
+                    self.seen.append(progress)
+                self._stop.wait(interval)
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> list[dict]:
+        self._stop.set()
+        self._thread.join(10)
+        return self.seen
+
+
 def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvid_root, tmp_path, redis_server):
+    """...and the web process's /health shows the workers' progress, in images of the whole round."""
     import subprocess
 
     from tests.conftest import REPO
@@ -330,10 +365,22 @@ def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvi
         try:
             project = ls.api("POST", "/api/projects", json={"title": f"rq {mode}", "label_config": config}).json()["id"]
             names = import_camvid(ls, project, camvid_root, N_IMAGES)
+            watch = HealthWatch(backend, project)
             ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": mode})
             wait_until(lambda: len(keypoints(predictions(ls, project, f"p{project}-round-0"))) == B, 300, f"round 0 ({mode})")
+            seen = watch.stop()
             results[mode] = round0_by_image(ls, project, names)
+            records = [p for p in seen if p["stage"] == "round 0: features and local herding"]
+            print(mode, "progress seen in /health:", list(dict.fromkeys((p["stage"], p["done"], p["total"]) for p in seen)))
+            # the round's images, whatever batch of RECORDS_BATCH=2 is running, with an ETA while under way
+            assert records and {p["total"] for p in records} == {N_IMAGES}
+            assert any(0 < p["done"] < N_IMAGES and p["eta_s"] is not None for p in records)
+            assert not any("features features" in p["stage"] for p in seen)
             if mode == "redis":
+                # the web process ran none of it: what it showed came from the workers through the store
+                assert "features and local herding" not in backend.log.read_text()
+                assert any("features and local herding" in (tmp_path / mode / f"worker{n}.log").read_text()
+                           for n in range(2))
                 assert requests.get(backend.url + "/metrics", timeout=5).json()["jobs"]["kind"] == "redis"
                 jobs = wait_until(lambda: (j := read_store(model_dir).recent_jobs(50)) and all(
                     x["status"] in ("done", "failed") for x in j) and j, 120, "the round's jobs to finish")

@@ -12,6 +12,7 @@ from ml_backend.config import Settings
 from ml_backend.label_config import SHIPPED_CONFIG, parse_label_config
 from ml_backend.query_tasks import publish_round, query_key, query_score
 from ml_backend.services import Services
+from tests.ml_backend.sdk_checks import assert_valid_result
 
 
 class RecordingLabelStudio:
@@ -36,6 +37,7 @@ class RecordingLabelStudio:
         return None
 
     def create_prediction(self, task, result, version, score):
+        assert_valid_result(SHIPPED_CONFIG.read_text(), result)
         self.calls.append(("predict", task, [r["value"]["keypointlabels"] for r in result], version, score))
         return 1
 

@@ -91,3 +91,17 @@ def test_the_placeholder_is_required_and_is_no_class():
         parse_label_config(in_brush)
     with pytest.raises(LabelConfigError, match="placeholder"):
         SCHEMA.class_index("Label me")
+
+
+def test_label_studio_sdk_accepts_what_the_backend_sends_and_rejects_a_wrong_label():
+    from label_studio_sdk.label_interface import LabelInterface
+
+    from tests.ml_backend.sdk_checks import assert_valid_result
+
+    config = SHIPPED_CONFIG.read_text()
+    mask = np.zeros((36, 48), dtype=bool)
+    mask[5:20, 10:30] = True
+    point = query_region("q0-1-5", 5, 64, SCHEMA, 480, 360, suggestion="Road")
+    assert_valid_result(config, [point, brush_region("b1", mask, 3, SCHEMA, 0.9), brush_region("b2", ~mask, 0, SCHEMA)])
+    wrong = {**point, "value": {**point["value"], "keypointlabels": ["Road surface"]}}
+    assert LabelInterface(config).validate_prediction({"result": [wrong]}) is False

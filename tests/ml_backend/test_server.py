@@ -15,6 +15,7 @@ from ml_backend.config import Settings
 from ml_backend.label_config import SHIPPED_CONFIG
 from ml_backend.server import create_app
 from ml_backend.services import Services
+from tests.ml_backend.sdk_checks import assert_valid_result
 from tests.ml_backend.servers import ImageHost, send_bytes
 
 CONFIG = SHIPPED_CONFIG.read_text()
@@ -23,9 +24,11 @@ CONFIG = SHIPPED_CONFIG.read_text()
 class RecordingRunner:
     def __init__(self):
         self.jobs: list[tuple[int, str]] = []
+        self.payloads: list[dict | None] = []
 
     def submit(self, project, kind, payload=None, depends_on=()):
         self.jobs.append((project, kind))
+        self.payloads.append(payload)
         return len(self.jobs)
 
     def resume(self):
@@ -76,7 +79,8 @@ def test_health_answers_without_credentials_and_the_rest_is_in_metrics(tmp_path)
     assert r.status_code == 200 and r.json["status"] == "UP" and r.json["ready"]
     assert r.json["model"] == {"backbone": "tiny", "pretrained": False}
     text = r.get_data(as_text=True)
-    for private in ("secret-key-123", "pw-123", "ann", "ls.internal", str(tmp_path), "settings", "jobs"):
+    for private in ("secret-key-123", "pw-123", "ann", "ls.internal", str(tmp_path), "model_dir", "basic_auth",
+                    "redis", "jobs"):
         assert private not in text
     m = c.get("/metrics", headers=auth_header("ann", "pw-123")).json
     assert m["settings"]["basic_auth_user"] == "ann" and m["settings"]["label_studio_api_key_set"]
@@ -94,6 +98,44 @@ def test_setup_validates_the_config_and_starts_a_sync(client):
     bad = CONFIG.replace("BrushLabels", "PolygonLabels")
     r = c.post("/setup", json={"project": "8.1", "schema": bad})
     assert r.status_code == 400 and "BrushLabels" in r.json["error"]
+
+
+def test_extra_params_set_one_projects_settings_and_not_anothers(client):
+    from ml_backend.config import PROJECT_SETTINGS
+
+    c, backend, _ = client
+    r = c.post("/setup", json={"project": "7.1", "schema": CONFIG, "extra_params": {"BUDGET": 5, "acquisition": "margin"}})
+    assert r.status_code == 200, r.json
+    assert c.post("/setup", json={"project": "8.1", "schema": CONFIG, "extra_params": None}).status_code == 200
+    services = backend.services
+    assert services.settings_for(7).acquisition == "margin" and services.settings_for(8).acquisition == "edald"
+    engine = services.engine
+    assert engine.round_config(services.settings_for(7), 20).budget == 5
+    assert engine.round_config(services.settings_for(8), 20).budget == 2  # the environment's 0.1 x 20
+    assert engine.round_config(services.settings_for(7), 20).acquisition == "margin"
+    for view in (c.get("/metrics").json["projects"], c.get("/health").json["projects"]):
+        assert view["7"]["overrides"] == {"BUDGET": 5, "ACQUISITION": "margin"} and view["8"]["overrides"] == {}
+        assert (view["7"]["settings"]["BUDGET"], view["7"]["settings"]["ACQUISITION"]) == (5, "margin")
+        assert (view["8"]["settings"]["BUDGET"], view["8"]["settings"]["ACQUISITION"]) == (0, "edald")
+        assert set(view["7"]["settings"]) == set(PROJECT_SETTINGS) and view["7"]["stopping_hint"] is None
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    ({"BUDGETT": 5}, "unknown setting 'BUDGETT'; a project may set BUDGET,"),
+    ({"BACKBONE": "imagenet256"}, "BACKBONE is a per-backend setting"),
+    ({"DEVICE": "cuda"}, "per-backend"), ({"BUDGET": "many"}, "BUDGET='many' is not a valid int"),
+    ({"ACQUISITION": "edal"}, "ACQUISITION='edal'"), ("BUDGET=5", "must be a JSON object"),
+    ({"EXPANDER": "sam"}, "EXPANDER=sam needs a SAM checkpoint"),
+])
+def test_bad_extra_params_are_refused_and_change_nothing(client, extra, fragment):
+    c, backend, runner = client
+    assert c.post("/setup", json={"project": "7.1", "schema": CONFIG, "extra_params": {"BUDGET": 3}}).status_code == 200
+    r = c.post("/setup", json={"project": "7.1", "schema": CONFIG, "extra_params": extra})
+    assert r.status_code == 400 and fragment in r.json["error"], r.json
+    assert fragment in r.status  # the reason phrase, which is what Label Studio's model dialog shows
+    assert backend.services.store.overrides(7) == {"BUDGET": 3} and backend.services.settings_for(7).budget == 3
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG, "extra_params": None})  # cleared in Label Studio
+    assert backend.services.store.overrides(7) == {} and backend.services.settings_for(7).budget == 0
 
 
 def test_a_missing_checkpoint_is_not_ready_and_names_the_file_its_path_and_url(tmp_path, monkeypatch):
@@ -254,8 +296,8 @@ def test_interactive_click_without_class_is_refused(client):
 
 def test_versions_and_metrics(client):
     c, _, _ = client
-    assert c.get("/versions").json == {"versions": []}
-    assert c.post("/versions", json={"project": "7.1"}).json == {"versions": []}
+    assert c.get("/versions").json == {"versions": [], "current": {}, "heads": []}
+    assert c.post("/versions", json={"project": "7.1"}).json == {"versions": [], "current": {}, "heads": []}
     m = c.get("/metrics").json
     assert set(m) == {"uptime_s", "backbone", "jobs", "settings", "projects", "heads", "recent_jobs"}
 
@@ -268,7 +310,8 @@ def test_basic_auth_guards_everything_but_health(tmp_path):
     c, _, _ = make_client(tmp_path, basic_auth_user="ann", basic_auth_pass="pw-123")
     assert c.get("/health").status_code == 200
     for method, path in [("post", "/setup"), ("post", "/predict"), ("post", "/webhook"), ("get", "/metrics"),
-                         ("get", "/versions"), ("post", "/train")]:
+                         ("get", "/versions"), ("post", "/train"), ("post", "/versions/pin"),
+                         ("get", "/metrics/7/curve.png")]:
         assert getattr(c, method)(path, json={}).status_code == 401
     assert c.get("/metrics", headers=auth_header("ann", "wrong")).status_code == 401
     assert c.get("/metrics", headers=auth_header("ann", "pw-123")).status_code == 200
@@ -351,14 +394,15 @@ def test_interactive_click_returns_the_expanded_region_in_the_clicks_class(tmp_p
     assert r.status_code == 200
     result = r.json["results"][0]
     assert result["model_version"] == "expander-superpixel" and len(result["result"]) == 1
+    assert_valid_result(CONFIG, result["result"])
     region = result["result"][0]
     assert region["type"] == "brushlabels" and region["from_name"] == "mask" and region["value"]["brushlabels"] == ["Road"]
     mask = decode_rle(region["value"]["rle"]).reshape(360, 480, 4)[:, :, 3] > 0
     truth = np.asarray(Image.open(camvid_root / "valannot" / sorted((camvid_root / "val").glob("*.png"))[0].name))
     assert mask[int(0.85 * 360), 240] and mask.sum() > 1000 and (truth[mask & (truth != 11)] == 3).mean() > 0.95
     assert c.get("/metrics").json["backbone"]["expander"]["name"] == "superpixel"
-    backend.services.engine.expander().tau = 1.01  # nothing passes: no region, just the confidence
-    r = c.post("/predict", json=body)
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG, "extra_params": {"SUPERPIXEL_TAU": 1.0}})
+    r = c.post("/predict", json=body)  # the project's tau: nothing passes, no region, just the confidence
     assert r.json["results"][0]["result"] == [] and 0 <= r.json["results"][0]["score"] <= 1
 
 

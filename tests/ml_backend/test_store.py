@@ -148,3 +148,21 @@ def test_labels_record_the_round_they_answer_and_old_stores_gain_the_column(stor
         "PRIMARY KEY (project, annotation, region, pixel))", "INSERT INTO labels VALUES (1, 10, 100, 'a', 5, 1, 'keypoint')")
     migrated.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], [Label(10, "a", 5, 1, "keypoint")])
     assert [(r["pixel"], r["round"]) for r in migrated.labels(1)] == [(5, None)]
+
+
+def test_a_query_remembers_when_it_stopped_being_open(store):
+    """The learning curve's last answer: set when a query is answered or dismissed, cleared when the
+    answer is deleted, set again by the next answer."""
+    store.save_round(1, 0, None, [{"task": 10, "pixel": 5, "rank": 0, "region": "q0-10-5"}])
+    store.open_round(1, 0)
+    assert store.last_closed(1, 0) is None
+    store.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], [Label(10, "q0-10-5", 5, 1, "keypoint")])
+    answered = store.last_closed(1, 0)
+    assert answered is not None and store.round_progress(1, 0)["answered"] == 1
+    store.apply_annotation(1, 100, 10, "2026-01-01T00:00:02Z", [], [Label(10, "q0-10-5", 5, 2, "keypoint")])
+    assert store.last_closed(1, 0) == answered  # still answered: the time it first was
+    store.delete_annotations(1, [100])
+    assert store.last_closed(1, 0) is None and store.round_progress(1, 0)["open"] == 1
+    store.apply_annotation(1, 101, 10, "2026-01-01T00:00:03Z", [], [Label(10, "q0-10-5", 5, 2, "keypoint")])
+    assert store.last_closed(1, 0) > answered
+    assert [(a["pixel"], a["class"]) for a in store.answers(1, 0)] == [(5, 2)]

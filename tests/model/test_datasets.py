@@ -11,8 +11,8 @@ from PIL import Image
 from model.datasets import CAMVID_CLASSES, IGNORE_INDEX, detect, load_camvid, load_dataset
 from model.preprocessing import center_crop_image, center_crop_labels, remap_void, resize_image, resize_labels
 from tests.conftest import REPO
-from tests.model.test_simulate import rows
-from tests.model.test_simulate import run as simulate_smoke
+from tests.model.experiments.test_simulate import rows
+from tests.model.experiments.test_simulate import run as simulate_smoke
 
 
 def test_camvid_layout_and_order(camvid_root):

@@ -11,7 +11,7 @@ from model.datasets import IGNORE_INDEX, load_camvid
 from model.embedding_cache import EmbeddingCache
 from model.expansion import (SAM_DOWNLOADS, SEGMENTATIONS, WORKING_PIXELS, Prompt, SamExpander, SinglePixelExpander,
                              SuperpixelExpander, build_expander, import_segment_anything)
-from model.expansion_report import boundary_recall
+from model.experiments.expansion_report import boundary_recall
 
 
 def tiny_sam(seed=0):

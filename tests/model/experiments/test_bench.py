@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from model.bench import _precision_run, isolated
+from model.experiments.bench import _precision_run, isolated
 from tests.conftest import REPO
 
 
@@ -80,7 +80,7 @@ def test_precision_comparison_of_identical_runs_is_exact(camvid_root):
     """fp32 against a second fp32 run: every agreement measure must be exactly 1 (the runs are
     deterministic) and cannot fall below the noise floor; bf16 and the floor (float32 under
     other noise images) are compared on the same scale, and the floor moves the features."""
-    from model.bench import AGREEMENT
+    from model.experiments.bench import AGREEMENT
 
     r = _precision_run(str(camvid_root), "tiny", 32, images=2, candidates=120, local_k=6, budget=3,
                        dtypes=["fp32", "fp32", "bf16"], seed=0, timed_images=1)

@@ -1,7 +1,7 @@
 """A bounded load test: N concurrent /predict requests against a gunicorn-served backend on loopback.
 
-    python -m ml_backend.loadtest --requests 50 --concurrency 50
-    python -m ml_backend.loadtest --selection 1000   # "Retrieve Predictions" on 1,000 tasks
+    python -m tools.loadtest --requests 50 --concurrency 50
+    python -m tools.loadtest --selection 1000   # "Retrieve Predictions" on 1,000 tasks
 
 With --selection, one /predict carries N tasks, as Label Studio sends a Data Manager selection: once
 before any segmentation exists (timed on the first --cold tasks only) and once after the
@@ -125,7 +125,7 @@ def free_port() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ml_backend.loadtest", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.loadtest", description=__doc__)
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--images", type=int, default=8, help="distinct tasks the requests cycle through")

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from model.datasets import IGNORE_INDEX, SegmentationDataset
 from model.expansion import Expander, SuperpixelExpander
+from model.experiments.report_output import markdown_table, pyplot
 
 EQUAL_PIXELS = (50, 100, 150, 200)  # training pixels per click at which expanders are compared
 
@@ -120,26 +121,22 @@ def _percent(value: float) -> str:
 
 def markdown(reports: list[dict]) -> str:
     """The comparison (when there are superpixel statistics) and the threshold table of every expander."""
-    lines = []
+    parts = []
     compared = [r for r in reports if "images" in r]
     if compared:
         targets = list(compared[0]["equal_pixels"])
-        lines += ["| segmentation | segments per image | boundary recall | time per image | "
-                  + " | ".join(f"purity at {t} training px/click" for t in targets) + " |",
-                  "|---|---|---|---|" + "---|" * len(targets)]
-        for r in compared:
-            im = r["images"]
-            lines.append(f"| {r['label']} | {im['segments_per_image']:.0f} | {im['boundary_recall']:.1%} | "
-                         f"{im['seconds_per_image']:.3f} s | "
-                         + " | ".join(_percent(r["equal_pixels"][t]) for t in targets) + " |")
-        lines.append("")
-    lines += ["| expander | tau | clicks expanded | purity of expanded regions | labeled pixels per click | "
-              "training pixels per click |", "|---|---|---|---|---|---|"]
-    for r in reports:
-        for t in r["thresholds"]:
-            lines.append(f"| {r['label']} | {t['tau']:.2f} | {t['expanded']:.1%} | {_percent(t['purity'])} | "
-                         f"{t['pixels_per_click']:.1f} | {t['training_pixels_per_click']:.1f} |")
-    return "\n".join(lines)
+        parts.append(markdown_table(
+            ["segmentation", "segments per image", "boundary recall", "time per image",
+             *(f"purity at {t} training px/click" for t in targets)],
+            [[r["label"], f"{r['images']['segments_per_image']:.0f}", f"{r['images']['boundary_recall']:.1%}",
+              f"{r['images']['seconds_per_image']:.3f} s", *(_percent(r["equal_pixels"][t]) for t in targets)]
+             for r in compared]) + "\n")
+    parts.append(markdown_table(
+        ["expander", "tau", "clicks expanded", "purity of expanded regions", "labeled pixels per click",
+         "training pixels per click"],
+        [[r["label"], f"{t['tau']:.2f}", f"{t['expanded']:.1%}", _percent(t["purity"]), f"{t['pixels_per_click']:.1f}",
+          f"{t['training_pixels_per_click']:.1f}"] for r in reports for t in r["thresholds"]]))
+    return "\n".join(parts)
 
 
 def label(expander: Expander) -> str:
@@ -150,11 +147,9 @@ def draw_examples(dataset: SegmentationDataset, expanders: list[Expander], stats
                   path: Path, images: int = 3, clicks_per_image: int = 6) -> None:
     """One row per image, one column per expander: segment boundaries (yellow) and the region of each
     of the image's first clicks, green when expanded, red when it stays a single pixel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from skimage.segmentation import find_boundaries
+
+    plt = pyplot()
 
     clicked = sorted({s["image"] for s in stats[0]})
     chosen = clicked[::max(1, len(clicked) // images)][:images]  # spread over the split

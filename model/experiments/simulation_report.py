@@ -15,18 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-CAMVID_COLORS = np.array([[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222],
-                          [128, 128, 0], [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]],
-                         dtype=np.uint8)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from model.experiments.report_output import markdown_table, pyplot
+from model.prediction import class_colors
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -51,16 +41,14 @@ def summary_rows(rows: list[dict]) -> list[dict]:
 
 
 def summary_markdown(rows: list[dict]) -> str:
-    lines = ["| strategy | seeds | round | mIoU (%) | pixel acc. (%) | labeled pixels | share of pixels |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['strategy']} | {r['seeds']} | {r['round']} | {r['miou_mean']:.2f} ± {r['miou_std']:.2f} | "
-                     f"{r['acc_mean']:.1f} | {r['labeled_mean']:.0f} | {r['share_mean']:.5%} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["strategy", "seeds", "round", "mIoU (%)", "pixel acc. (%)", "labeled pixels", "share of pixels"],
+        [[r["strategy"], r["seeds"], r["round"], f"{r['miou_mean']:.2f} ± {r['miou_std']:.2f}", f"{r['acc_mean']:.1f}",
+          f"{r['labeled_mean']:.0f}", f"{r['share_mean']:.5%}"] for r in rows])
 
 
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         curves[row["strategy"]][int(row["round"])].append(float(row["miou"]) * 100)
@@ -83,7 +71,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
 
 def plot_selections(sim, path: Path, images: int = 4) -> None:
     """Pixels selected by (up to) the first two strategies, seed of the first run, all rounds."""
-    plt = _pyplot()
+    plt = pyplot()
     strategies = sim.strategies[:2]
     seed = sim.config.seeds[0]
     picks = {}
@@ -115,10 +103,9 @@ def plot_selections(sim, path: Path, images: int = 4) -> None:
 
 
 def plot_predictions(sim, head, path: Path, title: str, images: int = 3) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     r = sim.resolution
-    colors = CAMVID_COLORS if sim.eval_set.num_classes <= len(CAMVID_COLORS) else \
-        (np.random.default_rng(0).integers(0, 255, (sim.eval_set.num_classes, 3))).astype(np.uint8)
+    colors = class_colors(sim.eval_set.num_classes)
     n = min(images, len(sim.eval_set))
     chosen = np.linspace(0, len(sim.eval_set) - 1, n).round().astype(int)  # spread: neighbours are near-duplicate frames
     fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n + 0.4), squeeze=False)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from model.datasets import IGNORE_INDEX, load_camvid
 from model.features import DiffusionFeatureExtractor, FeatureConfig
-from model.simulate import Simulation, SimulationConfig, Strategy, _round_strategy, parse_strategy
+from model.experiments.simulate import Simulation, SimulationConfig, Strategy, _round_strategy, parse_strategy
 from tests.conftest import REPO
 
 SMOKE = ["--backbone", "tiny", "--resolution", "64", "--max-train-images", "16", "--max-eval-images", "8",

@@ -141,7 +141,7 @@ class Simulation:
             pixels = np.array(sorted(labeled[i]), dtype=np.int64)
             feats.append(self.train_source.maps(i, (REFERENCE_NOISE,))[0].at(pixels))
             classes.append(torch.tensor([labeled[i][p] for p in pixels], dtype=torch.long))
-        dropout = 0.2 if strategy.acquisition and get_acquisition(strategy.acquisition).samples == "dropout" else 0.0
+        dropout = get_acquisition(strategy.acquisition).head_dropout if strategy.acquisition else 0.0
         cfg = TrainConfig(**{**asdict(self.config.train), "seed": seed, "mc_dropout": dropout})
         head, _ = train_head(torch.cat(feats), torch.cat(classes), self.train_set.num_classes, cfg, IGNORE_INDEX)
         return head
@@ -250,7 +250,7 @@ class Simulation:
         for strategy in self.strategies:
             for seed in self.config.seeds:
                 final_heads[(strategy.name, seed)] = self.run_one(strategy, seed)
-        from model.simulation_report import write_reports
+        from model.experiments.simulation_report import write_reports
 
         write_reports(self, final_heads)
 

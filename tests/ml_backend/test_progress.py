@@ -1,0 +1,98 @@
+"""Progress lives in the store: every process sees every job's, counted in images, with an ETA. The
+same with real RQ workers is in test_label_studio_loop.py (two workers, the web process's /health)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from ml_backend.progress import Progress, forget_finished, job_scope
+from ml_backend.store import Label, Store
+from tests.ml_backend.test_server import CONFIG, make_client
+
+
+STAGE, WORK = "round 3: features and local herding", ("round 3 records", 20)
+
+
+def test_batches_of_one_round_add_up_to_its_images_in_any_process(tmp_path, caplog):
+    """The 20 images of a round in batches of 8, 8 and 4, run by two processes: /health counts 20
+    images from the first batch on (the issue: 539 s in, it showed 7 of 8 with 12 images to go)."""
+    caplog.set_level(logging.INFO, "ml_backend.progress")
+    path = tmp_path / "state.sqlite3"
+    web, worker_a, worker_b = Progress(Store(path)), Progress(Store(path)), Progress(Store(path))
+    store = worker_a.store
+    jobs = [store.add_job(7, "records", {"round": 3}) for _ in range(3)]
+    store.start_job(jobs[0])
+    with job_scope(jobs[0]):
+        worker_a.update(7, STAGE, 0, 8, work=WORK)
+        time.sleep(0.2)
+        for n in range(1, 8):
+            worker_a.update(7, STAGE, n, 8, work=WORK)
+    seen = web.snapshot()["7"]
+    assert (seen["stage"], seen["done"], seen["total"]) == (STAGE, 7, 20)
+    assert seen["eta_s"] is not None and seen["eta_s"] > 0 and seen["active"]
+    assert [(j["job"], j["kind"], j["status"], j["done"], j["total"]) for j in seen["jobs"]] == [
+        (jobs[0], "records", "running", 7, 8)]
+    with job_scope(jobs[0]):
+        worker_a.update(7, STAGE, 8, 8, work=WORK)
+    store.finish_job(jobs[0])
+    store.start_job(jobs[1])
+    with job_scope(jobs[1]):  # the other worker takes the next batch
+        worker_b.update(7, STAGE, 3, 8, work=WORK)
+    seen = web.snapshot()["7"]
+    assert (seen["done"], seen["total"]) == (11, 20)
+    assert [(j["job"], j["status"]) for j in seen["jobs"]] == [(jobs[0], "done"), (jobs[1], "running")]
+    logged = [r.getMessage() for r in caplog.records]
+    assert "project 7: round 3: features and local herding 0/20" in logged
+    assert any(m.startswith("project 7: round 3: features and local herding 2/20, ETA") for m in logged)
+    assert any(m.startswith("project 7: round 3: features and local herding 8/20, ETA") for m in logged)
+    assert not any("/8" in m for m in logged)  # never the batch's own count
+
+
+def test_a_finished_piece_of_work_is_forgotten_once_something_newer_happens(tmp_path):
+    progress = Progress(Store(tmp_path / "state.sqlite3"))
+    store = progress.store
+    job = store.add_job(7, "records", {"round": 0})
+    store.start_job(job)
+    with job_scope(job):
+        progress.update(7, "round 0: features and local herding", 2, 2, work=("round 0 records", 2))
+    store.finish_job(job)
+    forget_finished(store, 7)
+    seen = progress.snapshot()["7"]
+    assert (seen["done"], seen["total"], seen["eta_s"], seen["active"]) == (2, 2, None, False)
+    progress.update(7, "round 0 open", 1, 4)  # a webhook, outside any job
+    forget_finished(store, 7)
+    assert [r["job"] for r in store.progress(7)] == [0]
+    assert progress.snapshot()["7"]["stage"] == "round 0 open"
+
+
+def test_training_stages_are_named_once_and_records_are_planned_in_images(tmp_path):
+    """plan_round on four small images, one labeled: the stage reads "training features" (it read
+    "training features features"), the head records its features, and each batch of RECORDS_BATCH
+    knows the round's image count (the labeled image got its record while training)."""
+    from ml_backend.loop import plan_round
+
+    _, backend, runner = make_client(tmp_path, records_batch=2, candidates=200, local_k=5, expander="none")
+    services = backend.services
+    backend.setup("7.1", CONFIG)
+    files = services.files(7)
+    rng = np.random.default_rng(0)
+    for task in (1, 2, 3, 4):
+        services.store.upsert_tasks(7, [(task, f"/data/upload/7/{task}.png")])
+        files.save_image(task, rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        services.store.set_task_image(7, task, 64, 64, "ready", digest=f"d{task}")
+    services.store.apply_annotation(7, 1, 1, "2026-01-01T00:00:00Z", [],
+                                    [Label(1, "a", 100, 2, "keypoint"), Label(1, "b", 900, 3, "keypoint")])
+    stages = []
+    set_progress = services.store.set_progress
+    services.store.set_progress = lambda *args: (stages.append(args[2]), set_progress(*args))
+    runner.jobs.clear()
+    plan_round(services, runner, 7, 1, train=True)
+    assert "training features" in stages and not any("features features" in s for s in stages)
+    head = services.store.current_head(7)
+    assert head["version"] == "p7-head-1" and head["features"]["backbone"] == "tiny"
+    assert head["features"]["config"]["resolution"] == 64
+    assert runner.jobs == [(7, "records"), (7, "records"), (7, "select")]
+    assert runner.payloads[-3:-1] == [{"round": 1, "tasks": [2, 3], "images": 3}, {"round": 1, "tasks": [4], "images": 3}]

@@ -1,0 +1,126 @@
+"""Heads as versions: listing, pinning and exporting, through HTTP and the command line. The rounds a
+pin leads to in Label Studio are tested against a real one (test_team_loop.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from ml_backend.jobs import InProcessRunner, StoreRunner
+from ml_backend.store import Store
+from model.features import FeatureConfig
+from model.head import SegmentationHead
+from model.head_export import ExportedHead, FeatureSetup
+from tests.conftest import REPO
+from tests.ml_backend.test_server import CONFIG, make_client
+
+
+def add_heads(backend, project: int, count: int) -> list[str]:
+    """`count` heads of random weights, registered as training would (the newest current)."""
+    services = backend.services
+    versions = []
+    for n in range(1, count + 1):
+        version = f"p{project}-head-{n}"
+        path = services.files(project).head_path(version)
+        torch.manual_seed(n)
+        torch.save(SegmentationHead(12, len(services.schema(project).classes)).checkpoint(), path)
+        services.store.add_head(project, version, n, str(path), 10 * n, {"labeled_pixels": 10 * n, "final_loss": 1 / n},
+                                "digest", FeatureSetup("tiny", 0, None, FeatureConfig(resolution=64)).as_dict())
+        versions.append(version)
+    return versions
+
+
+def test_versions_list_every_projects_heads_and_pinning_makes_one_current(tmp_path):
+    c, backend, runner = make_client(tmp_path)
+    for project in (7, 8):
+        c.post("/setup", json={"project": f"{project}.1", "schema": CONFIG})
+    add_heads(backend, 7, 3)
+    add_heads(backend, 8, 1)
+    listing = c.get("/versions").json
+    assert listing["versions"] == ["p7-head-1", "p7-head-2", "p7-head-3", "p8-head-1"]
+    assert listing["current"] == {"7": "p7-head-3", "8": "p8-head-1"}
+    assert c.get("/versions?project=8").json["versions"] == ["p8-head-1"]
+    assert c.post("/versions", json={"project": "7.1"}).json["current"] == {"7": "p7-head-3"}
+
+    runner.jobs.clear()
+    r = c.post("/versions/pin", json={"version": "p7-head-1"})
+    assert r.status_code == 202 and r.json["current"] == "p7-head-1", r.json
+    assert runner.jobs == [(7, "pin")]  # the round that shows it in Label Studio
+    assert c.get("/versions").json["current"] == {"7": "p7-head-1", "8": "p8-head-1"}
+    assert c.post("/setup", json={"project": "7.1", "schema": CONFIG}).json == {"model_version": "p7-head-1"}
+    assert [h["version"] for h in backend.services.store.heads(7)] == ["p7-head-1", "p7-head-2", "p7-head-3"]
+    assert c.post("/versions/pin", json={"project": 7, "version": "p7-head-3"}).status_code == 202  # forward again
+    assert c.get("/versions?project=7").json["current"] == {"7": "p7-head-3"}
+
+
+def test_pinning_a_head_that_is_not_there_changes_nothing(tmp_path):
+    c, backend, runner = make_client(tmp_path)
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    add_heads(backend, 7, 2)
+    runner.jobs.clear()
+    for body, status, fragment in [
+            ({"version": "p7-head-9"}, 404, "project 7 has no head 'p7-head-9' (its heads: p7-head-1, p7-head-2)"),
+            ({"version": "p8-head-1"}, 404, "project 8 has no head"),
+            ({"project": 8, "version": "p7-head-1"}, 400, "is a head of project 7, not of project 8"),
+            ({"version": "head-1"}, 400, "needs 'project'"), ({}, 400, "needs 'version'"),
+            ({"version": 3}, 400, "'version' must be a string")]:
+        r = c.post("/versions/pin", json=body)
+        assert r.status_code == status and fragment in r.json["error"], r.json
+    assert runner.jobs == [] and backend.services.store.current_head(7)["version"] == "p7-head-2"
+
+
+def cli(model_dir, *args, **env) -> subprocess.CompletedProcess:
+    full = {**os.environ, "MODEL_DIR": str(model_dir), "BACKBONE": "tiny", "RESOLUTION": "64", **env}
+    full.pop("REDIS_URL", None)
+    return subprocess.run([sys.executable, "-m", "ml_backend", "heads", *args], cwd=REPO, env=full,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_command_line_lists_pins_and_exports_heads(tmp_path):
+    _, backend, _ = make_client(tmp_path)
+    backend.setup("7.1", CONFIG)
+    add_heads(backend, 7, 2)
+    listed = cli(tmp_path, "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = listed.stdout.splitlines()
+    assert rows[1].split()[:4] == ["7", "p7-head-1", "1", "10"] and not rows[1].endswith("*")
+    assert rows[2].split()[:4] == ["7", "p7-head-2", "2", "20"] and rows[2].endswith("*")
+
+    pinned = cli(tmp_path, "pin", "p7-head-1")
+    assert pinned.returncode == 0, pinned.stderr
+    store = Store(tmp_path / "state.sqlite3")
+    assert store.current_head(7)["version"] == "p7-head-1"
+    (job,) = [j for j in store.interrupted_jobs() if j["kind"] == "pin"]  # for the server's job thread
+    assert job["project"] == 7 and job["status"] == "queued"
+
+    out = tmp_path / "exported.pt"
+    exported = cli(tmp_path, "export", "p7-head-2", "--out", str(out))
+    assert exported.returncode == 0 and str(out) in exported.stdout, exported.stderr
+    head = ExportedHead.load(out)
+    assert head.version == "p7-head-2" and head.classes == tuple(backend.services.schema(7).classes)
+    assert head.report == {"labeled_pixels": 20, "final_loss": 0.5} and head.features.config.resolution == 64
+    saved = torch.load(backend.services.store.head(7, "p7-head-2")["path"], weights_only=True)["state_dict"]
+    assert all(torch.equal(head.weights["state_dict"][k], v) for k, v in saved.items())
+
+    missing = cli(tmp_path, "pin", "p7-head-5")
+    assert missing.returncode == 2 and "project 7 has no head 'p7-head-5'" in missing.stderr
+    unnamed = cli(tmp_path, "export", "head-1")
+    assert unnamed.returncode == 2 and "does not name its project: add --project" in unnamed.stderr
+
+
+def test_the_servers_job_thread_runs_a_job_another_process_recorded(tmp_path):
+    store = Store(tmp_path / "state.sqlite3")
+    ran = []
+    runner = InProcessRunner(store, lambda project, kind, payload: ran.append((project, kind)))
+    StoreRunner(Store(tmp_path / "state.sqlite3")).submit(7, "pin")  # as `heads pin` does without REDIS_URL
+    deadline = time.time() + 10
+    while not ran and time.time() < deadline:
+        time.sleep(0.1)
+    assert ran == [(7, "pin")]
+    time.sleep(2 * InProcessRunner.ADOPT_INTERVAL)
+    assert ran == [(7, "pin")] and runner.idle()  # once
+    assert [j["status"] for j in store.recent_jobs()] == ["done"]
