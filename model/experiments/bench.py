@@ -240,23 +240,13 @@ class TimedSource:
 
 
 def oracle_answers(dataset, queries, resolution: int, expander, region_cap: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """The ground truth answers the queries (void gets no label) and each click is expanded as the
-    backend expands it: image index -> (labeled pixels, classes)."""
-    from model.datasets import IGNORE_INDEX
-    from model.expansion import pixels_beyond_click
+    """The simulation's oracle answers the queries: image index -> (labeled pixels, classes), as
+    `labeled_features` takes them."""
+    from model.experiments.simulate import oracle_label
 
     labeled: dict[int, dict[int, int]] = {}
-    for i, p in queries:
-        cls = int(dataset.labels(i, resolution).ravel()[p])
-        if cls == IGNORE_INDEX:
-            continue
-        pixels = labeled.setdefault(i, {})
-        pixels[p] = cls
-        if expander is not None:
-            mask, _, expanded = expander.region(dataset.image(i, resolution), p // resolution, p % resolution)
-            if expanded:
-                for q in pixels_beyond_click(np.flatnonzero(mask), p, region_cap, f"{i}:{p}").tolist():
-                    pixels.setdefault(q, cls)
+    oracle_label(labeled, queries, lambda i: dataset.labels(i, resolution).ravel(),
+                 lambda i: dataset.image(i, resolution), resolution, expander, region_cap)
     return {i: (np.array(sorted(px), dtype=np.int64), np.array([px[q] for q in sorted(px)], dtype=np.int64))
             for i, px in labeled.items()}
 
@@ -270,6 +260,7 @@ def _round_run(data: str, backbone: str, checkpoint: str | None, resolution: int
 
     from model.datasets import load_dataset
     from model.expansion import build_expander
+    from model.experiments.simulate import queried_by_image
     from model.features import DiffusionFeatureExtractor, ImageFeatureSource, resolve_dtype
     from model.head import TrainConfig, train_head
     from model.prediction import segment
@@ -303,9 +294,7 @@ def _round_run(data: str, backbone: str, checkpoint: str | None, resolution: int
     # and selects round 1 (only the images whose labels changed need a UNet pass).
     log.info("answers, head training and round 1")
     answered = time.perf_counter()
-    queried: dict[int, list[int]] = {}
-    for i, p in r0.queries:
-        queried.setdefault(i, []).append(p)
+    queried = queried_by_image([(0, i, p) for i, p in r0.queries])
     labeled = oracle_answers(ds, r0.queries, resolution, expander, region_cap)
     expanded = time.perf_counter()
     source.seconds = 0.0
@@ -468,6 +457,7 @@ def _precision_run(data: str, backbone: str, resolution: int, images: int, candi
     UNet inputs of the same images in turn, so that a change of load hits them alike."""
     from model.acquisition import acquisition_scores
     from model.datasets import load_dataset
+    from model.experiments.simulate import queried_by_image
     from model.features import DiffusionFeatureExtractor, ImageFeatureSource
     from model.head import TrainConfig, train_head
     from model.herding import RBFKernel, auto_sigma
@@ -490,7 +480,7 @@ def _precision_run(data: str, backbone: str, resolution: int, images: int, candi
         seconds = time.perf_counter() - t
         local = [cache.get(keys[i], record_digest(())).picks for i in range(len(ds))]
         labeled = oracle_answers(ds, r0.queries, resolution, None, 1)
-        queried = {i: [p for j, p in r0.queries if j == i] for i in {j for j, _ in r0.queries}}
+        queried = queried_by_image([(0, i, p) for i, p in r0.queries])
         feats, classes = labeled_features(source, labeled, config, cache, queried=queried)
         head, _ = train_head(feats, classes, ds.num_classes, TrainConfig(seed=seed))
         pixels = {i: px for i, (px, _) in labeled.items()}

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -93,6 +94,28 @@ def queried_by_image(queries: list[tuple[int, int, int]]) -> dict[int, np.ndarra
     return {i: np.unique(np.array(px, dtype=np.int64)) for i, px in out.items()}
 
 
+def oracle_label(labeled: dict[int, dict[int, int]], queries: list[tuple[int, int]],
+                 truth: Callable[[int], np.ndarray], image: Callable[[int], np.ndarray], resolution: int,
+                 expander: Expander | None, region_cap: int) -> int:
+    """The ground truth answers (image, pixel) queries into `labeled` (image -> {pixel: class}), each
+    click expanded as the backend expands it; a void pixel gets no label. `truth(i)` is image i's flat
+    label map. Returns how many queries got a label."""
+    answered = 0
+    for i, p in queries:
+        cls = int(truth(i)[p])
+        if cls == IGNORE_INDEX:
+            continue
+        answered += 1
+        image_labels = labeled.setdefault(i, {})
+        image_labels[p] = cls
+        if expander is not None:
+            mask, _, expanded = expander.region(image(i), p // resolution, p % resolution)
+            if expanded:
+                for q in pixels_beyond_click(np.flatnonzero(mask), p, region_cap, f"{i}:{p}").tolist():
+                    image_labels.setdefault(q, cls)
+    return answered
+
+
 class Simulation:
     def __init__(self, config: SimulationConfig, train_set: SegmentationDataset, eval_set: SegmentationDataset,
                  extractor: DiffusionFeatureExtractor, out: Path, expander: Expander | None = None,
@@ -148,21 +171,9 @@ class Simulation:
 
     def label(self, labeled: dict[int, dict[int, int]], queries: list[tuple[int, int]]) -> int:
         """The oracle answers; returns how many queries got a label (void ones cannot)."""
-        answered = 0
-        for i, p in queries:
-            cls = int(self.truth(i)[p])
-            if cls == IGNORE_INDEX:
-                continue
-            answered += 1
-            image_labels = labeled.setdefault(i, {})
-            image_labels[p] = cls
-            if self.expander is not None:
-                r = self.resolution
-                mask, _, expanded = self.expander.region(self.train_set.image(i, r), p // r, p % r)
-                if expanded:
-                    for q in pixels_beyond_click(np.flatnonzero(mask), p, self.config.region_cap, f"{i}:{p}").tolist():
-                        image_labels.setdefault(q, cls)
-        return answered
+        r = self.resolution
+        return oracle_label(labeled, queries, self.truth, lambda i: self.train_set.image(i, r), r, self.expander,
+                            self.config.region_cap)
 
     # state ----------------------------------------------------------------------------------------
     def _state_path(self, strategy: Strategy, seed: int) -> Path:
