@@ -506,11 +506,13 @@ def _precision_run(data: str, backbone: str, resolution: int, images: int, candi
     def overlap(a, b) -> float:
         return len(set(a.queries) & set(b.queries)) / len(b.queries)
 
-    def objective(i: int, picks: np.ndarray) -> float:
-        """Local herding's objective for image i: mean coverage of its candidates, float32 features."""
+    def objectives(i: int) -> list[float]:
+        """Local herding's objective of each run's picks on image i (the mean coverage of its
+        candidates), all in the float32 run's features: one UNet pass and one kernel for every run."""
         maps = base["extractor"].maps(ds.image(i, resolution))[0]
         x = maps.at(candidate_pixels(keys[i], resolution, candidates, seed))
-        return float(RBFKernel(auto_sigma(x, seed)).max_over(x, maps.at(picks)).mean())
+        kernel = RBFKernel(auto_sigma(x, seed))
+        return [float(kernel.max_over(x, maps.at(run["local"][i])).mean()) for run in runs]
 
     def edald(extractor, i: int) -> torch.Tensor:
         """eDALD scores of every candidate of image i, under the float32 run's head."""
@@ -521,12 +523,12 @@ def _precision_run(data: str, backbone: str, resolution: int, images: int, candi
         return acquisition_scores("edald", ref, draws)
 
     log.info("herding objectives and eDALD rankings of every candidate")
-    base_objective = [objective(i, base["local"][i]) for i in range(len(ds))]
+    per_image = [objectives(i) for i in range(len(ds))]  # [image][run]
     base_scores = torch.cat([edald(base["extractor"], i) for i in range(len(ds))])
     top = max(1, budget)
     lines = []
-    for run in runs[1:]:
-        ratios = [objective(i, run["local"][i]) / o for i, o in enumerate(base_objective)]
+    for r, run in enumerate(runs[1:], start=1):
+        ratios = [o[r] / o[0] for o in per_image]
         scores = torch.cat([edald(run["extractor"], i) for i in range(len(ds))])
         lines.append({
             "compared": f"{run['name']} vs {base['name']}", "noise_floor": run is floor_run,
