@@ -198,7 +198,7 @@ def _uncertainty_inputs(head: SegmentationHead, method: Acquisition, reference: 
     """Log-probabilities of the reference pass and of the stochastic samples the method needs."""
     ref = head.log_probs(reference)
     samples = None
-    if method.samples == "noise":
+    if method.needs_noise_draws:
         assert draws is not None
         p, m, d = draws.shape
         samples = head.log_probs(draws.reshape(p * m, d)).reshape(p, m, -1)
