@@ -97,6 +97,16 @@ def next_task(ls, project: int) -> dict | None:
     return r.json()
 
 
+def wait_for_open_round(ls, backend, project: int, round_index: int, version: str, seconds: float = 300) -> None:
+    """Until the round is open: Label Studio shows `version` as soon as the queue's settings are saved,
+    a moment before the backend puts the query tasks in the queue and opens the round."""
+    def is_open():
+        status = requests.get(backend.url + "/metrics", timeout=10).json()["projects"].get(str(project)) or {}
+        return status.get("round") == round_index and status.get("round_status") == "open" \
+            and model_version(ls, project) == version
+    wait_until(is_open, seconds, f"round {round_index} open in Label Studio's queue as {version}")
+
+
 def open_queries(backend, project: int) -> int:
     status = requests.get(backend.url + "/metrics", timeout=10).json()["projects"][str(project)]
     return (status["queries"] or {}).get("open", 0) if status["round_status"] == "open" else 0
@@ -137,7 +147,7 @@ def test_label_all_tasks_serves_exactly_the_open_queries_round_after_round(ls, c
         ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "two-stage eDALD"})
         settings = ls.api("GET", f"/api/projects/{project}").json()
         round0 = f"p{project}-round-0"
-        wait_until(lambda: model_version(ls, project) == round0, 300, "round 0 in Label Studio's queue")
+        wait_for_open_round(ls, backend, project, 0, round0)
         settings = ls.api("GET", f"/api/projects/{project}").json()
         assert settings["sampling"] == "Uncertainty sampling" and settings["show_collab_predictions"]
         assert settings["show_instruction"] and "Label me" in settings["expert_instruction"]
@@ -166,7 +176,7 @@ def test_label_all_tasks_serves_exactly_the_open_queries_round_after_round(ls, c
 
         # round 1: a new head, a new queue, and the image tasks got its segmentation unasked
         head1 = f"p{project}-head-1"
-        wait_until(lambda: model_version(ls, project) == head1, 300, "round 1 in Label Studio's queue")
+        wait_for_open_round(ls, backend, project, 1, head1)
         asked1 = wait_until(lambda: (p := query_predictions(ls, project, head1)) and len(keypoints(p)) == budget and p,
                             60, "round 1's query tasks")
         query_tasks1 = {p["task"] for p in asked1}
@@ -224,7 +234,7 @@ def test_interactive_click_on_a_query_task_expands_in_its_image(ls, camvid_root,
         import_camvid(ls, project, camvid_root, 2)
         ml = ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "m",
                                               "is_interactive": True}).json()
-        wait_until(lambda: model_version(ls, project) == f"p{project}-round-0", 300, "round 0")
+        wait_for_open_round(ls, backend, project, 0, f"p{project}-round-0")
         task = wait_until(lambda: next_task(ls, project), 60, "round 0's first query task")
         assert "query_key" in task["data"]  # the queue serves query tasks only
         click = {"id": "c1", "from_name": "query", "to_name": "image", "type": "keypointlabels",

@@ -12,7 +12,7 @@ import pytest
 from ml_backend.label_config import SHIPPED_CONFIG
 from tests.conftest import REPO, missing
 from tests.ml_backend.servers import start_backend, stop, wait_until
-from tests.ml_backend.test_label_studio_loop import import_camvid, model_version
+from tests.ml_backend.test_label_studio_loop import import_camvid, wait_for_open_round
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -48,7 +48,7 @@ def test_label_all_tasks_shows_the_query_point_with_its_placeholder(ls, camvid_r
                          ).json()["id"]
         import_camvid(ls, project, camvid_root, 2)
         ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "two-stage eDALD"})
-        wait_until(lambda: model_version(ls, project) == f"p{project}-round-0", 300, "round 0 in the queue")
+        wait_for_open_round(ls, backend, project, 0, f"p{project}-round-0")
 
         browser.get(f"{ls.url}/user/login/")
         browser.find_element(By.NAME, "email").send_keys(ls.email)
