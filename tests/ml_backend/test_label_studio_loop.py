@@ -120,11 +120,10 @@ def work_the_queue(ls, backend, project: int, names: dict[int, str], root,
     the first point of the first task is submitted untouched."""
     served = []
     while True:
-        task = next_task(ls, project)
-        if task is None:
-            if not open_queries(backend, project):
-                return served
-            task = wait_until(lambda: next_task(ls, project), 60, "the open query to come back on a new task")
+        task = wait_until(lambda: next_task(ls, project) or not open_queries(backend, project), 60,
+                          "the next open query in the queue, or the round's end")
+        if task is True:  # no task and no open query: the round is answered
+            return served
         assert len(served) < 50, "the queue does not empty"
         (prediction,) = task["predictions"]  # exactly the round's query prediction is shown
         keep = {prediction["result"][0]["id"]} if keep_placeholder_once and not served else set()
