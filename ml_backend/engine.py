@@ -19,7 +19,7 @@ import torch
 
 from ml_backend.config import Settings
 from model.acquisition import get_acquisition
-from model.backbones import CheckpointError, get_backbone, load_unet
+from model.backbones import CheckpointError, get_backbone, load_unet, resolve_device
 from model.embedding_cache import LRUCache
 from model.expansion import Expander, build_expander
 from model.features import DiffusionFeatureExtractor, FeatureConfig, ImageFeatureSource, resolve_dtype
@@ -29,12 +29,6 @@ from model.prediction import ImageSegmentation, segment_image
 from model.selection import RecordCache, RoundConfig, budget_for
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Engine:

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from model.backbones import BACKBONES, NOT_PRETRAINED_WARNING, get_backbone
+from model.backbones import BACKBONES, NOT_PRETRAINED_WARNING, get_backbone, resolve_device
 from model.expansion import SEGMENTATIONS
 from model.features import DTYPES, FeatureConfig
 from model.unet import GuidedDiffusionUNet, decoder_block_shapes
@@ -154,7 +154,7 @@ def simulate(args: argparse.Namespace) -> None:
 
     for name in args.strategy:
         parse_strategy(name)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     backbone = get_backbone(args.backbone)
     train_set = load_dataset(args.data, args.train_split, args.dataset, args.preprocess).head(args.max_train_images)
     eval_set = load_dataset(args.data, args.eval_split, args.dataset, args.preprocess).head(args.max_eval_images)
@@ -238,7 +238,7 @@ def segment_folder(args: argparse.Namespace) -> None:
     stems = [p.stem for p in images]
     if len(set(stems)) < len(stems):
         raise ValueError(f"{folder} holds images that share a name: {sorted({s for s in stems if stems.count(s) > 1})}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     extractor = exported.features.extractor(args.checkpoint, device)
     if exported.features.checkpoint_file is None:
         print(f"WARNING: {NOT_PRETRAINED_WARNING}", file=sys.stderr)

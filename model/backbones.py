@@ -125,6 +125,13 @@ def _check_layout(path: Path, state: dict[str, torch.Tensor], unet: GuidedDiffus
     )
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device a `--device` / DEVICE setting names: `auto` is the GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def load_unet(backbone: Backbone | str, checkpoint: str | Path | None = None,
               device: str | torch.device = "cpu", seed: int = 0) -> GuidedDiffusionUNet:
     """The backbone's UNet in eval mode with frozen float32 weights on `device`."""

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from model.backbones import BACKBONES
+from model.backbones import BACKBONES, resolve_device
 from model.features import DTYPES, FeatureConfig
 
 log = logging.getLogger(__name__)
@@ -175,11 +175,7 @@ def bench_local(args) -> None:
 
 
 # models and devices -----------------------------------------------------------------------------
-def device_name(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
-def timing_unet(backbone: str, checkpoint: str | None, device: str):
+def timing_unet(backbone: str, checkpoint: str | None, device: str | torch.device):
     """The backbone's UNet; random weights when no checkpoint is given (the time does not depend on
     them), built directly on the device so that the 550M-parameter init does not run on the CPU."""
     from model.backbones import get_backbone, load_unet
@@ -199,16 +195,16 @@ def synchronize(device: str | torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def reset_peak_gpu_memory(device: str) -> None:
+def reset_peak_gpu_memory(device: str | torch.device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_gpu_memory_gb(device: str) -> float | None:
+def peak_gpu_memory_gb(device: str | torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if torch.device(device).type == "cuda" else None
 
 
-def machine(device: str) -> dict:
+def machine(device: str | torch.device) -> dict:
     """Where a line was measured; `load_1min` is the load average when the measurement ended (the
     development machines are shared: compare variants measured side by side, not across sessions)."""
     if torch.device(device).type == "cuda":
@@ -252,8 +248,9 @@ def oracle_answers(dataset, queries, resolution: int, expander, region_cap: int)
 
 
 def _round_run(data: str, backbone: str, checkpoint: str | None, resolution: int, images: int | None, candidates: int,
-               local_k: int, budget_factor: float, budget: int, acquisition: str, dtype: str, batch: int, device: str,
-               expand: str, region_cap: int, segment_all: bool, cache_dir: str, seed: int, stream: bool) -> dict:
+               local_k: int, budget_factor: float, budget: int, acquisition: str, dtype: str, batch: int,
+               device: str | torch.device, expand: str, region_cap: int, segment_all: bool, cache_dir: str, seed: int,
+               stream: bool) -> dict:
     """Round 0, the annotator's answers, head training, round 1 and (optionally) the segmentation of
     every image, through the functions the backend's jobs call (ml_backend/loop.py)."""
     from pathlib import Path
@@ -322,7 +319,7 @@ def _round_run(data: str, backbone: str, checkpoint: str | None, resolution: int
     return out
 
 
-def round_measurement(args, backbone: str, resolution: int, device: str, expand: str, segment_all: bool,
+def round_measurement(args, backbone: str, resolution: int, device: str | torch.device, expand: str, segment_all: bool,
                       stream: bool, timeout: float | None = None) -> dict:
     import tempfile
 
@@ -338,7 +335,7 @@ def round_measurement(args, backbone: str, resolution: int, device: str, expand:
 
 
 def bench_round(args) -> None:
-    emit(round_measurement(args, args.backbone, args.resolution, device_name(args.device), args.expand,
+    emit(round_measurement(args, args.backbone, args.resolution, resolve_device(args.device), args.expand,
                            args.segment_all, stream=False))
 
 
@@ -359,7 +356,7 @@ def unet_flops(backbone: str, resolution: int, blocks: tuple[int, ...]) -> float
 
 
 def _features_run(backbone: str, resolution: int, batch: int, dtype: str, channels_last: bool, compile: bool,
-                  noises: int | None, iterations: int, warmup: int, device: str) -> dict:
+                  noises: int | None, iterations: int, warmup: int, device: str | torch.device) -> dict:
     """Feature maps of one image through the extractor, as a round computes them. A round-0 image
     takes 1 + draws noises x 3 timesteps = 18 UNet inputs; `noises` above 6 measures what batching
     several images per forward would give, below 6 a share of an image (scaled to 18 inputs)."""
@@ -402,7 +399,7 @@ def feature_variants(dtypes, batches, channels_last: bool, compile: bool) -> lis
     return variants
 
 
-def measure_features(backbone: str, resolution: int, variants: list[dict], device: str, repeats: int,
+def measure_features(backbone: str, resolution: int, variants: list[dict], device: str | torch.device, repeats: int,
                      iterations: int, warmup: int, noises: int | None, timeout: float | None = None) -> list[dict]:
     """Each variant in its own process, the variants interleaved `repeats` times (the machines are
     noisy); one line per variant with the median of its repeats."""
@@ -427,7 +424,7 @@ def measure_features(backbone: str, resolution: int, variants: list[dict], devic
 
 def bench_features(args) -> None:
     variants = feature_variants(args.dtypes, args.batches, args.channels_last, args.compile)
-    for line in measure_features(args.backbone, args.resolution, variants, device_name(args.device), args.repeats,
+    for line in measure_features(args.backbone, args.resolution, variants, resolve_device(args.device), args.repeats,
                                  args.iterations, args.warmup, args.noises):
         emit(line)
 
@@ -581,7 +578,7 @@ def bench_gpu(args) -> None:
     from model.features import resolve_dtype
 
     started = time.monotonic()
-    device = device_name(args.device)
+    device = resolve_device(args.device)
     if args.tiny:
         backbone, resolution, batches, dtypes = "tiny", 32, [6], ["fp32", "bf16"]
         args.images, args.candidates, args.local_k, args.budget = args.images or 3, 200, 10, args.budget or 4
