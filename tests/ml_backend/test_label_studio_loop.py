@@ -97,18 +97,23 @@ def next_task(ls, project: int) -> dict | None:
     return r.json()
 
 
+def metrics(backend) -> dict:
+    """The backend's /metrics: its settings and jobs, and per project its round, queries and labels."""
+    return requests.get(backend.url + "/metrics", timeout=30).json()
+
+
 def wait_for_open_round(ls, backend, project: int, round_index: int, version: str, seconds: float = 300) -> None:
     """Until the round is open: Label Studio shows `version` as soon as the queue's settings are saved,
     a moment before the backend puts the query tasks in the queue and opens the round."""
     def is_open():
-        status = requests.get(backend.url + "/metrics", timeout=10).json()["projects"].get(str(project)) or {}
+        status = metrics(backend)["projects"].get(str(project)) or {}
         return status.get("round") == round_index and status.get("round_status") == "open" \
             and model_version(ls, project) == version
     wait_until(is_open, seconds, f"round {round_index} open in Label Studio's queue as {version}")
 
 
 def open_queries(backend, project: int) -> int:
-    status = requests.get(backend.url + "/metrics", timeout=10).json()["projects"][str(project)]
+    status = metrics(backend)["projects"][str(project)]
     return (status["queries"] or {}).get("open", 0) if status["round_status"] == "open" else 0
 
 
@@ -170,8 +175,7 @@ def test_label_all_tasks_serves_exactly_the_open_queries_round_after_round(ls, c
         (again,) = [t for t in served0 if t["id"] not in {p["task"] for p in asked0}]
         assert [r["id"] for r in again["predictions"][0]["result"]] == list(kept)
         assert again["data"]["query_for_task"] == served0[0]["data"]["query_for_task"]
-        status = requests.get(backend.url + "/metrics", timeout=10).json()["projects"][str(project)]
-        assert status["round"] in (0, 1)
+        assert metrics(backend)["projects"][str(project)]["round"] in (0, 1)
 
         # round 1: a new head, a new queue, and the image tasks got its segmentation unasked
         head1 = f"p{project}-head-1"
@@ -390,7 +394,7 @@ def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvi
                 assert "features and local herding" not in backend.log.read_text()
                 assert any("features and local herding" in (tmp_path / mode / f"worker{n}.log").read_text()
                            for n in range(2))
-                assert requests.get(backend.url + "/metrics", timeout=5).json()["jobs"]["kind"] == "redis"
+                assert metrics(backend)["jobs"]["kind"] == "redis"
                 jobs = wait_until(lambda: (j := read_store(model_dir).recent_jobs(50)) and all(
                     x["status"] in ("done", "failed") for x in j) and j, 120, "the round's jobs to finish")
                 assert {"sync", "records", "select"} <= {j["kind"] for j in jobs}
@@ -432,8 +436,7 @@ def test_bad_images_fail_only_their_tasks_and_repeated_training_gives_one_head(l
 
             answered = answer_with_ground_truth(LabelStudio(base_url=ls.url, api_key=ls.token), ls, round0, names,
                                                 camvid_root)
-            metrics = lambda: requests.get(backend.url + "/metrics", timeout=5).json()  # noqa: E731
-            wait_until(lambda: metrics()["projects"][str(project)]["labeled_pixels"] >= answered, 60, "the answers")
+            wait_until(lambda: metrics(backend)["projects"][str(project)]["labeled_pixels"] >= answered, 60, "the answers")
             for n in range(6):
                 if n < 5:
                     ls.api("POST", f"/api/ml/{ml['id']}/train")  # START_TRAINING webhook

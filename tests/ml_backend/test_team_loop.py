@@ -21,7 +21,7 @@ from model.head_export import ExportedHead
 from tests.conftest import REPO
 from tests.ml_backend.servers import start_backend, stop, wait_until
 from tests.ml_backend.test_label_studio_loop import (answer_with_ground_truth, import_camvid, keypoints,
-                                                     model_version, next_task, predictions, read_store)
+                                                     metrics, model_version, next_task, predictions, read_store)
 from tests.ml_backend.test_learning_curve import series_from_metrics
 
 CONFIG = SHIPPED_CONFIG.read_text()
@@ -43,10 +43,6 @@ def wait_for_round(ls, project: int, round_index: int, version: str, budget: int
     preds = wait_until(ready, 300, f"round {round_index} of project {project} as {version}")
     assert {p["model_version"] for p in preds} == {version}
     return preds
-
-
-def metrics(backend) -> dict:
-    return requests.get(backend.url + "/metrics", timeout=30).json()
 
 
 def test_extra_params_set_one_projects_budget_and_acquisition_and_not_anothers(ls, camvid_root, tmp_path):
