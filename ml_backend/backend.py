@@ -20,6 +20,7 @@ from ml_backend.config import SettingsError
 from ml_backend.images import original_image
 from ml_backend.jobs import InProcessRunner
 from ml_backend.label_config import LabelConfigError, LabelSchema, parse_label_config
+from ml_backend.label_studio import LabelStudioRefused
 from ml_backend.learning_curve import curve_series, draw_curve, learning_curve, stopping_hint
 from ml_backend.loop import advance_when_answered
 from ml_backend.payloads import RequestError
@@ -60,10 +61,14 @@ class ActiveLearningBackend:
         except SettingsError as exc:
             raise RequestError(f"extra params: {exc}") from None
         overrides = {str(k).upper(): getattr(effective, str(k).lower()) for k in request.extra_params}
+        self.services.accept_setup_credentials(project, request.hostname, request.access_token, authenticated)
+        try:
+            self.services.check_access(project)
+        except LabelStudioRefused as exc:
+            raise RequestError(str(exc)) from None  # 400: the Connect Model dialog shows its reason
         self.services.store.save_project(project, label_config, asdict(schema))
         if self.services.store.set_overrides(project, overrides):
             log.info("project %s: settings from Label Studio's extra params: %s", project, overrides or "none")
-        self.services.accept_setup_credentials(project, request.hostname, request.access_token, authenticated)
         with self._lock:
             due = time.time() - self._last_sync.get(project, 0.0) > SYNC_INTERVAL
             if due:
@@ -236,6 +241,8 @@ class ActiveLearningBackend:
             out["todo"] = problem
         if self.services.refused_credentials:
             out["refused_credentials"] = {str(p): why for p, why in self.services.refused_credentials.items()}
+        if self.services.refused_by_label_studio:
+            out["refused_by_label_studio"] = {str(p): why for p, why in self.services.refused_by_label_studio.items()}
         return out
 
     def failed_tasks(self, limit: int = 20) -> dict:

@@ -72,6 +72,8 @@ def run_job(store: Store, handler: Handler, job_id: int, owner=None) -> None:
         log.error("job %s (%s, project %s) failed: %s\n%s", job_id, job["kind"], job["project"], exc,
                   traceback.format_exc())
         store.finish_job(job_id, f"{type(exc).__name__}: {exc}")
+        # /health shows the reason where it shows the work (a refused token says what to change)
+        store.set_progress(job["project"], job_id, f"{job['kind']} failed", None, None, str(exc)[:1000])
     else:
         store.finish_job(job_id)
     finally:

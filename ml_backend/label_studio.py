@@ -2,7 +2,10 @@
 
 The SDK takes either a legacy token or a personal access token (it trades the latter for short-
 lived access tokens). Every call retries with exponential backoff when Label Studio is
-unreachable or answers 5xx, and logs what it is waiting for; the key is never logged.
+unreachable or answers 5xx, and logs what it is waiting for. An error answer becomes a
+LabelStudioError that carries the status and Label Studio's own short reason only: the SDK's
+ApiError prints the answer's headers (a `set-cookie: sessionid=...` among them), and no header,
+cookie or token goes into a log line or a message.
 
 Task files are fetched with httpx directly (the SDK has no download call for arbitrary task URLs).
 Only files on Label Studio's own host get the key and retries; any other host gets one plain
@@ -24,8 +27,11 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
 
 log = logging.getLogger(__name__)
+# httpcore's DEBUG lines print every answer's headers, Label Studio's session cookie among them
+logging.getLogger("httpcore").setLevel(logging.INFO)
 T = TypeVar("T")
 
 QUERY_VIEW_TITLE = "Active learning: open queries"
@@ -33,19 +39,50 @@ MAX_DOWNLOAD_BYTES = 100 * 1024 * 1024
 MAX_REDIRECTS = 5
 
 
+ACCESS_ADVICE = ("Create a personal access token (Account & Settings > Personal Access Token) and start the backend "
+                 "with LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY=<that token>, or turn on Legacy Tokens (Organization "
+                 "> API Token Settings)")
+CHECK_SECONDS = 2.0  # the credentials check inside /setup, which Label Studio gives 3 s
+
+
 class LabelStudioUnavailable(RuntimeError):
     """Label Studio did not answer after all retries (or the backend has no credentials for it)."""
+
+
+class LabelStudioError(RuntimeError):
+    """Label Studio answered with an error: the status and its short reason (never the headers)."""
+
+    def __init__(self, message: str, status_code: int):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class LabelStudioRefused(LabelStudioError):
+    """Label Studio refused the backend's credentials (401/403), or knows no such project (404)."""
+
+
+def answer_error(url: str, what: str, exc: ApiError) -> LabelStudioError:
+    """The SDK's error as a LabelStudioError: status and Label Studio's `detail` (200 characters at
+    most), what a person needs to act; refusals say what to do."""
+    status = int(exc.status_code or 0)
+    body = exc.body
+    detail = body.get("detail") or body.get("error") if isinstance(body, dict) else body
+    reason = " ".join(str(detail or "").split())[:200]
+    answer = f"'{what}': HTTP {status}" + (f" {reason}" if reason else "")
+    if status in (401, 403):
+        return LabelStudioRefused(f"Label Studio at {url} refused the backend's token ({answer}). {ACCESS_ADVICE}",
+                                  status)
+    if status == 404:
+        return LabelStudioRefused(f"Label Studio at {url} does not know this project ({answer}): is it the Label "
+                                  "Studio that holds it (LABEL_STUDIO_URL)?", status)
+    return LabelStudioError(f"Label Studio at {url} answered {answer}", status)
 
 
 class DownloadError(ValueError):
     """One file that could not be fetched. The reason is short and never quotes the remote answer."""
 
 
-def _retryable(exc: Exception) -> bool:
-    if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
-        return True
-    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
-    return isinstance(status, int) and status >= 500
+NO_ANSWER = (httpx.TransportError, ConnectionError, TimeoutError)
 
 
 class DownloadLimits:
@@ -131,18 +168,33 @@ class LabelStudioClient:
         for attempt in range(1, self.attempts + 1):
             try:
                 return fn()
-            except Exception as exc:  # the SDK raises httpx and its own ApiError types
-                if not _retryable(exc) or attempt == self.attempts:
-                    if _retryable(exc):
-                        raise LabelStudioUnavailable(
-                            f"Label Studio at {self.url} did not answer '{what}' after {attempt} attempts: "
-                            f"{type(exc).__name__}: {exc}") from exc
-                    raise
-                log.warning("Label Studio at %s: '%s' failed (%s: %s); retry %d/%d in %.1fs", self.url, what,
-                            type(exc).__name__, exc, attempt, self.attempts - 1, delay)
-                time.sleep(delay)
-                delay *= 2
+            except ApiError as exc:
+                error: Exception = answer_error(self.url, what, exc)
+            except NO_ANSWER as exc:
+                error = LabelStudioUnavailable(f"Label Studio at {self.url} did not answer '{what}' after {attempt} "
+                                               f"attempts: {type(exc).__name__}: {exc}")
+            if isinstance(error, LabelStudioError) and error.status_code < 500:
+                raise error from None
+            if attempt == self.attempts:
+                raise (LabelStudioUnavailable(f"{error} ({attempt} attempts)") if isinstance(error, LabelStudioError)
+                       else error) from None
+            log.warning("'%s' failed (%s); retry %d/%d in %.1fs", what, error, attempt, self.attempts - 1, delay)
+            time.sleep(delay)
+            delay *= 2
         raise AssertionError("unreachable")
+
+    def check_access(self, project: int) -> None:
+        """One cheap call with the backend's credentials (the project itself, no retry, CHECK_SECONDS):
+        LabelStudioRefused when Label Studio refuses them, LabelStudioUnavailable when it does not
+        answer in time."""
+        options = {"timeout_in_seconds": CHECK_SECONDS, "max_retries": 0}
+        try:
+            self.sdk.projects.get(id=project, request_options=options)
+        except ApiError as exc:
+            raise answer_error(self.url, f"read project {project}", exc) from None
+        except NO_ANSWER as exc:
+            raise LabelStudioUnavailable(f"Label Studio at {self.url} did not answer within {CHECK_SECONDS:g} s "
+                                         f"({type(exc).__name__})") from None
 
     # reading -----------------------------------------------------------------------------------
     def tasks(self, project: int, resolve_uri: bool = True) -> list[dict]:

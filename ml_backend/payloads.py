@@ -89,11 +89,31 @@ class Setup:
 
 
 def setup(project, label_config, hostname=None, access_token=None, extra_params=None) -> Setup:
-    if extra_params is not None and not isinstance(extra_params, dict):
-        raise RequestError(f"'extra_params' must be a JSON object of settings, such as {{\"BUDGET\": 20}}, "
-                           f"not {_show(extra_params)}")
     return Setup(project_id(project), text(label_config, "schema"), text(hostname, "hostname"),
-                 text(access_token, "access_token"), extra_params or {})
+                 text(access_token, "access_token"), settings_object(extra_params))
+
+
+def settings_object(extra_params) -> dict:
+    """The model's "Extra params" as a dict. Label Studio's Connect Model dialog stores its textarea
+    as a JSON string and sends that string: empty means no settings, else it must hold a JSON
+    object (an API client may send the object itself)."""
+    example = 'a JSON object of settings, such as {"BUDGET": 20}'
+    if isinstance(extra_params, str):
+        if not extra_params.strip():
+            return {}
+        try:
+            extra_params = json.loads(extra_params)
+        except json.JSONDecodeError as exc:
+            raise RequestError(f"Extra params are not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                               f"write {example}") from None
+        except RecursionError:
+            raise RequestError(f"Extra params are nested too deeply; write {example}") from None
+    if extra_params is None:
+        return {}
+    if not isinstance(extra_params, dict):
+        raise RequestError(f"Extra params must be {example}, not {type(extra_params).__name__} "
+                           f"{_show(extra_params)}")
+    return extra_params
 
 
 # /predict ------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def credentials_match(auth, user: str, password: str) -> bool:
     return hmac.compare_digest(given[0], user.encode()) & hmac.compare_digest(given[1], password.encode())
 
 
-def reason_phrase(message: str, limit: int = 300) -> str:
+def reason_phrase(message: str, limit: int = 600) -> str:
     """A 400's message as its HTTP reason phrase (one line of ASCII). Label Studio shows a refused
     /setup in the model dialog as requests' "400 Client Error: <reason phrase> for url: ...", never
     the body, so the reason phrase is where a bad label config or extra param can be named."""

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from ml_backend.config import Settings, SettingsError
 from ml_backend.engine import Engine
 from ml_backend.label_config import LabelConfigError, LabelSchema
-from ml_backend.label_studio import DownloadLimits, LabelStudioClient, LabelStudioUnavailable
+from ml_backend.label_studio import DownloadLimits, LabelStudioClient, LabelStudioRefused, LabelStudioUnavailable
 from ml_backend.progress import Progress
 from ml_backend.store import Store
 from ml_backend.workspace import ProjectFiles
@@ -28,6 +28,7 @@ class Services:
     # Label Studio's own address and token from /setup, used when LABEL_STUDIO_API_KEY is not set.
     _setup_credentials: dict[int, tuple[str, str]] = field(default_factory=dict, repr=False)
     refused_credentials: dict[int, str] = field(default_factory=dict)  # project -> why, for /health
+    refused_by_label_studio: dict[int, str] = field(default_factory=dict)  # project -> Label Studio's refusal
     _clients: dict[tuple[str, str], LabelStudioClient] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -74,6 +75,28 @@ class Services:
                           "and LABEL_STUDIO_API_KEY")
             self.refused_credentials[project] = reason
         log.warning("project %s: Label Studio credentials from /setup refused: %s", project, reason)
+
+    def check_access(self, project: int) -> None:
+        """Ask Label Studio once whether it takes the credentials the project's jobs will use, so that
+        /setup, and with it the Connect Model dialog, says at once when it does not (a default Label
+        Studio 1.23 refuses the legacy token /setup carries). A refusal is kept for /health and
+        raised; no answer in time is only logged, since the jobs retry."""
+        try:
+            client = self.client(project)
+        except LabelStudioUnavailable:
+            return  # no credentials at all: /health and the jobs say so
+        try:
+            client.check_access(project)
+        except LabelStudioRefused as exc:
+            with self._lock:
+                self.refused_by_label_studio[project] = str(exc)
+            log.warning("project %s: %s", project, exc)
+            raise
+        except LabelStudioUnavailable as exc:
+            log.warning("project %s: credentials not checked: %s", project, exc)
+            return
+        with self._lock:
+            self.refused_by_label_studio.pop(project, None)
 
     def client(self, project: int) -> LabelStudioClient:
         s = self.settings

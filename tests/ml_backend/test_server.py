@@ -16,7 +16,7 @@ from ml_backend.label_config import SHIPPED_CONFIG
 from ml_backend.server import create_app
 from ml_backend.services import Services
 from tests.ml_backend.sdk_checks import assert_valid_result
-from tests.ml_backend.servers import ImageHost, send_bytes
+from tests.ml_backend.servers import ImageHost, free_port, send_bytes
 
 CONFIG = SHIPPED_CONFIG.read_text()
 
@@ -39,7 +39,9 @@ class RecordingRunner:
 
 
 def make_client(tmp_path, **overrides):
+    # Label Studio at a closed loopback port: /setup's credentials check finds nobody there, fast
     settings = replace(Settings(model_dir=tmp_path, backbone="tiny", resolution=64,
+                                label_studio_url=f"http://127.0.0.1:{free_port()}",
                                 label_studio_api_key="secret-key-123"), **overrides)
     services = Services.create(settings)
     runner = RecordingRunner()
@@ -124,8 +126,13 @@ def test_extra_params_set_one_projects_settings_and_not_anothers(client):
     ({"BUDGETT": 5}, "unknown setting 'BUDGETT'; a project may set BUDGET,"),
     ({"BACKBONE": "imagenet256"}, "BACKBONE is a per-backend setting"),
     ({"DEVICE": "cuda"}, "per-backend"), ({"BUDGET": "many"}, "BUDGET='many' is not a valid int"),
-    ({"ACQUISITION": "edal"}, "ACQUISITION='edal'"), ("BUDGET=5", "must be a JSON object"),
-    ({"EXPANDER": "sam"}, "EXPANDER=sam needs a SAM checkpoint"),
+    ({"ACQUISITION": "edal"}, "ACQUISITION='edal'"), ({"EXPANDER": "sam"}, "EXPANDER=sam needs a SAM checkpoint"),
+    # what Label Studio's Connect Model dialog sends: its textarea, as a string
+    ("BUDGET=5", "Extra params are not JSON (Expecting value at line 1 column 1)"),
+    ('{"BUDGET": 5,}', "not JSON (Expecting property name enclosed in double quotes at line 1 column 14)"),
+    ("[5]", 'Extra params must be a JSON object of settings, such as {"BUDGET": 20}, not list'),
+    ('"BUDGET"', "not str 'BUDGET'"), ("5", "not int 5"),
+    ('{"BUDGETT": 5}', "unknown setting 'BUDGETT'"), ('{"BUDGET": -2}', "BUDGET=-2 must be 0"),
 ])
 def test_bad_extra_params_are_refused_and_change_nothing(client, extra, fragment):
     c, backend, runner = client
@@ -136,6 +143,17 @@ def test_bad_extra_params_are_refused_and_change_nothing(client, extra, fragment
     assert backend.services.store.overrides(7) == {"BUDGET": 3} and backend.services.settings_for(7).budget == 3
     c.post("/setup", json={"project": "7.1", "schema": CONFIG, "extra_params": None})  # cleared in Label Studio
     assert backend.services.store.overrides(7) == {} and backend.services.settings_for(7).budget == 0
+
+
+@pytest.mark.parametrize("extra,budget", [
+    ("", 0), ("  ", 0), ("{}", 0), (None, 0), ({}, 0), ('{"BUDGET": 3}', 3), ('{\n  "budget": 4\n}', 4), ({"BUDGET": 5}, 5)])
+def test_extra_params_as_the_connect_dialog_sends_them(client, extra, budget):
+    """Label Studio sends the dialog's Extra params textarea as a JSON string, "" when left empty."""
+    c, backend, _ = client
+    r = c.post("/setup", json={"project": "7.1", "schema": CONFIG, "extra_params": extra})
+    assert r.status_code == 200, r.json
+    assert backend.services.settings_for(7).budget == budget
+    assert backend.services.store.overrides(7) == ({"BUDGET": budget} if budget else {})
 
 
 def test_a_missing_checkpoint_is_not_ready_and_names_the_file_its_path_and_url(tmp_path, monkeypatch):
@@ -493,3 +511,52 @@ def test_a_click_in_another_process_reads_the_prefetched_work_from_disk(tmp_path
     assert cache["directory"].startswith(str(tmp_path / "embeddings"))
     here = c.post("/predict", json=click_body(keypoint("k1", 50.0, 85.0, "Road"))).json["results"][0]
     assert there["answer"][0]["result"] == here["result"] and len(here["result"]) == 1
+
+
+def answer_json(status: int, body: dict, cookie: str | None = None):
+    def answer(request):
+        data = json.dumps(body).encode()
+        request.send_response(status)
+        request.send_header("Content-Type", "application/json")
+        if cookie:
+            request.send_header("Set-Cookie", cookie)
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data)
+    return answer
+
+
+LEGACY_OFF = "Authentication token no longer valid: legacy token authentication has been disabled for this organization"
+
+
+def test_a_setup_whose_token_label_studio_refuses_says_what_to_do_and_logs_no_header(tmp_path, caplog):
+    """What a default Label Studio 1.23 answers to the legacy token /setup carries (a real one in
+    test_connect_dialog.py), here from a stand-in that also sets a session cookie."""
+    from ml_backend.label_studio import LabelStudioClient, LabelStudioRefused
+
+    refuse = answer_json(401, {"detail": LEGACY_OFF}, cookie="sessionid=s3cr3t-session-id; Path=/")
+    caplog.set_level(logging.DEBUG)
+    routes = {"/api/projects/7/": refuse}
+    with ImageHost(routes) as ls:
+        c, backend, runner = make_client(tmp_path, label_studio_api_key="")
+        setup = {"project": "7.1", "schema": CONFIG, "hostname": ls.url, "access_token": "legacy-token-abc"}
+        r = c.post("/setup", json=setup)
+        assert r.status_code == 400 and LEGACY_OFF in r.json["error"], r.json
+        for fragment in ("Personal Access Token", "LABEL_STUDIO_API_KEY", "Legacy Tokens", ls.url):
+            assert fragment in r.status  # the reason phrase: what the Connect Model dialog shows
+        assert runner.jobs == [] and backend.services.store.project(7) is None  # nothing set up on refused keys
+        assert LEGACY_OFF in c.get("/health").json["refused_by_label_studio"]["7"]
+        with pytest.raises(LabelStudioRefused) as refused:  # what a job meets: the same words, no headers
+            LabelStudioClient(ls.url, "legacy-token-abc", backoff=0.01).prepare_queue(7, "v", "instruction", "marker")
+        assert refused.value.status_code == 401 and LEGACY_OFF in str(refused.value)
+        assert "sessionid" not in str(refused.value)
+        routes["/api/projects/7/"] = answer_json(200, {"id": 7, "title": "p"})  # legacy tokens turned on
+        ls.requests.clear()
+        r = c.post("/setup", json=setup)
+        assert r.status_code == 200, r.json
+        assert [path for path, _ in ls.requests] == ["/api/projects/7/"]  # one cheap call
+    assert "refused_by_label_studio" not in c.get("/health").json and runner.jobs == [(7, "sync")]
+    logged = caplog.text.lower()
+    assert LEGACY_OFF.lower() in logged
+    for secret in ("sessionid", "s3cr3t", "set-cookie", "legacy-token-abc"):
+        assert secret not in logged
