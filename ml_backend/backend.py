@@ -169,9 +169,12 @@ class ActiveLearningBackend:
                                         region_cap, size)
             problems += parsed.problems
             pending += parsed.pending
-            outcomes.append(store.apply_annotation(project, annotation.id, task, annotation.updated_at,
-                                                   annotation.result, parsed.labels, holder=annotation.task,
-                                                   pending=parsed.pending, cancelled=annotation.cancelled))
+            outcome = store.apply_annotation(project, annotation.id, task, annotation.updated_at, annotation.result,
+                                             parsed.labels, holder=annotation.task, pending=parsed.pending,
+                                             cancelled=annotation.cancelled)
+            outcomes.append(outcome)
+            if outcome == "applied" and task != annotation.task:  # taken in on a query task: show what it became
+                self.runner.submit(project, "answers", {"holder": annotation.task, "skipped": annotation.cancelled})
         advanced = advance_when_answered(self.services, self.runner, project)
         return {"status": "ok", "annotations": outcomes, "skipped_regions": problems, "pending_regions": pending,
                 "advance": advanced}

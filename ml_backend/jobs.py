@@ -4,7 +4,8 @@ Kinds: `sync` (fetch tasks and images; start round 0), `advance` (next round onc
 answered), `train` (next round now: START_TRAINING), the two steps a round fans out into:
 `records` (per-image features and local herding for a batch of images) and `select` (global
 herding, uncertainty, push), which waits for the round's `records` jobs; `push` (open queries onto
-query tasks), `segment` (the current head's segmentation of every task, to Label Studio) and `pin`
+query tasks), `segment` (the current head's segmentation of every task, to Label Studio), `answers`
+(what a query task's answered clicks became, shown on it; a skipped one leaves the queue) and `pin`
 (a head pinned by hand: close the open round, select and publish one with that head).
 
 Every job is a row in the store before it runs, so a process that dies mid-job leaves a queued or
@@ -32,7 +33,7 @@ from ml_backend.store import Store
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = ("sync", "advance", "train", "records", "select", "push", "segment", "pin")
+JOB_KINDS = ("sync", "advance", "train", "records", "select", "push", "segment", "answers", "pin")
 SINGLETON_KINDS = ("sync", "advance", "train", "push", "segment", "pin")
 
 Handler = Callable[[int, str, dict], None]  # (project, kind, payload)

@@ -29,6 +29,9 @@ import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
+from ml_backend import round_notice as notice
+from ml_backend.round_notice import merged
+
 log = logging.getLogger(__name__)
 # httpcore's DEBUG lines print every answer's headers, Label Studio's session cookie among them
 logging.getLogger("httpcore").setLevel(logging.INFO)
@@ -304,6 +307,9 @@ class LabelStudioClient:
             task=task, result=result, model_version=model_version, score=score))
         return int(prediction.id)
 
+    def update_prediction(self, prediction: int, result: list[dict]) -> None:
+        self._call(f"update prediction {prediction}", lambda: self.sdk.predictions.update(id=prediction, result=result))
+
     def find_prediction(self, task: int, model_version: str) -> int | None:
         def find():
             for p in self.sdk.predictions.list(task=task):
@@ -330,23 +336,23 @@ class LabelStudioClient:
         self._call(f"take task {task} out of the labeling queue",
                    lambda: self.sdk.tasks.update(id=str(task), overlap=0, is_labeled=True))
 
-    def prepare_queue(self, project: int, model_version: str, instruction: str, marker: str) -> int:
+    def prepare_queue(self, project: int, model_version: str, round_key: str) -> int:
         """The project settings the queue of queries needs: uncertainty sampling over the predictions of
         `model_version` (lowest score first), predictions shown to annotators, no training request on
-        every submission, and the annotator instructions (added once to any the project has).
-        Returns the project's annotations per task (the overlap of a task in the queue)."""
+        every submission, a skip that counts as done (Label Studio then serves the task to nobody
+        else), and the saved view of the round's open query tasks: those whose `query_key` starts
+        with `round_key`, with no annotation and no skip yet. Returns the project's annotations per
+        task (the overlap of a task in the queue)."""
         current = self._call(f"read project {project}", lambda: self.sdk.projects.get(id=project))
-        existing = current.expert_instruction or ""
-        extra = {} if marker in existing else {"expert_instruction": (existing + "\n" if existing else "") + instruction}
         self._call(f"set up the labeling queue of project {project}", lambda: self.sdk.projects.update(
             id=project, model_version=model_version, sampling="Uncertainty sampling", show_collab_predictions=True,
-            min_annotations_to_start_training=0, show_instruction=True, **extra))
+            min_annotations_to_start_training=0, show_instruction=True, skip_queue="IGNORE_SKIPPED"))
         data = {
             "title": QUERY_VIEW_TITLE,
             "filters": {"conjunction": "and", "items": [
-                {"filter": "filter:tasks:predictions_model_versions", "operator": "contains", "type": "List",
-                 "value": [model_version]},
-                {"filter": "filter:tasks:completed_at", "operator": "empty", "type": "Datetime", "value": True}]},
+                {"filter": "filter:tasks:data.query_key", "operator": "contains", "type": "String", "value": round_key},
+                {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
+                {"filter": "filter:tasks:cancelled_annotations", "operator": "equal", "type": "Number", "value": 0}]},
             "ordering": ["tasks:predictions_score"],
         }
 
@@ -358,3 +364,12 @@ class LabelStudioClient:
             self.sdk.views.create(project=project, data=data)
         self._call(f"save the query view of project {project}", upsert)
         return int(current.maximum_annotations or 1)
+
+    def post_notice(self, project: int, status: str) -> None:
+        """Tell annotators where the loop stands (ml_backend/round_notice.py): the backend's part of the
+        project's instructions and description is replaced, what the project had before it is kept."""
+        current = self._call(f"read project {project}", lambda: self.sdk.projects.get(id=project))
+        instruction = merged(current.expert_instruction, notice.instruction_block(status), notice.INSTRUCTION_START)
+        description = merged(current.description, notice.description_line(status), notice.DESCRIPTION_MARKER)
+        self._call(f"write the notice of project {project}", lambda: self.sdk.projects.update(
+            id=project, expert_instruction=instruction, description=description, show_instruction=True))

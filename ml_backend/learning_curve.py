@@ -125,6 +125,12 @@ def learning_curve(store, project: int) -> list[dict]:
     return curve
 
 
+def recent_round_seconds(store, project: int) -> float | None:
+    """The latest measured time from a round's last answer to the next round's queries, if any."""
+    return next((r["seconds_to_next_round"] for r in reversed(learning_curve(store, project))
+                 if r["seconds_to_next_round"] is not None), None)
+
+
 def stopping_hint(curve: list[dict], settings: Settings) -> dict | None:
     """Whether point agreement has stayed at or above STOP_AGREEMENT for the last STOP_ROUNDS measured rounds."""
     measured = [row for row in curve if row["point_agreement"] is not None]

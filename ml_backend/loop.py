@@ -7,6 +7,8 @@ push:    put the open round's queries that no annotator can meet onto query task
          (ml_backend/query_tasks.py): after a round is selected, and when a submitted query task
          left points with the placeholder.
 segment: push the new head's segmentation of every image task (ml_backend/segmentations.py).
+answers: show on a query task the regions its answered clicks became; a skipped one leaves the
+         queue (ml_backend/answered_regions.py).
 pin:     a head was pinned by hand (ml_backend/versions.py): close the open round (its unanswered
          queries stay recorded and are never asked again) and select the next one with that head,
          without training, so that Label Studio shows the pinned version.
@@ -23,13 +25,17 @@ where it stopped.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import torch
 
+from ml_backend.answered_regions import show_answered_regions
 from ml_backend.images import fetch_image, original_image
 from ml_backend.labeled_set import ExpansionCache, build_labeled_set, labels_digest
-from ml_backend.learning_curve import record_round
+from ml_backend import round_notice as notice
+from ml_backend.label_studio import LabelStudioError, LabelStudioUnavailable
+from ml_backend.learning_curve import recent_round_seconds, record_round
 from ml_backend.query_tasks import is_query_task, publish_round, queue_version, retire_outside_queue
 from ml_backend.segmentations import push_segmentations
 from ml_backend.services import Services
@@ -55,6 +61,8 @@ def handle_job(services: Services, runner, project: int, kind: str, payload: dic
             push_round(services, runner, project, current["round"])
     elif kind == "segment":
         push_segmentations(services, project)
+    elif kind == "answers":
+        show_answered_regions(services, project, payload["holder"], payload.get("skipped", False))
     elif kind == "pin":
         select_with_current_head(services, runner, project)
     else:
@@ -84,6 +92,7 @@ def sync_project(services: Services, runner, project: int) -> None:
     current = services.store.current_round(project)
     if current is None:
         if services.store.tasks(project, "ready"):
+            announce_next_round(services, project, 0)
             plan_round(services, runner, project, 0, train=True)
         else:
             services.progress.update(project, "waiting for tasks", message="no usable images in the project yet")
@@ -130,10 +139,21 @@ def advance_project(services: Services, runner, project: int, force: bool) -> No
     if force and not labeled_since_last_head(store, project):
         log.info("project %s: nothing labeled since the last head: the training request ends here", project)
         return
+    announce_next_round(services, project, current["round"] + 1)
     sync_tasks(services, project)
     record_round(services, project, current["round"])
     store.complete_round(project, current["round"])
     plan_round(services, runner, project, current["round"] + 1, train=True)
+
+
+def announce_next_round(services: Services, project: int, round_index: int) -> None:
+    """Tell annotators, where they look, that the next round is being computed and about when it comes
+    (ml_backend/round_notice.py). Saying so is no reason to stop the round when Label Studio refuses."""
+    status = notice.computing(round_index, time.time(), recent_round_seconds(services.store, project))
+    try:
+        services.client(project).post_notice(project, status)
+    except (LabelStudioError, LabelStudioUnavailable) as exc:
+        log.warning("project %s: annotators not told that round %d is being computed: %s", project, round_index, exc)
 
 
 def select_with_current_head(services: Services, runner, project: int) -> None:

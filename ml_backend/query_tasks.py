@@ -20,23 +20,11 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
+from ml_backend import round_notice as notice
 from ml_backend.regions import query_region
 from ml_backend.services import Services
 
 log = logging.getLogger(__name__)
-
-INSTRUCTION_MARKER = "Active learning: label the magenta points"
-INSTRUCTION = (
-    f"<h3>{INSTRUCTION_MARKER}</h3>"
-    "<p>Each task shows an image with a few magenta points labeled <b>Label me</b>. The model needs the "
-    "class of exactly those pixels.</p>"
-    "<ol><li>Select a point (click it, or pick it in the Regions list).</li>"
-    "<li>Give it its class: click a label or press its hotkey.</li>"
-    "<li>Delete a point you cannot label (void, unclear): select it and press Backspace.</li>"
-    "<li>Submit.</li></ol>"
-    "<p>A point still labeled <b>Label me</b> when you submit stays open and comes back on a new task. "
-    "Skipping a task dismisses its points.</p>")
-
 
 def queue_version(project: int, round_row: dict) -> str:
     """The Label Studio model version of a round's query predictions: the head that chose them, or
@@ -52,7 +40,12 @@ def query_score(rank: int, total: int) -> float:
 
 
 def query_key(project: int, round_index: int, task: int, attempt: int) -> str:
-    return f"p{project}-r{round_index}-t{task}-{attempt}"
+    return f"{round_key(project, round_index)}{task}-{attempt}"
+
+
+def round_key(project: int, round_index: int) -> str:
+    """What the query keys of one round, and only of that round, start with."""
+    return f"p{project}-r{round_index}-t"
 
 
 def is_query_task(services: Services, project: int, task: dict) -> bool:
@@ -142,9 +135,12 @@ def publish_round(services: Services, project: int, round_index: int) -> None:
     try:
         retire_outside_queue(services, project, round_index, tasks)
         holders = place_queries(services, project, round_row, version, tasks)
-        overlap = client.prepare_queue(project, version, INSTRUCTION, INSTRUCTION_MARKER)
+        overlap = client.prepare_queue(project, version, round_key(project, round_index))
         for holder in holders:
             client.release_task(holder, overlap)
+        open_queries = [q for q in store.queries(project, round_index) if q["status"] == "open"]
+        client.post_notice(project, notice.open_round(round_index, len(open_queries),
+                                                      len({q["holder"] for q in open_queries})))
     except Exception as exc:
         status = getattr(exc, "status_code", None)
         if status not in (401, 403):

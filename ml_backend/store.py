@@ -260,6 +260,13 @@ class Store:
             "ORDER BY l.task, l.pixel, a.updated_at, a.annotation",
             (project,))
 
+    def held_labels(self, project: int, holder: int) -> list[dict]:
+        """The keypoint labels of the live annotations made on Label Studio task `holder` (a query task)."""
+        return self._all(
+            "SELECT l.task, l.pixel, l.class, l.region, l.annotation FROM labels l JOIN annotations a "
+            "ON a.project=l.project AND a.annotation=l.annotation WHERE l.project=? AND a.holder=? AND a.deleted=0 "
+            "AND l.source='keypoint' ORDER BY a.updated_at, a.annotation, l.region", (project, holder))
+
     def annotation_count(self, project: int) -> int:
         row = self._one("SELECT COUNT(*) AS n FROM annotations WHERE project=? AND deleted=0", (project,))
         return int(row["n"]) if row else 0

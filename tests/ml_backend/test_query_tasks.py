@@ -10,6 +10,7 @@ import pytest
 
 from ml_backend.config import Settings
 from ml_backend.label_config import SHIPPED_CONFIG, parse_label_config
+from ml_backend.label_studio import LabelStudioRefused
 from ml_backend.query_tasks import publish_round, query_key, query_score
 from ml_backend.services import Services
 from tests.ml_backend.sdk_checks import assert_valid_result
@@ -41,13 +42,14 @@ class RecordingLabelStudio:
         self.calls.append(("predict", task, [r["value"]["keypointlabels"] for r in result], version, score))
         return 1
 
-    def prepare_queue(self, project, version, instruction, marker):
+    def prepare_queue(self, project, version, round_key):
         if self.refuse:
-            error = RuntimeError("forbidden")
-            error.status_code = 403
-            raise error
-        self.calls.append(("prepare", version))
+            raise LabelStudioRefused("forbidden", 403)
+        self.calls.append(("prepare", version, round_key))
         return 1
+
+    def post_notice(self, project, status):
+        self.calls.append(("notice", status))
 
     def release_task(self, task, overlap):
         self.calls.append(("release", task))
@@ -78,7 +80,10 @@ def test_a_round_leaves_the_queue_first_and_enters_it_last_most_informative_firs
     publish_round(services, 1, 0)
     kinds = [c[0] for c in ls.calls]
     # image tasks out, query tasks made with their points, the project's version, then into the queue
-    assert kinds == ["retire", "retire", "create", "predict", "create", "predict", "prepare", "release", "release"]
+    assert kinds == ["retire", "retire", "create", "predict", "create", "predict", "prepare", "release", "release",
+                     "notice"]
+    assert ("prepare", "p1-round-0", "p1-r0-t") in ls.calls  # the saved view: this round's query keys only
+    assert ls.calls[-1] == ("notice", "round 0 is open: 3 points on 2 tasks. Press Label All Tasks.")
     creates = [c for c in ls.calls if c[0] == "create"]
     assert [c[2]["query_for_task"] for c in creates] == [11, 10]  # the image of the best query first
     assert creates[0][2]["query_points"] == 2 and creates[0][2]["query_key"] == query_key(1, 0, 11, 0)

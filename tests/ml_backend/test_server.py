@@ -547,7 +547,7 @@ def test_a_setup_whose_token_label_studio_refuses_says_what_to_do_and_logs_no_he
         assert runner.jobs == [] and backend.services.store.project(7) is None  # nothing set up on refused keys
         assert LEGACY_OFF in c.get("/health").json["refused_by_label_studio"]["7"]
         with pytest.raises(LabelStudioRefused) as refused:  # what a job meets: the same words, no headers
-            LabelStudioClient(ls.url, "legacy-token-abc", backoff=0.01).prepare_queue(7, "v", "instruction", "marker")
+            LabelStudioClient(ls.url, "legacy-token-abc", backoff=0.01).prepare_queue(7, "v", "p7-r0-t")
         assert refused.value.status_code == 401 and LEGACY_OFF in str(refused.value)
         assert "sessionid" not in str(refused.value)
         routes["/api/projects/7/"] = answer_json(200, {"id": 7, "title": "p"})  # legacy tokens turned on
