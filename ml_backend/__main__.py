@@ -67,6 +67,11 @@ def heads_command(settings, args: argparse.Namespace) -> int:
     services = Services.create(settings)
     if args.action == "list":
         rows = versions.heads(services.store, args.project)
+        if not rows:
+            where = f"project {args.project}" if args.project is not None else "any project"
+            print(f"no heads yet for {where} in {settings.model_dir}: the first is trained once round 0's queries "
+                  "are answered (GET /health shows the round)")
+            return 0
         print(f"{'project':>7}  {'version':<16} {'round':>5} {'labeled':>8}  {'created':<19}  {'final loss':>10}")
         for h in rows:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["created"]))

@@ -207,6 +207,15 @@ class ActiveLearningBackend:
         return {"settings": settings.project_view(), "overrides": self.services.store.overrides(project),
                 "stopping_hint": hint["message"] if hint else None}
 
+    def _round_state(self, project: int) -> dict | None:
+        """The latest round and what became of its queries (beside "progress": the work toward the
+        next round, and the background jobs)."""
+        current = self.services.store.current_round(project)
+        if current is None:
+            return None
+        return {"round": current["round"], "status": current["status"],
+                **self.services.store.round_progress(project, current["round"])}
+
     def projects_status(self) -> dict:
         store, out = self.services.store, {}
         for project in store.projects():
@@ -229,7 +238,9 @@ class ActiveLearningBackend:
         backend can work and, if not, the one thing to do; per project its progress (that of every
         process: it is in the store), its effective settings with the stopping hint, the tasks whose
         image failed (with the reason) and why credentials from /setup were refused. Always a 200,
-        which Label Studio needs to connect. Backend settings, paths and jobs are in /metrics."""
+        which Label Studio needs to connect. Backend settings, paths and jobs are in /metrics. Per
+        project, "round" is where the loop stands (its latest round and its queries) and "progress"
+        the work toward the next round, with the background jobs beside it."""
         problem = self.services.engine.checkpoint_problem()
         engine = self.services.engine
         out = {
@@ -237,8 +248,8 @@ class ActiveLearningBackend:
             "model_class": type(self).__name__,
             "model": {"backbone": engine.backbone.name, "pretrained": engine.backbone.pretrained and problem is None},
             "progress": self.services.progress.snapshot(), "failed_tasks": self.failed_tasks(),
-            "projects": {str(p): self._settings_view(p, learning_curve(self.services.store, p))
-                         for p in self.services.store.projects()},
+            "projects": {str(p): {**self._settings_view(p, learning_curve(self.services.store, p)),
+                                  "round": self._round_state(p)} for p in self.services.store.projects()},
         }
         if problem is not None:
             out["todo"] = problem

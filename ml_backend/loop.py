@@ -52,9 +52,9 @@ def handle_job(services: Services, runner, project: int, kind: str, payload: dic
     elif kind in ("advance", "train"):
         advance_project(services, runner, project, force=kind == "train")
     elif kind == "records":
-        compute_records(services, project, payload["tasks"], payload["round"], payload.get("images"))
+        compute_records(services, project, payload["tasks"], payload["round"], payload.get("work_total"))
     elif kind == "select":
-        select_round(services, runner, project, payload["round"], payload.get("head"))
+        select_round(services, runner, project, payload["round"], payload.get("head"), payload.get("work_total"))
     elif kind == "push":
         current = services.store.current_round(project)
         if current is not None and current["status"] in ("selected", "open"):
@@ -139,6 +139,7 @@ def advance_project(services: Services, runner, project: int, force: bool) -> No
     if force and not labeled_since_last_head(store, project):
         log.info("project %s: nothing labeled since the last head: the training request ends here", project)
         return
+    services.progress.update(project, "listing tasks", work=(round_work(current["round"] + 1), None), work_done=0)
     announce_next_round(services, project, current["round"] + 1)
     sync_tasks(services, project)
     record_round(services, project, current["round"])
@@ -225,17 +226,24 @@ def plan_round(services: Services, runner, project: int, round_index: int, train
     the round is chosen by the current head (a pinned one). Then queue the per-image work in
     batches and the selection that waits for it."""
     store, engine = services.store, services.engine
-    services.progress.update(project, "loading backbone")
+    services.progress.update(project, "loading backbone", work=(round_work(round_index), None), work_done=0)
     ctx = RoundContext(services, project)
     if not ctx.tasks:
         services.progress.update(project, "waiting for tasks", message="no usable images")
         return
+    labeled = ctx.labeled if train else {}
+    # the round's work: the labeled images the head trains on, the images whose records are missing
+    # after that (training computes the labeled images' own), and selecting and publishing
+    missing = [t for t in ctx.tasks if not ctx.has_record(t)]
+    work = (round_work(round_index), len(labeled) + len([t for t in missing if ctx.index[t] not in labeled]) + 1)
+    services.progress.update(project, "loading backbone", work=work)
     version = None
     if not train:
         version = store.current_head(project)["version"]
     elif ctx.labeled:
         feats, classes = labeled_features(ctx.source, ctx.labeled, ctx.config, ctx.cache,
-                                          services.progress.reporter(project, "training"), ctx.queried)
+                                          services.progress.reporter(project, "training", work, share=True),
+                                          ctx.queried)
         services.progress.update(project, "training head", message=f"{len(classes)} labeled pixels")
         head, report = train_head(feats, classes, len(services.schema(project).classes),
                                   engine.train_config(ctx.settings))
@@ -248,32 +256,43 @@ def plan_round(services: Services, runner, project: int, round_index: int, train
         store.add_head(project, version, round_index, str(path), len(classes), report.as_dict(), ctx.labels_digest,
                        engine.feature_setup().as_dict())
         log.info("project %s: %s trained on %d pixels (%s)", project, version, len(classes), report.as_dict())
-    missing = [t for t in ctx.tasks if not ctx.has_record(t)]
+    missing = [t for t in missing if not ctx.has_record(t)]
+    work = (work[0], len(labeled) + len(missing) + 1)
     size = services.settings.records_batch
     jobs = [runner.submit(project, "records", {"round": round_index, "tasks": missing[a:a + size],
-                                               "images": len(missing)})
+                                               "images": len(missing), "work_total": work[1]})
             for a in range(0, len(missing), size)]
-    services.progress.update(project, f"round {round_index} queued", message=f"{len(missing)} images to process "
-                             f"in {len(jobs)} batches{' (with noise draws)' if ctx.need_draws else ''}")
-    runner.submit(project, "select", {"round": round_index, "head": version}, depends_on=jobs)
+    services.progress.update(project, f"round {round_index} queued", work=work,
+                             message=f"{len(missing)} images to process in {len(jobs)} batches"
+                             f"{' (with noise draws)' if ctx.need_draws else ''}")
+    runner.submit(project, "select", {"round": round_index, "head": version, "work_total": work[1]}, depends_on=jobs)
+
+
+def round_work(round_index: int) -> str:
+    """The progress name of a round's work, from the last answer before it to its queries."""
+    return f"round {round_index}"
 
 
 def compute_records(services: Services, project: int, tasks: list[int], round_index: int,
-                    images: int | None = None) -> None:
-    """Per-image stage 1 (features, local herding, draw features) for a batch of the round's
-    `images`, which the progress counts (every batch of the round adds to the same count)."""
+                    work_total: int | None = None) -> None:
+    """Per-image stage 1 (features, local herding, draw features) for a batch of the round's images,
+    each image a unit of the round's work (`work_total` of it over all jobs)."""
     ctx = RoundContext(services, project)
     todo = [t for t in tasks if t in ctx.index]
     stage = f"round {round_index}: features and local herding"
-    work = (f"round {round_index} records", images) if images else None  # None: a job queued by older code
-    services.progress.update(project, stage, 0, len(todo), work=work)
+    work = (round_work(round_index), work_total)
+    services.progress.update(project, stage, 0, len(todo), work=work, work_done=0)
     for n, task in enumerate(todo):
         ctx.record(ctx.index[task])
-        services.progress.update(project, stage, n + 1, len(todo), work=work)
+        services.progress.update(project, stage, n + 1, len(todo), work_done=n + 1)
 
 
-def select_round(services: Services, runner, project: int, round_index: int, head_version: str | None) -> None:
+def select_round(services: Services, runner, project: int, round_index: int, head_version: str | None,
+                 work_total: int | None = None) -> None:
+    """Global herding and uncertainty over the round's records, then publish: the round's last unit
+    of work, done when the round opens (push_round)."""
     store, engine = services.store, services.engine
+    work = (round_work(round_index), work_total)
     existing = store.current_round(project)
     if existing is not None and existing["round"] >= round_index:
         if existing["round"] == round_index and existing["status"] == "selected":
@@ -291,7 +310,7 @@ def select_round(services: Services, runner, project: int, round_index: int, hea
     if head_version is not None:
         head = engine.head(project, head_version, current["path"])
     result = run_round(ctx.source, ctx.pixels, head, ctx.config, ctx.cache,
-                       services.progress.reporter(project, f"round {round_index}:"), round_index=round_index,
+                       services.progress.reporter(project, f"round {round_index}:", work), round_index=round_index,
                        queried=ctx.queried)
     suggested = [None] * len(result.queries)
     if head is not None:
@@ -316,6 +335,7 @@ def push_round(services: Services, runner, project: int, round_index: int) -> No
     round_row = store.round(project, round_index)
     if round_row["status"] == "selected":
         store.open_round(project, round_index)
+        services.progress.update(project, f"round {round_index} open", work_done=1)  # the select job's unit
         if round_row["head_version"]:
             runner.submit(project, "segment")
         prefetch_expansions(services, project, sorted({q["task"] for q in store.queries(project, round_index)}))

@@ -1,13 +1,17 @@
 """What each project's background work is doing, kept in the store so that every process sees it.
 
 With REDIS_URL the work runs in RQ workers, other processes than the web server that answers
-/health; so each job writes its progress to the store, one row per project and job: its stage,
-and how many images (or tasks) of it are done, of how many. The jobs that share one piece of work,
-the `records` batches of a round that workers run in parallel, each carry the work's name and its
-size (the round's images, known when the round was planned), and /health adds their counts up:
-it counts the round's images, not its batches, from the first batch on. The ETA is the pace so
-far: elapsed x remaining / done. Updates made outside a job (a webhook's "round 3 open", answered
-of asked) go to job 0.
+/health; so each job writes its progress to the store, one row per project and job: its stage with
+its own counts, and its share of a piece of *work*. A round is one piece of work from the last
+answer of the round before (or the connect) to its queries in Label Studio: the images whose
+labeled pixels the head trains on, the images whose records are computed (in `records` batches
+that workers run in parallel), and one last unit for selecting and publishing. Every job of the
+round adds its share, so /health shows one count and one ETA for all of it, whichever job runs.
+The ETA is the pace so far: elapsed x remaining / done, from the work's first step.
+
+/health keeps apart what annotators wait for (the round's work, then the open round) and what runs
+beside it (`BACKGROUND_KINDS`: the segmentation push, the answered regions), so neither hides
+the other. Updates made outside a job (a webhook's "round 3 open", answered of asked) go to job 0.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ log = logging.getLogger(__name__)
 
 OUTSIDE_JOBS = 0
 FINISHED = ("done", "failed")
+BACKGROUND_KINDS = ("segment", "answers")
 _current_job: ContextVar[int] = ContextVar("progress_job", default=OUTSIDE_JOBS)
 
 
@@ -43,11 +48,14 @@ def _work(row: dict) -> str:
 
 
 def summarize(rows: list[dict], now: float) -> dict:
-    """One piece of work from the rows of its jobs (newest first): their counts added up, of the
-    work's size, with the newest stage and message."""
+    """One piece of work from the rows of its jobs (newest first): their shares added up, of the
+    work's size (a row outside any work: its own counts), with the newest stage and message."""
     newest = rows[0]
-    done = sum(r["done"] or 0 for r in rows) if any(r["done"] is not None for r in rows) else None
-    total = newest["work_total"] if newest["work"] else newest["total"]
+    if newest["work"]:
+        shares = [r["work_done"] for r in rows if r["work_done"] is not None]
+        done, total = (sum(shares) if shares else None), newest["work_total"]
+    else:
+        done, total = newest["done"], newest["total"]
     started = min((r["started"] for r in rows if r["started"] is not None), default=None)
     eta = None
     if done and total and done < total and started is not None:
@@ -58,17 +66,21 @@ def summarize(rows: list[dict], now: float) -> dict:
 
 
 def forget_finished(store: Store, project: int) -> None:
-    """After a job of the project ends: forget the work whose jobs have all ended, except the newest,
-    which /health keeps showing until something newer happens."""
+    """After a job of the project ends: forget the work whose jobs have all ended, except the newest
+    of what annotators wait for and of each background kind, which /health keeps showing until
+    something newer of the same kind happens."""
     rows = store.progress(project)
-    if not rows:
-        return
-    works: dict[str, list[dict]] = {}
+    groups: dict[str, list[dict]] = {}
     for row in rows:
-        works.setdefault(_work(row), []).append(row)
-    newest = _work(rows[0])
-    stale = [r["job"] for key, group in works.items() if key != newest
-             and all(r["status"] in FINISHED for r in group) for r in group]
+        groups.setdefault(row["kind"] if row["kind"] in BACKGROUND_KINDS else "", []).append(row)
+    stale = []
+    for group in groups.values():
+        works: dict[str, list[dict]] = {}
+        for row in group:
+            works.setdefault(_work(row), []).append(row)
+        newest = _work(group[0])
+        stale += [r["job"] for key, members in works.items() if key != newest
+                  and all(r["status"] in FINISHED for r in members) for r in members]
     if stale:
         store.delete_progress(project, stale)
 
@@ -80,10 +92,13 @@ class Progress:
         self._lock = threading.Lock()
 
     def update(self, project: int, stage: str, done: int | None = None, total: int | None = None,
-               message: str | None = None, work: tuple[str, int] | None = None) -> None:
-        """`work`: (name, size) of the piece of work this job has a share of (`total` of its `size` items)."""
+               message: str | None = None, work: tuple[str, int | None] | None = None,
+               work_done: int | None = None) -> None:
+        """`done` of `total` of this stage; `work`: (name, size) of the piece of work this job has a
+        share of, and `work_done` its share done so far (both kept by later updates that omit them)."""
         job = _current_job.get()
-        self.store.set_progress(project, job, stage, done, total, message, *(work or (None, None)))
+        name, size = work or (None, None)
+        self.store.set_progress(project, job, stage, done, total, message, name, size, work_done)
         rows = self.store.progress(project)
         mine = next(r for r in rows if r["job"] == job)
         summary = summarize([r for r in rows if _work(r) == _work(mine)], time.time())
@@ -97,23 +112,37 @@ class Progress:
             eta = f", ETA {summary['eta_s']:.0f} s" if summary["eta_s"] is not None else ""
             log.info("project %s: %s%s%s%s", project, stage, count, eta, f" ({message})" if message else "")
 
-    def reporter(self, project: int, prefix: str):
-        """A callback (stage, done, total) for model/ code: "<prefix> <stage>"."""
-        return lambda stage, done, total: self.update(project, f"{prefix} {stage}", done, total)
+    def reporter(self, project: int, prefix: str, work: tuple[str, int | None] | None = None,
+                 share: bool = False):
+        """A callback (stage, done, total) for model/ code: "<prefix> <stage>"; with `share`, `done`
+        is also this job's share of `work`."""
+        return lambda stage, done, total: self.update(project, f"{prefix} {stage}", done, total, work=work,
+                                                      work_done=done if share else None)
 
     def snapshot(self) -> dict:
-        """project -> its newest work (counts added up over its jobs, with an ETA) and the jobs
-        running or done for it so far, for /health."""
+        """project -> what annotators wait for (the newest work outside BACKGROUND_KINDS: counts added
+        up over its jobs, with an ETA, and its jobs) and, under "background", the newest of each
+        background kind, for /health."""
         now, out = time.time(), {}
         by_project: dict[int, list[dict]] = {}
         for row in self.store.progress():
             by_project.setdefault(row["project"], []).append(row)
         for project, rows in by_project.items():
-            newest = _work(rows[0])
-            mine = [r for r in rows if _work(r) == newest]
-            summary = summarize(mine, now)
-            summary["jobs"] = [{"job": r["job"], "kind": r["kind"], "status": r["status"], "stage": r["stage"],
-                                "done": r["done"], "total": r["total"]}
-                               for r in sorted(mine, key=lambda r: r["job"]) if r["job"] != OUTSIDE_JOBS]
+            main = [r for r in rows if r["kind"] not in BACKGROUND_KINDS]
+            summary = _with_jobs(main, now) if main else {"stage": None, "done": None, "total": None, "eta_s": None,
+                                                          "message": None, "active": False, "jobs": []}
+            summary["background"] = {kind: _with_jobs(group, now) for kind in BACKGROUND_KINDS
+                                     if (group := [r for r in rows if r["kind"] == kind])}
             out[str(project)] = summary
         return out
+
+
+def _with_jobs(rows: list[dict], now: float) -> dict:
+    """The newest work of `rows` (newest first), summarized with its jobs."""
+    newest = _work(rows[0])
+    mine = [r for r in rows if _work(r) == newest]
+    summary = summarize(mine, now)
+    summary["jobs"] = [{"job": r["job"], "kind": r["kind"], "status": r["status"], "stage": r["stage"],
+                        "done": r["done"], "total": r["total"]}
+                       for r in sorted(mine, key=lambda r: r["job"]) if r["job"] != OUTSIDE_JOBS]
+    return summary

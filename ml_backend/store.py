@@ -63,18 +63,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     status TEXT NOT NULL, error TEXT, created REAL NOT NULL, started REAL, finished REAL);
 CREATE TABLE IF NOT EXISTS progress (
     project INTEGER NOT NULL, job INTEGER NOT NULL, stage TEXT NOT NULL, done INTEGER, total INTEGER, message TEXT,
-    work TEXT, work_total INTEGER, started REAL, updated REAL NOT NULL, PRIMARY KEY (project, job));
+    work TEXT, work_total INTEGER, started REAL, updated REAL NOT NULL, work_done INTEGER, PRIMARY KEY (project, job));
 """
 
 # Columns added after the first stores were written: the round a label answered, the labels a head saw,
 # the task an annotation was made on and its points left with the placeholder, the query task a query waits on,
 # a project's settings from Label Studio, when a query stopped being open, the settings that chose a round,
-# the features a head was trained on.
+# the features a head was trained on, a job's share of its piece of work done.
 ADDED_COLUMNS = (("labels", "round", "INTEGER"), ("heads", "labels_digest", "TEXT"),
                  ("annotations", "holder", "INTEGER"), ("annotations", "pending", "TEXT NOT NULL DEFAULT '[]'"),
                  ("annotations", "cancelled", "INTEGER NOT NULL DEFAULT 0"), ("queries", "holder", "INTEGER"),
                  ("projects", "overrides", "TEXT NOT NULL DEFAULT '{}'"), ("queries", "closed", "REAL"),
-                 ("rounds", "settings", "TEXT"), ("heads", "features", "TEXT"))
+                 ("rounds", "settings", "TEXT"), ("heads", "features", "TEXT"), ("progress", "work_done", "INTEGER"))
 
 
 @dataclass(frozen=True)
@@ -460,17 +460,22 @@ class Store:
 
     # progress ---------------------------------------------------------------------------------
     def set_progress(self, project: int, job: int, stage: str, done: int | None, total: int | None,
-                     message: str | None, work: str | None = None, work_total: int | None = None) -> None:
-        """What job `job` (0: the project outside any job) is doing now, and the piece of work it has a
-        share of (`work`, of `work_total` items over all its jobs); a new stage restarts its clock."""
+                     message: str | None, work: str | None = None, work_total: int | None = None,
+                     work_done: int | None = None) -> None:
+        """What job `job` (0: the project outside any job) is doing now: its stage with its own counts,
+        and the piece of work it has a share of (`work`, of `work_total` items over all its jobs, of
+        which it has done `work_done`). The work, its size and the share are kept when not given, so
+        a job joins a work once. The clock restarts with a new work (a new stage, outside any work)."""
         now = time.time()
         with self.transaction() as db:
-            db.execute("INSERT INTO progress (project, job, stage, done, total, message, work, work_total, started, "
-                       "updated) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(project, job) DO UPDATE SET "
-                       "started=CASE WHEN stage=excluded.stage THEN started ELSE excluded.started END, "
+            db.execute("INSERT INTO progress (project, job, stage, done, total, message, work, work_total, work_done, "
+                       "started, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(project, job) DO UPDATE SET "
+                       "started=CASE WHEN COALESCE(excluded.work, work, stage)=COALESCE(excluded.work, work, "
+                       "excluded.stage) THEN started ELSE excluded.started END, "
                        "stage=excluded.stage, done=excluded.done, total=excluded.total, message=excluded.message, "
-                       "work=excluded.work, work_total=excluded.work_total, updated=excluded.updated",
-                       (project, job, stage, done, total, message, work, work_total, now, now))
+                       "work=COALESCE(excluded.work, work), work_total=COALESCE(excluded.work_total, work_total), "
+                       "work_done=COALESCE(excluded.work_done, work_done), updated=excluded.updated",
+                       (project, job, stage, done, total, message, work, work_total, work_done, now, now))
 
     def progress(self, project: int | None = None) -> list[dict]:
         """Progress rows, newest first, with their job's kind and status (None for job 0)."""

@@ -26,21 +26,21 @@ def test_batches_of_one_round_add_up_to_its_images_in_any_process(tmp_path, capl
     jobs = [store.add_job(7, "records", {"round": 3}) for _ in range(3)]
     store.start_job(jobs[0])
     with job_scope(jobs[0]):
-        worker_a.update(7, STAGE, 0, 8, work=WORK)
+        worker_a.update(7, STAGE, 0, 8, work=WORK, work_done=0)
         time.sleep(0.2)
         for n in range(1, 8):
-            worker_a.update(7, STAGE, n, 8, work=WORK)
+            worker_a.update(7, STAGE, n, 8, work=WORK, work_done=n)
     seen = web.snapshot()["7"]
     assert (seen["stage"], seen["done"], seen["total"]) == (STAGE, 7, 20)
     assert seen["eta_s"] is not None and seen["eta_s"] > 0 and seen["active"]
     assert [(j["job"], j["kind"], j["status"], j["done"], j["total"]) for j in seen["jobs"]] == [
         (jobs[0], "records", "running", 7, 8)]
     with job_scope(jobs[0]):
-        worker_a.update(7, STAGE, 8, 8, work=WORK)
+        worker_a.update(7, STAGE, 8, 8, work=WORK, work_done=8)
     store.finish_job(jobs[0])
     store.start_job(jobs[1])
     with job_scope(jobs[1]):  # the other worker takes the next batch
-        worker_b.update(7, STAGE, 3, 8, work=WORK)
+        worker_b.update(7, STAGE, 3, 8, work=WORK, work_done=3)
     seen = web.snapshot()["7"]
     assert (seen["done"], seen["total"]) == (11, 20)
     assert [(j["job"], j["status"]) for j in seen["jobs"]] == [(jobs[0], "done"), (jobs[1], "running")]
@@ -57,7 +57,7 @@ def test_a_finished_piece_of_work_is_forgotten_once_something_newer_happens(tmp_
     job = store.add_job(7, "records", {"round": 0})
     store.start_job(job)
     with job_scope(job):
-        progress.update(7, "round 0: features and local herding", 2, 2, work=("round 0 records", 2))
+        progress.update(7, "round 0: features and local herding", 2, 2, work=("round 0 records", 2), work_done=2)
     store.finish_job(job)
     forget_finished(store, 7)
     seen = progress.snapshot()["7"]
@@ -95,4 +95,56 @@ def test_training_stages_are_named_once_and_records_are_planned_in_images(tmp_pa
     assert head["version"] == "p7-head-1" and head["features"]["backbone"] == "tiny"
     assert head["features"]["config"]["resolution"] == 64
     assert runner.jobs == [(7, "records"), (7, "records"), (7, "select")]
-    assert runner.payloads[-3:-1] == [{"round": 1, "tasks": [2, 3], "images": 3}, {"round": 1, "tasks": [4], "images": 3}]
+    # the round's work: 1 labeled image to train on, 3 records, 1 for selecting and publishing
+    assert runner.payloads[-3:] == [{"round": 1, "tasks": [2, 3], "images": 3, "work_total": 5},
+                                    {"round": 1, "tasks": [4], "images": 3, "work_total": 5},
+                                    {"round": 1, "head": "p7-head-1", "work_total": 5}]
+    seen = services.progress.snapshot()["7"]
+    assert (seen["stage"], seen["done"], seen["total"]) == ("round 1 queued", 1, 5) and seen["eta_s"] is not None
+
+
+def test_one_count_for_the_whole_round_and_the_segmentation_beside_it(tmp_path):
+    """From the last answer to the queries: training on 2 images, records of 3 in two jobs, selecting
+    and publishing: 6 units whichever job runs, while a segmentation job of the last head runs beside
+    it and never takes the round's place (the issue: the stage flipped between the two)."""
+    progress = Progress(Store(tmp_path / "state.sqlite3"))
+    store = progress.store
+    advance, records_a, records_b, select, segment = (store.add_job(7, kind) for kind in
+                                                       ("advance", "records", "records", "select", "segment"))
+    work = ("round 2", 6)
+
+    def run(job, *updates):
+        store.start_job(job)
+        with job_scope(job):
+            for args, kw in updates:
+                progress.update(7, *args, **kw)
+
+    def seen():
+        s = progress.snapshot()["7"]
+        return s["stage"], s["done"], s["total"]
+
+    run(advance, (("listing tasks",), {"work": ("round 2", None), "work_done": 0}))
+    assert seen() == ("listing tasks", 0, None)
+    run(segment, (("segmenting tasks with p7-head-1", 3, 40), {}))
+    assert seen() == ("listing tasks", 0, None)  # the segmentation is beside the round, not in its place
+    assert progress.snapshot()["7"]["background"]["segment"]["done"] == 3
+    with job_scope(advance):
+        progress.update(7, "loading backbone", work=work)
+        progress.update(7, "training features", 1, 2, work=work, work_done=1)
+        time.sleep(0.05)
+        progress.update(7, "training features", 2, 2, work=work, work_done=2)
+        progress.update(7, "training head")
+    assert seen() == ("training head", 2, 6) and progress.snapshot()["7"]["eta_s"] > 0
+    store.finish_job(advance)
+    run(records_a, (("round 2: features and local herding", 2, 2), {"work": work, "work_done": 2}))
+    run(records_b, (("round 2: features and local herding", 1, 1), {"work": work, "work_done": 1}))
+    run(segment, (("segmenting tasks with p7-head-1", 30, 40), {}))
+    assert seen() == ("round 2: features and local herding", 5, 6)
+    run(select, (("round 2: global herding", 0, 1), {"work": work}), (("round 2 open",), {"work_done": 1}))
+    assert seen() == ("round 2 open", 6, 6) and progress.snapshot()["7"]["eta_s"] is None
+    assert [j["kind"] for j in progress.snapshot()["7"]["jobs"]] == ["advance", "records", "records", "select"]
+    for job in (records_a, records_b, select, segment):
+        store.finish_job(job)
+    forget_finished(store, 7)  # the newest of each side stays shown
+    snapshot = progress.snapshot()["7"]
+    assert snapshot["stage"] == "round 2 open" and snapshot["background"]["segment"]["done"] == 30

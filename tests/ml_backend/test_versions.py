@@ -83,7 +83,10 @@ def cli(model_dir, *args, **env) -> subprocess.CompletedProcess:
 def test_the_command_line_lists_pins_and_exports_heads(tmp_path):
     _, backend, _ = make_client(tmp_path)
     backend.setup("7.1", CONFIG)
+    empty = cli(tmp_path, "list")
+    assert empty.returncode == 0 and empty.stdout.startswith("no heads yet for any project in "), empty.stdout
     add_heads(backend, 7, 2)
+    assert "no heads yet for project 8" in cli(tmp_path, "list", "--project", "8").stdout
     listed = cli(tmp_path, "list")
     assert listed.returncode == 0, listed.stderr
     rows = listed.stdout.splitlines()
