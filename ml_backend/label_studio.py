@@ -43,7 +43,7 @@ MAX_REDIRECTS = 5
 
 
 ACCESS_ADVICE = ("Create a personal access token (Account & Settings > Personal Access Token) and start the backend "
-                 "with LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY=<that token>, or turn on Legacy Tokens (Organization "
+                 "with LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY set to that token, or turn on Legacy Tokens (Organization "
                  "> API Token Settings)")
 CHECK_SECONDS = 2.0  # the credentials check inside /setup, which Label Studio gives 3 s
 
@@ -373,3 +373,4 @@ class LabelStudioClient:
         description = merged(current.description, notice.description_line(status), notice.DESCRIPTION_MARKER)
         self._call(f"write the notice of project {project}", lambda: self.sdk.projects.update(
             id=project, expert_instruction=instruction, description=description, show_instruction=True))
+        log.info("project %s: told annotators: %s", project, status)

@@ -83,7 +83,8 @@ def place_queries(services: Services, project: int, round_row: dict, version: st
         if holder is None:
             holder = client.create_query_task(project, {
                 schema.image_key: raw_data.get(task, {}).get(schema.image_key, image["image_url"]),
-                "query_round": round_index, "query_for_task": task, "query_points": len(queries), "query_key": key})
+                "query_round": round_index, "query_for_task": task, "query_points": len(queries), "query_key": key,
+                "query_instruction": notice.QUERY_HEADER})
         if not recovered or client.find_prediction(holder, version) is None:
             regions = [query_region(q["region"], q["pixel"], services.settings.resolution, schema, image["width"],
                                     image["height"], _suggestion(suggest, schema, q)) for q in queries]

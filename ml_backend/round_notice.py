@@ -14,6 +14,9 @@ from __future__ import annotations
 import time
 
 INSTRUCTION_MARKER = "Active learning: label the magenta points"
+# the labeling page's header on a query task (its data's `query_instruction`, which image tasks lack)
+QUERY_HEADER = ("Give each magenta 'Label me' point its class: select it, then pick a label above the image. "
+                "Delete a point you cannot label.")
 STEPS = (
     "<p>Each task shows an image with a few magenta points labeled <b>Label me</b>. The model needs the "
     "class of exactly those pixels.</p>"
@@ -35,10 +38,17 @@ def clock(at: float) -> str:
     return time.strftime("%H:%M UTC", time.gmtime(at))
 
 
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def computing(round_index: int, started: float, expected_seconds: float | None) -> str:
-    when = (f"expected about {clock(started + expected_seconds)} (the last round took "
-            f"{expected_seconds / 60:.0f} min from its last answer)" if expected_seconds is not None
-            else "the first points come a few minutes after connecting")
+    if expected_seconds is not None:
+        when = (f"expected about {clock(started + expected_seconds)} (the last round took "
+                f"{duration(expected_seconds)} from its last answer)")
+    else:
+        when = "the first points come a few minutes after connecting" if round_index == 0 else \
+            "expected in a few minutes"
     return (f"round {round_index} is being computed since {clock(started)}; {when}. Until then the queue is "
             f"empty (\"No More Tasks Left in Queue\"): press Label All Tasks again then.")
 

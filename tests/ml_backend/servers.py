@@ -79,14 +79,22 @@ class LabelStudio:
 
 
 @contextmanager
-def label_studio_server(data_dir: Path):
+def label_studio_server(data_dir: Path, defaults: bool = False):
+    """Label Studio on a loopback port with an admin user. With `defaults`, as a new user starts it
+    from the README: legacy tokens off (the API takes personal access tokens only), sign-up open;
+    only loopback ML backends and image URLs are allowed. Otherwise with a legacy token preset."""
     exe = ensure_label_studio()
     port, token, password = free_port(), secrets.token_hex(20), secrets.token_hex(8)
     log = data_dir / "label-studio.log"
     env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "LABEL_STUDIO_USERNAME": "admin@example.com",
-           "LABEL_STUDIO_PASSWORD": password, "LABEL_STUDIO_USER_TOKEN": token,
-           "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "ML_BLOCK_LOCAL_IP": "false",
-           "SSRF_PROTECTION_ENABLED": "false", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
+           "LABEL_STUDIO_PASSWORD": password, "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false"}
+    if defaults:
+        token = ""
+        env.pop("LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN", None)
+        env.pop("LABEL_STUDIO_USER_TOKEN", None)
+    else:
+        env.update({"LABEL_STUDIO_USER_TOKEN": token, "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+                    "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"})
     env.pop("LABEL_STUDIO_API_KEY", None)
     with open(log, "w") as out:
         proc = subprocess.Popen([str(exe), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port)],

@@ -25,4 +25,6 @@ def test_the_computing_notice_says_about_when_from_the_last_rounds_time():
     text = notice.computing(4, 3600.0, 150.0)
     assert "round 4 is being computed since 01:00 UTC; expected about 01:02 UTC" in text
     assert "the last round took 2 min" in text and "press Label All Tasks again" in text
-    assert "a few minutes" in notice.computing(0, 0.0, None)
+    assert "(the last round took 12 s from its last answer)" in notice.computing(4, 3600.0, 12.4)
+    assert "the first points come a few minutes after connecting" in notice.computing(0, 0.0, None)
+    assert "expected in a few minutes" in notice.computing(1, 0.0, None)
