@@ -159,14 +159,12 @@ class ActiveLearningBackend:
             store.delete_annotations(project, message.ids)
             return {"status": "ok"}
         schema = self._schema(project, message.label_config)
-        region_cap = self.services.settings_for(project).region_pixel_cap
         outcomes, problems, pending = [], [], []
         for annotation in message.annotations:
             task = image_task(self.services, project, annotation.task)  # answers on a query task label its image
             row = store.task(project, task)
             size = (row["width"], row["height"]) if row and row["status"] == "ready" else None
-            parsed = labels_from_result(annotation.result, schema, task, self.services.settings.resolution,
-                                        region_cap, size)
+            parsed = labels_from_result(annotation.result, schema, task, self.services.settings.resolution, size)
             problems += parsed.problems
             pending += parsed.pending
             outcome = store.apply_annotation(project, annotation.id, task, annotation.updated_at, annotation.result,

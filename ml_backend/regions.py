@@ -19,7 +19,6 @@ from PIL import Image
 
 from ml_backend.label_config import LabelConfigError, LabelSchema
 from ml_backend.store import Label
-from model.expansion import subsample
 from model.preprocessing import MAX_IMAGE_PIXELS
 
 log = logging.getLogger(__name__)
@@ -111,12 +110,12 @@ class ParsedAnnotation:
     pending: list[str]  # ids of keypoints submitted without a class (the placeholder): their queries stay open
 
 
-def labels_from_result(result: list, schema: LabelSchema, task: int, resolution: int, region_cap: int,
+def labels_from_result(result: list, schema: LabelSchema, task: int, resolution: int,
                        image_size: tuple[int, int] | None = None) -> ParsedAnnotation:
     """Labeled pixels of an annotation's regions. Keypoints give one pixel; a keypoint still carrying
     the placeholder (or no label) gives none and is reported as pending; annotators' brush strokes
-    give their pixels (at most `region_cap` per region); brush regions an annotator accepted from a
-    model prediction unchanged are not ground truth and are skipped. `image_size` (width, height):
+    give every pixel they cover (the training set caps each region, labeled_set.py); brush regions
+    an annotator accepted from a model prediction unchanged are not ground truth and are skipped. `image_size` (width, height):
     the task's image as the backend fetched it, when it has."""
     labels: list[Label] = []
     problems: list[str] = []
@@ -152,7 +151,7 @@ def labels_from_result(result: list, schema: LabelSchema, task: int, resolution:
                 mask = mask_from_brush(value, int(region.get("original_width", 0)), int(region.get("original_height", 0)),
                                        image_size)
                 pixels = np.flatnonzero(resize_mask(mask, resolution))
-                labels.extend(Label(task, rid, int(p), cls, "brush") for p in subsample(pixels, region_cap, rid))
+                labels.extend(Label(task, rid, int(p), cls, "brush") for p in pixels)
         except (RegionError, LabelConfigError, KeyError, TypeError, ValueError, OverflowError) as exc:
             problems.append(f"region {rid}: {exc}")
     for problem in problems:

@@ -20,8 +20,8 @@ class BlockExpander(Expander):
         return Expansion(mask, self.confidence)
 
 
-def rows(*items):
-    return [{"task": t, "pixel": p, "class": c, "source": s} for t, p, c, s in items]
+def rows(*items, region: str = "r"):
+    return [{"task": t, "pixel": p, "class": c, "source": s, "region": region} for t, p, c, s in items]
 
 
 IMAGE = np.zeros((8, 8, 3), dtype=np.uint8)
@@ -54,3 +54,20 @@ def test_low_confidence_keeps_the_single_pixel_and_expansions_are_cached(tmp_pat
     single = build_labeled_set(rows((3, 4, 1, "keypoint")), lambda t: IMAGE,
                                ExpansionCache(tmp_path / "n", SinglePixelExpander()), 100)
     assert single[3][0].tolist() == [4]
+
+
+def test_a_newer_brush_region_relabels_all_of_a_clicks_region_and_trains_on_at_most_the_cap(tmp_path):
+    """A reviewer paints over what a click became: every pixel of the stroke is theirs (none keeps the
+    click's class by expansion), and the stroke gives REGION_PIXEL_CAP of them to training."""
+    click = rows((1, 0, 2, "keypoint"), region="k1")  # expands to the 4x4 block of pixels 0-3, 8-11, ...
+    block = [r * 8 + c for r in range(4) for c in range(4)]
+    stroke = rows(*[(1, p, 6, "brush") for p in block + [4, 5]], region="fix")  # the whole block, and more
+    labeled = build_labeled_set(click + stroke, lambda t: IMAGE, ExpansionCache(tmp_path, BlockExpander()),
+                                region_cap=4)
+    got = dict(zip(*(a.tolist() for a in labeled[1])))
+    assert len(got) == 4 and set(got.values()) == {6}  # four of the stroke's pixels, none of the click's class
+    assert set(got) <= set(block) | {4, 5}
+    older = build_labeled_set(stroke + click, lambda t: IMAGE, ExpansionCache(tmp_path, BlockExpander()), 4)
+    got = dict(zip(*(a.tolist() for a in older[1])))
+    assert got[0] == 2 and {got[p] for p in got if p != 0} <= {6, 2}  # the click came later: its pixel is its own
+    assert not any(got.get(p) == 2 for p in block[1:])  # its expansion never takes a stroke's pixel

@@ -43,14 +43,14 @@ def test_annotation_results_to_labels():
     kp = {**query, "value": {**query["value"], "keypointlabels": ["Car"]}}  # the annotator gave it a class
     untouched = query_region("k2", 66, 16, SCHEMA, 480, 360, suggestion="Model suggests: Road")
     negative = {**kp, "id": "k3", "is_positive": False}  # an Alt-click prompt: not a label of its pixel
-    parsed = labels_from_result([kp, brush, accepted, "junk", untouched, negative], SCHEMA, task=3, resolution=16,
-                                region_cap=50)
+    parsed = labels_from_result([kp, brush, accepted, "junk", untouched, negative], SCHEMA, task=3, resolution=16)
     assert parsed.problems == ["region 3 is not an object"]
     assert parsed.pending == ["k2"]  # still the placeholder: no label, the query stays open
     kps = [lb for lb in parsed.labels if lb.source == "keypoint"]
     strokes = [lb for lb in parsed.labels if lb.source == "brush"]
     assert [(lb.pixel, lb.cls, lb.region) for lb in kps] == [(65, 8, "k1")]
-    assert len(strokes) == 50 and all(lb.pixel < 8 * 16 and lb.cls == 0 for lb in strokes)  # capped, top half
+    # every pixel the stroke covers, the top half (the training set caps it: test_labeled_set.py)
+    assert sorted(lb.pixel for lb in strokes) == list(range(8 * 16)) and all(lb.cls == 0 for lb in strokes)
 
 
 def test_config_errors_name_what_is_missing():
