@@ -30,7 +30,6 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
 from ml_backend import round_notice as notice
-from ml_backend.round_notice import merged
 
 log = logging.getLogger(__name__)
 # httpcore's DEBUG lines print every answer's headers, Label Studio's session cookie among them
@@ -61,7 +60,8 @@ class LabelStudioError(RuntimeError):
 
 
 class LabelStudioRefused(LabelStudioError):
-    """Label Studio refused the backend's credentials (401/403), or knows no such project (404)."""
+    """Label Studio refused the backend's credentials (401/403), or, asked for the project, knows no
+    such project (404)."""
 
 
 def answer_error(url: str, what: str, exc: ApiError) -> LabelStudioError:
@@ -75,9 +75,6 @@ def answer_error(url: str, what: str, exc: ApiError) -> LabelStudioError:
     if status in (401, 403):
         return LabelStudioRefused(f"Label Studio at {url} refused the backend's token ({answer}). {ACCESS_ADVICE}",
                                   status)
-    if status == 404:
-        return LabelStudioRefused(f"Label Studio at {url} does not know this project ({answer}): is it the Label "
-                                  "Studio that holds it (LABEL_STUDIO_URL)?", status)
     return LabelStudioError(f"Label Studio at {url} answered {answer}", status)
 
 
@@ -194,6 +191,9 @@ class LabelStudioClient:
         try:
             self.sdk.projects.get(id=project, request_options=options)
         except ApiError as exc:
+            if exc.status_code == 404:
+                raise LabelStudioRefused(f"Label Studio at {self.url} does not know project {project}: is it the "
+                                         "Label Studio that holds it (LABEL_STUDIO_URL)?", 404) from None
             raise answer_error(self.url, f"read project {project}", exc) from None
         except NO_ANSWER as exc:
             raise LabelStudioUnavailable(f"Label Studio at {self.url} did not answer within {CHECK_SECONDS:g} s "
@@ -369,8 +369,9 @@ class LabelStudioClient:
         """Tell annotators where the loop stands (ml_backend/round_notice.py): the backend's part of the
         project's instructions and description is replaced, what the project had before it is kept."""
         current = self._call(f"read project {project}", lambda: self.sdk.projects.get(id=project))
-        instruction = merged(current.expert_instruction, notice.instruction_block(status), notice.INSTRUCTION_START)
-        description = merged(current.description, notice.description_line(status), notice.DESCRIPTION_MARKER)
+        instruction = notice.merged(current.expert_instruction, notice.instruction_block(status),
+                                    notice.INSTRUCTION_START)
+        description = notice.merged(current.description, notice.description_line(status), notice.DESCRIPTION_MARKER)
         self._call(f"write the notice of project {project}", lambda: self.sdk.projects.update(
             id=project, expert_instruction=instruction, description=description, show_instruction=True))
         log.info("project %s: told annotators: %s", project, status)

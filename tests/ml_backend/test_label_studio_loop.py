@@ -155,8 +155,10 @@ def test_label_all_tasks_serves_exactly_the_open_queries_round_after_round(ls, c
         settings = ls.api("GET", f"/api/projects/{project}").json()
         assert settings["sampling"] == "Uncertainty sampling" and settings["show_collab_predictions"]
         assert settings["show_instruction"] and "Label me" in settings["expert_instruction"]
-        assert not settings["start_training_on_annotation_update"]
-        wait_until(lambda: any(v["data"].get("title") == QUERY_VIEW_TITLE and round0 in json.dumps(v["data"]["filters"])
+        assert not settings["start_training_on_annotation_update"] and settings["skip_queue"] == "IGNORE_SKIPPED"
+        assert f"Active learning now: round 0 is open: {budget} points" in settings["description"]
+        wait_until(lambda: any(v["data"].get("title") == QUERY_VIEW_TITLE
+                               and f"p{project}-r0-t" in json.dumps(v["data"]["filters"])
                                for v in ls.api("GET", f"/api/dm/views/?project={project}").json()),
                    60, "the saved view of the round's open query tasks")
 

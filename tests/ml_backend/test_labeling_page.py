@@ -95,18 +95,18 @@ class Person:
 
     # pages -----------------------------------------------------------------------------------------
     def sign_up(self) -> None:
-        self.driver.get(f"{self.url}/user/signup/")
-        self.field("email").send_keys(self.email)
-        self.field("password").send_keys(self.password)
-        self.driver.find_element(self.By.CSS_SELECTOR, "button[type=submit]").click()
-        wait_until(lambda: "/user/signup" not in self.driver.current_url, 60, "the sign-up")
+        self._enter("signup")
 
     def log_in(self) -> None:
-        self.driver.get(f"{self.url}/user/login/")
+        self._enter("login")
+
+    def _enter(self, page: str) -> None:
+        """Label Studio's sign-up or login page: e-mail, password, submit."""
+        self.driver.get(f"{self.url}/user/{page}/")
         self.field("email").send_keys(self.email)
         self.field("password").send_keys(self.password)
         self.driver.find_element(self.By.CSS_SELECTOR, "button[type=submit]").click()
-        wait_until(lambda: "/user/login" not in self.driver.current_url, 60, "the login")
+        wait_until(lambda: f"/user/{page}" not in self.driver.current_url, 60, f"the {page}")
 
     def personal_access_token(self) -> str:
         """Account & Settings > Personal Access Token > Create New Token, copied from the dialog."""

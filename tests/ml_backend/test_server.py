@@ -560,3 +560,11 @@ def test_a_setup_whose_token_label_studio_refuses_says_what_to_do_and_logs_no_he
     assert LEGACY_OFF.lower() in logged
     for secret in ("sessionid", "s3cr3t", "set-cookie", "legacy-token-abc"):
         assert secret not in logged
+
+
+def test_a_setup_against_a_label_studio_without_the_project_names_the_address(tmp_path):
+    with ImageHost({}) as other:  # answers 404 to everything: another server than the project's
+        c, backend, runner = make_client(tmp_path, label_studio_url=other.url)
+        r = c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    assert r.status_code == 400 and f"Label Studio at {other.url} does not know project 7" in r.status
+    assert "LABEL_STUDIO_URL" in r.json["error"] and runner.jobs == []
