@@ -145,6 +145,24 @@ def test_bad_extra_params_are_refused_and_change_nothing(client, extra, fragment
     assert backend.services.store.overrides(7) == {} and backend.services.settings_for(7).budget == 0
 
 
+@pytest.mark.parametrize("body,fragment", [  # each accepted before, and then stopped every round
+    ('{"BUDGET_FACTOR": "inf"}', "BUDGET_FACTOR='inf' is not a finite number"),
+    ('{"BUDGET_FACTOR": 1e308}', "BUDGET_FACTOR=1e+308 must lie in (0, 100]"),
+    ('{"BUDGET_FACTOR": 1e999}', "BUDGET_FACTOR=inf is not a finite number"),  # JSON's 1e999 is inf
+    ('{"KEEP_GLOBAL": NaN}', "KEEP_GLOBAL=nan is not a finite number"),
+    ('{"SEED": -1}', "SEED=-1 must lie in 0..4294967295"),
+    ('{"SEED": 18446744073709551616}', "SEED=18446744073709551616 must lie in 0..4294967295"),
+    ('{"CANDIDATES": 1099511627776}', "CANDIDATES=1099511627776: at most 2147483647"),
+    ('{"BUDGET": "\u0661\u0662"}', "BUDGET='\u0661\u0662' is not a valid int"),  # Arabic-Indic 12
+])
+def test_extra_params_that_would_stop_every_round_are_refused_with_their_range(client, body, fragment):
+    c, backend, _ = client
+    raw = '{"project": "7.1", "schema": %s, "extra_params": %s}' % (json.dumps(CONFIG), body)  # 1e999 and NaN as sent
+    r = c.post("/setup", data=raw, content_type="application/json")
+    assert r.status_code == 400 and fragment in r.json["error"], r.json
+    assert backend.services.store.overrides(7) == {}
+
+
 @pytest.mark.parametrize("extra,budget", [
     ("", 0), ("  ", 0), ("{}", 0), (None, 0), ({}, 0), ('{"BUDGET": 3}', 3), ('{\n  "budget": 4\n}', 4), ({"BUDGET": 5}, 5)])
 def test_extra_params_as_the_connect_dialog_sends_them(client, extra, budget):
