@@ -61,6 +61,7 @@ def heads_command(settings, args: argparse.Namespace) -> int:
     """Pinning here works like POST /versions/pin: the store changes at once and a `pin` job goes to
     the RQ queue (REDIS_URL), or into the store, where the running server's job thread finds it."""
     from ml_backend import versions
+    from ml_backend.echo import quote
     from ml_backend.label_config import LabelConfigError
     from ml_backend.services import Services
 
@@ -79,9 +80,13 @@ def heads_command(settings, args: argparse.Namespace) -> int:
             print(f"{h['project']:>7}  {h['version']:<16} {h['round']:>5} {h['labeled']:>8}  {created:<19}  "
                   f"{'-' if loss is None else f'{loss:.4f}':>10}{'  *' if h['current'] else ''}")
         return 0
-    project = args.project if args.project is not None else versions.project_of(args.version)
+    try:
+        project = args.project if args.project is not None else versions.project_of(args.version)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if project is None:
-        print(f"error: {args.version!r} does not name its project: add --project", file=sys.stderr)
+        print(f"error: {quote(args.version)} does not name its project: add --project", file=sys.stderr)
         return 2
     try:
         if args.action == "pin":

@@ -251,6 +251,38 @@ def test_malformed_inputs_get_a_400_that_names_the_field(client, path, body, fra
     assert r.status_code == 400 and fragment in r.json["error"], r.json
 
 
+LONG_ID = "9" * 5000  # past int()'s 4,300 digits: a ValueError inside int(), answered 500 before
+FOREIGN_DIGITS = "\u0662\u0660"  # Arabic-Indic 20: int() reads it, Label Studio never sends it
+BAD_IDS = [
+    ("post", "/setup", {"project": LONG_ID, "schema": CONFIG}, "project id"),
+    ("post", "/setup", {"project": f"{LONG_ID}.1", "schema": CONFIG}, "project id"),
+    ("post", "/predict", {"tasks": [{"id": LONG_ID}], "project": "7.1"}, "a task id"),
+    ("post", "/webhook", webhook_with(id=LONG_ID), "an annotation id"),
+    ("post", "/webhook", webhook_with(task=LONG_ID), "the annotation's task id"),
+    ("post", "/webhook", {"action": "TASKS_DELETED", "project": {"id": 7}, "tasks": [{"id": LONG_ID}]}, "task's id"),
+    ("post", "/train", {"project": LONG_ID}, "project id"),
+    ("post", "/versions", {"project": LONG_ID}, "project id"),
+    ("get", f"/versions?project={LONG_ID}", None, "project id"),
+    ("get", "/versions?project=9223372036854775808", None, "project id"),  # 2^63
+    ("post", "/versions/pin", {"version": "p7-head-1", "project": LONG_ID}, "project id"),
+    ("post", "/versions/pin", {"version": f"p{LONG_ID}-head-1"}, "'version': 'p99999"),
+    ("post", "/versions/pin", {"version": "p99999999999999999999-head-1"}, "not a positive 64-bit id"),
+    ("post", "/versions/pin", {"version": "p9223372036854775808-head-1"}, "not a positive 64-bit id"),
+    ("get", f"/metrics/{LONG_ID}/curve.png", None, "project id"),
+    ("get", f"/metrics/{FOREIGN_DIGITS}/curve.png", None, "project id"),
+    ("post", "/webhook", webhook_with(task=FOREIGN_DIGITS), "the annotation's task id"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,fragment", BAD_IDS, ids=[f"{m} {p[:30]} {str(b)[:30]}" for m, p, b, _ in BAD_IDS])
+def test_ids_past_64_bits_or_in_other_digits_get_a_400_that_names_the_field(client, method, path, body, fragment):
+    c, backend, _ = client
+    c.post("/setup", json={"project": "20.1", "schema": CONFIG})  # what "٢٠" would have been read as
+    r = getattr(c, method)(path, **({"json": body} if body is not None else {}))
+    assert r.status_code == 400 and fragment in r.json["error"], r.json
+    assert len(r.json["error"]) < 300  # the id is quoted, not echoed whole
+
+
 @pytest.mark.parametrize("value", ["x=5", [5, 5]])
 def test_an_unusable_region_is_skipped_and_the_rest_of_the_annotation_kept(client, value):
     c, backend, _ = client
