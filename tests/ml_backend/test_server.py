@@ -297,8 +297,37 @@ def test_a_body_over_the_size_cap_gets_a_413(tmp_path):
     c, _, _ = make_client(tmp_path, max_request_mb=1)
     body = json.dumps({"action": "X", "project": 1, "padding": "x" * 2 ** 20})
     r = c.post("/webhook", data=body, content_type="application/json")
-    assert r.status_code == 413 and r.json["error"]
+    assert r.status_code == 413 and r.json["error"] == "the request body is over MAX_REQUEST_MB (1 MB)"
     assert c.post("/webhook", json={"action": "X", "project": 1}).status_code == 201
+
+
+def chunked(c, path, body: bytes):
+    """A body sent with Transfer-Encoding: chunked, no Content-Length, as a WSGI server that decodes
+    chunks hands it on (werkzeug's own server and gunicorn set wsgi.input_terminated)."""
+    import io
+
+    return c.post(path, input_stream=io.BytesIO(body), content_type="application/json",
+                  headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+
+
+def test_a_chunked_body_over_the_size_cap_gets_a_413_not_a_cut_body(tmp_path):
+    c, _, _ = make_client(tmp_path, max_request_mb=1)
+    big = json.dumps({"action": "X", "project": 1, "padding": "x" * 2 ** 21}).encode()
+    for path in ("/webhook", "/versions"):
+        r = chunked(c, path, big)  # was cut at 1 MB and answered 400 "must be JSON"
+        assert r.status_code == 413 and r.json["error"] == "the request body is over MAX_REQUEST_MB (1 MB)", r.json
+    r = chunked(c, "/webhook", json.dumps({"action": "X", "project": 1}).encode())
+    assert r.status_code == 201 and r.json["status"] == "ignored"
+
+
+def test_a_compressed_body_gets_a_415_that_says_so(client):
+    import gzip
+
+    c, _, _ = client
+    body = gzip.compress(json.dumps({"action": "X", "project": 1}).encode())
+    r = c.post("/webhook", data=body, content_type="application/json", headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 415 and "compressed request bodies (Content-Encoding: 'gzip')" in r.json["error"]
+    assert c.get("/health", headers={"Content-Encoding": "gzip"}).status_code == 200
 
 
 def test_unknown_webhook_actions_are_acknowledged_and_ignored(client):
