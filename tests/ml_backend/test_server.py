@@ -330,6 +330,55 @@ def test_a_compressed_body_gets_a_415_that_says_so(client):
     assert c.get("/health", headers={"Content-Encoding": "gzip"}).status_code == 200
 
 
+def config_with(*extra: str, replacing: str = "Sky") -> str:
+    """The shipped config with the class `replacing` swapped for `extra` classes, in every control."""
+    labels = "".join(f'<Label value="{name}"/>' for name in extra)
+    return CONFIG.replace(f'<Label value="{replacing}" background="#808080"/>', labels)
+
+
+def test_a_label_config_beyond_the_documented_size_is_refused_before_it_costs(client):
+    c, backend, _ = client
+    r = c.post("/setup", json={"project": "7.1", "schema": config_with(*[f"c{i}" for i in range(1000)])})
+    assert r.status_code == 400 and "defines 1,010 classes; this backend takes at most 1,000" in r.json["error"]
+    padded = CONFIG.replace("<View>", "<View><!--" + "x" * 2 ** 20 + "-->")
+    r = c.post("/setup", json={"project": "7.1", "schema": padded})
+    assert r.status_code == 400 and "this backend reads at most 1,048,576" in r.json["error"], r.json["error"][:200]
+    assert backend.services.store.project(7) is None
+
+
+def test_messages_list_at_most_20_classes_whatever_the_config_defines(client, caplog):
+    c, _, _ = client
+    many = config_with(*[f"class-{i:03d}" for i in range(990)])  # 1,000 classes with the shipped ones
+    assert c.post("/setup", json={"project": "7.1", "schema": many}).status_code == 200
+    event = annotation_event(1, 5, [keypoint(f"k{n}", 10.0, 20.0, "Dragon") for n in range(50)])
+    event["project"]["label_config"] = many
+    r = c.post("/webhook", json=event)
+    skipped = r.json["result"]["skipped_regions"]
+    assert len(skipped) == 50 and skipped[0].endswith("class-019 ... and 980 more"), skipped[0]
+    assert len(r.get_data()) < 50_000 and len(caplog.text) < 100_000  # each listed every class before
+
+
+@pytest.mark.parametrize("labels,fragment", [
+    (("Sky", "Sky"), "the class 'Sky' appears twice in KeyPointLabels: class names must be unique"),
+    (("Caf\u00e9", "Cafe\u0301"), "appears twice in KeyPointLabels (as 'Café', in another Unicode form)"),
+    (("Sky", " "), "has a <Label> with an empty value: every class needs a name"),
+])
+def test_duplicate_and_empty_class_names_are_refused_naming_them(client, labels, fragment):
+    c, _, _ = client
+    r = c.post("/setup", json={"project": "7.1", "schema": config_with(*labels)})
+    assert r.status_code == 400 and fragment in r.json["error"], r.json
+
+
+def test_a_class_name_in_another_unicode_form_is_the_configs_class(client):
+    c, backend, _ = client
+    nfc_config = config_with("Caf\u00e9")  # class 0, as a config typed on most systems holds it
+    assert c.post("/setup", json={"project": "7.1", "schema": nfc_config}).status_code == 200
+    event = annotation_event(1, 5, [keypoint("k", 10.0, 20.0, "Cafe\u0301")])  # the same name, decomposed (NFD)
+    event["project"]["label_config"] = nfc_config
+    r = c.post("/webhook", json=event)
+    assert r.json["result"]["skipped_regions"] == [] and [lb["class"] for lb in backend.services.store.labels(7)] == [0]
+
+
 def test_unknown_webhook_actions_are_acknowledged_and_ignored(client):
     c, _, runner = client
     r = c.post("/webhook", json={"action": "LABEL_LINK_CREATED", "project": {"id": 1}})
