@@ -69,6 +69,21 @@ def pin(services: Services, runner, project: int, version: str) -> dict:
     return {"project": project, "current": version, "job": job}
 
 
+def export_path(out: str | Path | None, version: str) -> Path:
+    """Where a head is exported: `out` when it is a new path or a regular file (replaced), the head's
+    own file name (`<version>.head.pt`) inside `out` when it is a directory, that name here without
+    `out`. Anything else, a device such as /dev/null or a socket, is a ValueError: the export would
+    replace it with a regular file."""
+    name = f"{version}.head.pt"
+    path = Path(out) if out else Path(name)
+    if path.is_dir():
+        path = path / name
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is neither a regular file nor a directory: give --out a new path, a file to "
+                         "replace or a directory")
+    return path
+
+
 def export(services: Services, project: int, version: str, path: str | Path) -> Path:
     """Write the head as one file (model/head_export.py) that `python -m model segment` reads."""
     row = _head(services.store, project, version)
