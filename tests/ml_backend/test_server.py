@@ -283,6 +283,23 @@ def test_ids_past_64_bits_or_in_other_digits_get_a_400_that_names_the_field(clie
     assert len(r.json["error"]) < 300  # the id is quoted, not echoed whole
 
 
+def test_a_megabyte_value_is_echoed_cut_in_answers_and_log(client, caplog):
+    c, backend, _ = client
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    huge = "x" * 2 ** 20
+    answers = [
+        (c.post("/versions/pin", json={"project": 7, "version": huge}), 404, "project 7 has no head 'xxx"),
+        (c.post("/setup", json={"project": "7.1", "schema": CONFIG, "extra_params": {huge: 1}}), 400, "unknown setting"),
+        (c.post("/setup", json={"project": "7.1", "schema": CONFIG, "extra_params": {"BUDGET": huge}}), 400,
+         "BUDGET='xxx"),
+        (c.post("/webhook", json=annotation_event(1, 5, [keypoint(huge, 10.0, 20.0, huge)])), 201, "unknown class"),
+    ]
+    for r, status, fragment in answers:
+        assert r.status_code == status and fragment in r.get_data(as_text=True), r.get_data(as_text=True)[:200]
+        assert len(r.get_data()) < 2_000
+    assert caplog.text and len(caplog.text) < 10_000
+
+
 @pytest.mark.parametrize("value", ["x=5", [5, 5]])
 def test_an_unusable_region_is_skipped_and_the_rest_of_the_annotation_kept(client, value):
     c, backend, _ = client
@@ -519,6 +536,18 @@ def test_a_click_on_a_task_outside_the_store_leaves_the_store_unchanged(tmp_path
         assert "404" not in r.json["error"] and host.url not in r.json["error"]  # no probing through errors
         assert (store.tasks(7), store.task(7, 7777)) == before == ([], None)
         assert not (backend.services.files(7).root / "originals" / "7777.png").exists()
+
+
+def test_health_gives_a_failed_images_reason_without_object_reprs(client):
+    from ml_backend.images import fetch_image
+
+    c, backend, _ = client
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    with ImageHost({"/notes.png": send_bytes(b"plain text, not an image")}) as host:
+        backend.services.store.upsert_tasks(7, [(3, host.url + "/notes.png")])
+        fetch_image(backend.services, 7, 3, host.url + "/notes.png")
+    (failed,) = c.get("/health").json["failed_tasks"]["7"]
+    assert failed == {"task": 3, "error": "not a readable image (not an image format Pillow knows, or a damaged file)"}
 
 
 def test_interactive_click_returns_the_expanded_region_in_the_clicks_class(tmp_path, camvid_root):
