@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = actions.add_parser("export", help="write a head as one file for `python -m model segment`")
     p.add_argument("version", help="e.g. p7-head-2")
     p.add_argument("--project", type=int, default=None, help="needed only for a name without its project")
-    p.add_argument("--out", default=None, help="default: <version>.head.pt")
+    p.add_argument("--out", default=None, help="a new file, a file to replace, or a directory to write "
+                   "<version>.head.pt in (default: <version>.head.pt here)")
     return parser
 
 
@@ -61,7 +62,7 @@ def heads_command(settings, args: argparse.Namespace) -> int:
     """Pinning here works like POST /versions/pin: the store changes at once and a `pin` job goes to
     the RQ queue (REDIS_URL), or into the store, where the running server's job thread finds it."""
     from ml_backend import versions
-    from ml_backend.label_config import LabelConfigError
+    from ml_backend.echo import quote
     from ml_backend.services import Services
 
     services = Services.create(settings)
@@ -79,9 +80,13 @@ def heads_command(settings, args: argparse.Namespace) -> int:
             print(f"{h['project']:>7}  {h['version']:<16} {h['round']:>5} {h['labeled']:>8}  {created:<19}  "
                   f"{'-' if loss is None else f'{loss:.4f}':>10}{'  *' if h['current'] else ''}")
         return 0
-    project = args.project if args.project is not None else versions.project_of(args.version)
+    try:
+        project = args.project if args.project is not None else versions.project_of(args.version)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if project is None:
-        print(f"error: {args.version!r} does not name its project: add --project", file=sys.stderr)
+        print(f"error: {quote(args.version)} does not name its project: add --project", file=sys.stderr)
         return 2
     try:
         if args.action == "pin":
@@ -97,9 +102,9 @@ def heads_command(settings, args: argparse.Namespace) -> int:
             print(f"{args.version} is the current head of project {project}; job {result['job']} selects a round "
                   f"with it ({'RQ workers' if settings.redis_url else 'the running server'} will run it)")
         else:
-            path = versions.export(services, project, args.version, args.out or f"{args.version}.head.pt")
+            path = versions.export(services, project, args.version, versions.export_path(args.out, args.version))
             print(f"wrote {path}")
-    except (versions.UnknownVersion, LabelConfigError) as exc:
+    except (versions.UnknownVersion, ValueError) as exc:  # ValueError: a label config or an --out it cannot use
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -8,11 +8,13 @@ A project may set only what leaves the shared backbone, its features and the dep
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from ml_backend.echo import quote
 from model.acquisition import METHODS
 from model.backbones import BACKBONES
 from model.features import DTYPES
@@ -32,6 +34,12 @@ PROJECT_SETTINGS = ("BUDGET", "BUDGET_FACTOR", "ACQUISITION", "COVERAGE", "CANDI
 # Names Label Studio's generated backends use for the same two settings.
 ALIASES = {"LABEL_STUDIO_HOST": "LABEL_STUDIO_URL", "LABEL_STUDIO_ACCESS_TOKEN": "LABEL_STUDIO_API_KEY"}
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+# Upper bounds, past which a setting would stop every round rather than shape it: numpy takes seeds
+# of 32 bits, a budget factor is clicks per image (the paper's is 0.1), every other count fits 31 bits.
+MAX_SEED = 2 ** 32 - 1
+MAX_BUDGET_FACTOR = 100.0
+MAX_COUNT = 2 ** 31 - 1
+MAX_DOWNLOAD_TIMEOUT = 3600.0
 
 
 def _env(name: str, default: str) -> str:
@@ -45,21 +53,29 @@ def _env(name: str, default: str) -> str:
 
 def _convert(name: str, raw, kind):
     """One setting's value as `kind`, from the environment's text or from JSON (a number, a boolean,
-    a string); the error names the setting and the value."""
+    a string); the error names the setting and the value. Text numbers take ASCII digits only (int()
+    and float() also read other scripts' digits, "١٢" as 12), and a float must be finite (JSON's
+    1e999 arrives as inf)."""
     if kind is bool:
         text = str(raw).lower() if not isinstance(raw, bool) else ("true" if raw else "false")
         if text not in TRUE + FALSE:
-            raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
+            raise SettingsError(f"{name}={quote(raw)} is not a boolean (true/false)")
         return text in TRUE
     if kind in (int, float):
-        if isinstance(raw, bool) or (kind is int and isinstance(raw, float) and not raw.is_integer()):
-            raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}")
+        invalid = SettingsError(f"{name}={quote(raw)} is not a valid {kind.__name__}")
+        if isinstance(raw, bool) or (isinstance(raw, str) and not raw.isascii()):
+            raise invalid
+        if kind is int and isinstance(raw, float) and not raw.is_integer():
+            raise invalid
         try:
-            return kind(raw)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+            value = kind(raw)
+        except (TypeError, ValueError, OverflowError):
+            raise invalid from None
+        if kind is float and not math.isfinite(value):
+            raise SettingsError(f"{name}={quote(raw)} is not a finite number")
+        return value
     if not isinstance(raw, str):
-        raise SettingsError(f"{name}={raw!r} is not a string")
+        raise SettingsError(f"{name}={quote(raw)} is not a string")
     return raw
 
 
@@ -121,7 +137,7 @@ class Settings:
         model_dir = Path(_env("MODEL_DIR", "model_dir")).expanduser()
         backbone = _env("BACKBONE", "imagenet256")
         if backbone not in BACKBONES:
-            raise SettingsError(f"BACKBONE={backbone!r}; choose one of {', '.join(BACKBONES)}")
+            raise SettingsError(f"BACKBONE={quote(backbone)}; choose one of {', '.join(BACKBONES)}")
         default_ckpt = BACKBONES[backbone].checkpoint_file
         ckpt = _env("DIFFUSION_CHECKPOINT", str(model_dir / "checkpoints" / default_ckpt) if default_ckpt else "")
         sam_ckpt = _env("SAM_CHECKPOINT", "")
@@ -175,41 +191,54 @@ class Settings:
     def validate(self) -> None:
         problems = []
         if self.feature_dtype not in ("auto", *DTYPES):
-            problems.append(f"FEATURE_DTYPE={self.feature_dtype!r}; choose auto, {', '.join(DTYPES)}")
+            problems.append(f"FEATURE_DTYPE={quote(self.feature_dtype)}; choose auto, {', '.join(DTYPES)}")
         if self.acquisition not in METHODS:
-            problems.append(f"ACQUISITION={self.acquisition!r}; choose one of {', '.join(METHODS)}")
+            problems.append(f"ACQUISITION={quote(self.acquisition)}; choose one of {', '.join(METHODS)}")
         if self.coverage not in COVERAGE_METHODS:
-            problems.append(f"COVERAGE={self.coverage!r}; choose one of {', '.join(COVERAGE_METHODS)}")
+            problems.append(f"COVERAGE={quote(self.coverage)}; choose one of {', '.join(COVERAGE_METHODS)}")
         if self.expander not in ("superpixel", "sam", "none"):
-            problems.append(f"EXPANDER={self.expander!r}; choose superpixel, sam or none")
+            problems.append(f"EXPANDER={quote(self.expander)}; choose superpixel, sam or none")
         if self.resolution < 32 or self.resolution % 32:
-            problems.append(f"RESOLUTION={self.resolution} must be a positive multiple of 32")
-        if not 0 < self.budget_factor:
-            problems.append(f"BUDGET_FACTOR={self.budget_factor} must be positive")
+            problems.append(f"RESOLUTION={quote(self.resolution)} must be a positive multiple of 32")
+        if not 0 < self.budget_factor <= MAX_BUDGET_FACTOR:
+            problems.append(f"BUDGET_FACTOR={quote(self.budget_factor)} must lie in (0, {MAX_BUDGET_FACTOR:g}] "
+                            "(clicks per image)")
         if self.budget < 0:
-            problems.append(f"BUDGET={self.budget} must be 0 (use BUDGET_FACTOR) or a number of clicks per round")
+            problems.append(f"BUDGET={quote(self.budget)} must be 0 (use BUDGET_FACTOR) or a number of clicks "
+                            "per round")
+        if not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"SEED={quote(self.seed)} must lie in 0..{MAX_SEED} (numpy takes 32-bit seeds)")
+        too_large = [f"{f.name.upper()}={quote(getattr(self, f.name))}" for f in fields(self)
+                     if type(getattr(self, f.name)) is int and f.name != "seed" and getattr(self, f.name) > MAX_COUNT]
+        if too_large:
+            problems.append(f"{', '.join(too_large)}: at most {MAX_COUNT}")
         if not 0 < self.keep_global <= 1:
-            problems.append(f"KEEP_GLOBAL={self.keep_global} must lie in (0, 1]")
+            problems.append(f"KEEP_GLOBAL={quote(self.keep_global)} must lie in (0, 1]")
         if self.local_k < 1 or self.candidates < 1 or self.draws < 1 or self.records_batch < 1:
             problems.append("LOCAL_K, CANDIDATES, DRAWS and RECORDS_BATCH must be at least 1")
         if self.train_batch_size < 1 or self.train_max_epochs < 1 or self.region_pixel_cap < 0:
             problems.append("TRAIN_BATCH_SIZE and TRAIN_MAX_EPOCHS must be at least 1, REGION_PIXEL_CAP at least 0")
         if not (0 <= self.sam_tau <= 1 and 0 <= self.superpixel_tau <= 1):
-            problems.append(f"SAM_TAU={self.sam_tau} and SUPERPIXEL_TAU={self.superpixel_tau} must lie in [0, 1]")
+            problems.append(f"SAM_TAU={quote(self.sam_tau)} and SUPERPIXEL_TAU={quote(self.superpixel_tau)} "
+                            "must lie in [0, 1]")
         if not 0 <= self.stop_agreement <= 1 or self.stop_rounds < 1:
-            problems.append(f"STOP_AGREEMENT={self.stop_agreement} must lie in [0, 1] and STOP_ROUNDS="
-                            f"{self.stop_rounds} be at least 1")
+            problems.append(f"STOP_AGREEMENT={quote(self.stop_agreement)} must lie in [0, 1] and STOP_ROUNDS="
+                            f"{quote(self.stop_rounds)} be at least 1")
         if self.local_sketch_dim < 0:
-            problems.append(f"LOCAL_SKETCH_DIM={self.local_sketch_dim} must be 0 (exact) or a dimension")
+            problems.append(f"LOCAL_SKETCH_DIM={quote(self.local_sketch_dim)} must be 0 (exact) or a dimension")
         if self.sam_model_type not in ("vit_b", "vit_l", "vit_h"):
-            problems.append(f"SAM_MODEL_TYPE={self.sam_model_type!r}; choose vit_b, vit_l or vit_h")
-        if not (self.download_timeout > 0 and self.max_downloads >= 1 and self.max_request_mb >= 1):
-            problems.append("DOWNLOAD_TIMEOUT must be positive, MAX_DOWNLOADS and MAX_REQUEST_MB at least 1")
+            problems.append(f"SAM_MODEL_TYPE={quote(self.sam_model_type)}; choose vit_b, vit_l or vit_h")
+        if not (0 < self.download_timeout <= MAX_DOWNLOAD_TIMEOUT and self.max_downloads >= 1
+                and self.max_request_mb >= 1):
+            problems.append(f"DOWNLOAD_TIMEOUT={quote(self.download_timeout)} must lie in "
+                            f"(0, {MAX_DOWNLOAD_TIMEOUT:g}] seconds, MAX_DOWNLOADS and MAX_REQUEST_MB be at least 1")
+        if not 0 < self.port < 65536:
+            problems.append(f"PORT={quote(self.port)} must lie in 1..65535")
         if self.workers < 1 or self.threads < 1:
-            problems.append(f"WORKERS={self.workers} and THREADS={self.threads} must be at least 1")
+            problems.append(f"WORKERS={quote(self.workers)} and THREADS={quote(self.threads)} must be at least 1")
         elif self.workers > 1 and not self.redis_url:
-            problems.append(f"WORKERS={self.workers} needs REDIS_URL: without it the job runner lives in the web "
-                            "process, and each worker would run jobs of its own")
+            problems.append(f"WORKERS={quote(self.workers)} needs REDIS_URL: without it the job runner lives in "
+                            "the web process, and each worker would run jobs of its own")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             problems.append("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if problems:
@@ -232,7 +261,7 @@ class Settings:
                                     f"device, paths, credentials, the job queue); set it in the backend's environment. "
                                     f"A project may set {', '.join(PROJECT_SETTINGS)}")
             else:
-                raise SettingsError(f"unknown setting {key!r}; a project may set {', '.join(PROJECT_SETTINGS)}")
+                raise SettingsError(f"unknown setting {quote(key)}; a project may set {', '.join(PROJECT_SETTINGS)}")
         settings = replace(self, **changes)
         settings.validate()
         if changes.get("expander") == "sam" and not (self.sam_checkpoint and self.sam_checkpoint.is_file()):

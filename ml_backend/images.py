@@ -21,12 +21,16 @@ log = logging.getLogger(__name__)
 
 
 def decode_image(data: bytes) -> Image.Image:
+    """The file as an RGB image; a ValueError with a reason fit for /health, which anyone may read
+    (Pillow's own message for an unknown format names the in-memory file object and its address)."""
     try:
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > MAX_IMAGE_PIXELS:
             raise ValueError(f"image of {image.width}x{image.height} pixels is too large")
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        raise ValueError("not a readable image (not an image format Pillow knows, or a damaged file)") from None
+    except (OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a readable image ({exc})") from None
     return image.convert("RGB")
 

@@ -6,17 +6,29 @@ KeyPointLabels control also holds the placeholder label "Label me" that every qu
 until an annotator gives it its class: it is no class, so an untouched point is never ground truth.
 A RectangleLabels control on the image is optional: its boxes prompt the click expander (SAM takes
 a box as Label Studio's own SAM backend does), so its labels must be among the classes.
+
+Class names are compared in Unicode NFC, so that a name typed in another normalisation (a browser's
+NFD "é") is the config's class; the config's own spelling is what the backend writes back. A config
+is at most MAX_CONFIG_BYTES and MAX_CLASSES classes: parsing grows with its size (300,000 labels
+took 14.7 s and 760 MB), and far below these sizes no annotator could pick a class.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from label_studio_sdk.label_interface import LabelInterface
+from lxml import etree
+
+from ml_backend.echo import names, quote
 
 SHIPPED_CONFIG = Path(__file__).with_name("label_config.xml")
 QUERY_PLACEHOLDER = "Label me"
+MAX_CONFIG_BYTES = 2 ** 20
+MAX_CLASSES = 1000
 
 
 class LabelConfigError(ValueError):
@@ -34,13 +46,29 @@ class LabelSchema:
     rectangle_name: str | None = None  # the optional box prompt
     placeholder: str = QUERY_PLACEHOLDER  # the KeyPointLabels label of an unanswered query point
 
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {nfc(name): i for i, name in enumerate(self.classes)}
+
     def class_index(self, name: str) -> int:
-        if name == self.placeholder:
-            raise LabelConfigError(f"'{name}' is the query placeholder, not a class: pick the pixel's class")
+        key = nfc(name) if isinstance(name, str) else name
+        if key == nfc(self.placeholder):
+            raise LabelConfigError(f"'{self.placeholder}' is the query placeholder, not a class: pick the pixel's class")
         try:
-            return self.classes.index(name)
-        except ValueError:
-            raise LabelConfigError(f"unknown class {name!r}; the config defines {', '.join(self.classes)}") from None
+            return self._index[key]
+        except (KeyError, TypeError):
+            raise LabelConfigError(f"unknown class {quote(name)}; the config defines {names(self.classes)}") from None
+
+
+def nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def _label_values(xml: str, tag: str, name: str) -> list[str]:
+    """Every <Label value> of the control as written, in order: the SDK keeps one label per value, so
+    a name given twice reaches it once."""
+    control = next(c for c in etree.fromstring(xml).iter(tag) if c.get("name") == name)
+    return [label.get("value", "") for label in control.iter("Label")]
 
 
 def parse_label_config(xml: str | None) -> LabelSchema:
@@ -48,6 +76,9 @@ def parse_label_config(xml: str | None) -> LabelSchema:
     the checks are the backend's own: which controls it needs and how their labels must agree."""
     if not xml or not xml.strip():
         raise LabelConfigError("the project has no labeling configuration; use ml_backend/label_config.xml")
+    if len(xml.encode()) > MAX_CONFIG_BYTES:
+        raise LabelConfigError(f"the labeling configuration is {len(xml.encode()):,} bytes; this backend reads at most "
+                               f"{MAX_CONFIG_BYTES:,} (and {MAX_CLASSES:,} classes)")
     try:
         interface = LabelInterface(xml)
     except Exception as exc:  # the SDK raises lxml's and its own syntax errors
@@ -87,22 +118,33 @@ def parse_label_config(xml: str | None) -> LabelSchema:
         only_brush = sorted(set(brush_labels) - set(kp_labels))
         detail = []
         if only_kp:
-            detail.append(f"only in KeyPointLabels: {', '.join(only_kp)}")
+            detail.append(f"only in KeyPointLabels: {names(only_kp)}")
         if only_brush:
-            detail.append(f"only in BrushLabels: {', '.join(only_brush)}")
+            detail.append(f"only in BrushLabels: {names(only_brush)}")
         if not detail:
             detail.append("same labels in a different order")
         raise LabelConfigError("KeyPointLabels and BrushLabels need the same labels in the same order ("
                                + "; ".join(detail) + ")")
-    if len(set(kp_labels)) != len(kp_labels):
-        raise LabelConfigError("a label appears twice in KeyPointLabels")
+    if len(kp_labels) > MAX_CLASSES:
+        raise LabelConfigError(f"the labeling configuration defines {len(kp_labels):,} classes; this backend takes at "
+                               f"most {MAX_CLASSES:,}")
+    written = _label_values(xml, "KeyPointLabels", kp.name)
+    if any(not label.strip() for label in written):
+        raise LabelConfigError(f"KeyPointLabels '{kp.name}' has a <Label> with an empty value: every class needs a name")
+    seen: dict[str, str] = {}
+    for label in written:
+        if nfc(label) in seen:
+            same = "" if seen[nfc(label)] == label else f" (as {quote(seen[nfc(label)])}, in another Unicode form)"
+            raise LabelConfigError(f"the class {quote(label)} appears twice in KeyPointLabels{same}: class names must "
+                                   "be unique")
+        seen[nfc(label)] = label
     image = images[image_name]
     rectangle = next((r for r in on_image if r.tag == "RectangleLabels" and image_name in r.to_name), None)
     if rectangle is not None:
         unknown = [label for label in rectangle.labels if label not in kp_labels]
         if unknown:
             raise LabelConfigError(f"RectangleLabels '{rectangle.name}' has labels that are not classes: "
-                                   f"{', '.join(unknown)} (its boxes prompt the click expander; use the labels of "
+                                   f"{names(unknown)} (its boxes prompt the click expander; use the labels of "
                                    "KeyPointLabels)")
     value = image.value or ""
     if not value.startswith("$") or len(value) < 2:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ml_backend.echo import quote
 from ml_backend.store import parse_timestamp
 
 MAX_ID = 2 ** 63 - 1  # SQLite INTEGER; Label Studio's ids are positive
+MAX_ID_DIGITS = len(str(MAX_ID))
 
 
 class RequestError(ValueError):
@@ -37,11 +39,15 @@ def json_object(raw: bytes) -> dict:
 
 
 def entity_id(value, what: str) -> int:
-    """A Label Studio id: a positive integer, or its decimal digits as a string."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    """A Label Studio id: a positive integer, or its ASCII decimal digits as a string. Other scripts'
+    digits are no id (int() would read "٢٠" as 20), and a string longer than the largest id is
+    refused before int() sees it (which raises past 4,300 digits)."""
+    if isinstance(value, str):
+        digits = value.strip()
+        if digits.isascii() and digits.isdigit() and len(digits.lstrip("0")) <= MAX_ID_DIGITS:
+            value = int(digits)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
-        raise RequestError(f"{what} must be a positive integer id, not {_show(value)}")
+        raise RequestError(f"{what} must be a positive integer id, not {quote(value)}")
     return value
 
 
@@ -55,7 +61,7 @@ def project_id(value) -> int:
     try:
         return entity_id(value, "the project")
     except RequestError:
-        raise RequestError(f"cannot read a project id from {_show(value)}") from None
+        raise RequestError(f"cannot read a project id from {quote(value)}") from None
 
 
 def text(value, name: str) -> str | None:
@@ -70,12 +76,7 @@ def timestamp(value) -> str:
     try:
         return parse_timestamp(value)
     except ValueError:
-        raise RequestError(f"unreadable timestamp {_show(value)}") from None
-
-
-def _show(value) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 40 else shown[:37] + "..."
+        raise RequestError(f"unreadable timestamp {quote(value)}") from None
 
 
 # /setup --------------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def settings_object(extra_params) -> dict:
         return {}
     if not isinstance(extra_params, dict):
         raise RequestError(f"Extra params must be {example}, not {type(extra_params).__name__} "
-                           f"{_show(extra_params)}")
+                           f"{quote(extra_params)}")
     return extra_params
 
 
@@ -134,7 +135,7 @@ def prediction(tasks, context, project=None, label_config=None) -> Prediction:
             raise RequestError("every task needs an 'id'")
         data = task.get("data") or {}
         if not isinstance(data, dict):
-            raise RequestError(f"task {_show(task['id'])}: 'data' must be an object")
+            raise RequestError(f"task {quote(task['id'])}: 'data' must be an object")
         checked.append({**task, "id": entity_id(task["id"], "a task id"), "data": data})
     if context is not None and not isinstance(context, dict):
         raise RequestError("'params.context' must be an object")
@@ -226,14 +227,18 @@ class Pin:
 
 def pin(data: dict, project_of) -> Pin:
     """`{"version": "p7-head-2"}`, with `"project"` optional: a head's name carries its project.
-    `project_of` reads it from the name (None for a name without one)."""
+    `project_of` reads it from the name (None for a name without one, a ValueError for a project
+    past 64 bits)."""
     version = text(data.get("version"), "version")
     if version is None:
         raise RequestError("/versions/pin needs 'version', the head to pin (GET /versions lists them)")
-    named = project_of(version)
+    try:
+        named = project_of(version)
+    except ValueError as exc:
+        raise RequestError(f"'version': {exc}") from None
     project = project_id(data["project"]) if data.get("project") is not None else named
     if project is None:
-        raise RequestError(f"/versions/pin needs 'project': {version!r} does not name one")
+        raise RequestError(f"/versions/pin needs 'project': {quote(version)} does not name one")
     if named is not None and named != project:
-        raise RequestError(f"{version!r} is a head of project {named}, not of project {project}")
+        raise RequestError(f"{quote(version)} is a head of project {named}, not of project {project}")
     return Pin(project, version)

@@ -17,6 +17,7 @@ import numpy as np
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
+from ml_backend.echo import cut
 from ml_backend.label_config import LabelConfigError, LabelSchema
 from ml_backend.store import Label
 from model.preprocessing import MAX_IMAGE_PIXELS
@@ -129,7 +130,7 @@ def labels_from_result(result: list, schema: LabelSchema, task: int, resolution:
         rid = str(region.get("id") or f"r{n}")
         kind, value = region.get("type"), region.get("value") or {}
         if not isinstance(value, dict):
-            problems.append(f"region {rid}: 'value' is not an object")
+            problems.append(f"region {cut(rid)}: 'value' is not an object")
             continue
         try:
             if kind == "keypointlabels" and region.get("from_name") == schema.keypoint_name:
@@ -153,7 +154,7 @@ def labels_from_result(result: list, schema: LabelSchema, task: int, resolution:
                 pixels = np.flatnonzero(resize_mask(mask, resolution))
                 labels.extend(Label(task, rid, int(p), cls, "brush") for p in pixels)
         except (RegionError, LabelConfigError, KeyError, TypeError, ValueError, OverflowError) as exc:
-            problems.append(f"region {rid}: {exc}")
+            problems.append(f"region {cut(rid)}: {cut(str(exc), 300)}")
     for problem in problems:
         log.warning("task %s: skipped %s", task, problem)
     return ParsedAnnotation(labels, problems, pending)

@@ -7,8 +7,8 @@ Label Studio 1.23 sends (ml/api_connector.py) and the model class keeps label-st
 
 Routes: GET /health (and /), POST /setup, POST /predict, POST /webhook, POST /train (older Label
 Studio), GET|POST /versions, POST /versions/pin, GET /metrics, GET /metrics/<project>/curve.png. Bodies are read and checked by ml_backend.payloads; bad
-requests get a 4xx with a JSON message, bodies over MAX_REQUEST_MB a 413. With BASIC_AUTH every
-route but /health needs the credentials.
+requests get a 4xx with a JSON message, bodies over MAX_REQUEST_MB a 413 (chunked ones too),
+compressed bodies a 415. With BASIC_AUTH every route but /health needs the credentials.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from __future__ import annotations
 import hmac
 import logging
 
-from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ml_backend import payloads
 from ml_backend.backend import ActiveLearningBackend
 from ml_backend.config import Settings
+from ml_backend.echo import quote
 from ml_backend.jobs import InProcessRunner
 from ml_backend.label_config import LabelConfigError
 from ml_backend.label_studio import LabelStudioUnavailable
@@ -35,8 +36,18 @@ from model.backbones import CheckpointError
 log = logging.getLogger(__name__)
 
 
+def _body() -> bytes:
+    """The request body. Werkzeug refuses a Content-Length over MAX_REQUEST_MB, but cuts a chunked body
+    (no Content-Length) at the limit and returns what came before it: a body that reaches the limit
+    is taken as one that went past it."""
+    data = request.get_data(cache=True)
+    if request.content_length is None and len(data) >= current_app.config["MAX_CONTENT_LENGTH"]:
+        raise RequestEntityTooLarge()
+    return data
+
+
 def _json_body() -> dict:
-    return payloads.json_object(request.get_data(cache=True))
+    return payloads.json_object(_body())
 
 
 def credentials_match(auth, user: str, password: str) -> bool:
@@ -85,6 +96,20 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
             return Response('{"error": "authentication required"}', 401, {
                 "WWW-Authenticate": 'Basic realm="ml-backend"', "Content-Type": "application/json"})
         return None
+
+    @app.before_request
+    def plain_bodies_only():
+        """Bodies are read as they come; a compressed one would otherwise be "not JSON", without a word
+        of why."""
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if request.method == "POST" and encoding != "identity":
+            return jsonify({"error": f"compressed request bodies (Content-Encoding: {quote(encoding)}) are not "
+                                     "accepted; send plain JSON"}), 415
+        return None
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc):
+        return jsonify({"error": f"the request body is over MAX_REQUEST_MB ({settings.max_request_mb} MB)"}), 413
 
     @app.errorhandler(RequestError)
     @app.errorhandler(LabelConfigError)
@@ -163,7 +188,7 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
 
     @app.route("/versions", methods=["GET", "POST"])
     def versions():
-        project = payloads.versions_project(request.get_data(cache=True), request.args.get("project"))
+        project = payloads.versions_project(_body(), request.args.get("project"))
         return jsonify(backend.versions(project))
 
     @app.post("/versions/pin")

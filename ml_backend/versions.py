@@ -18,12 +18,14 @@ from pathlib import Path
 
 import torch
 
+from ml_backend.echo import names, quote
+from ml_backend.payloads import MAX_ID, MAX_ID_DIGITS
 from ml_backend.services import Services
 from model.head_export import ExportedHead, FeatureSetup
 
 log = logging.getLogger(__name__)
 
-VERSION_NAME = re.compile(r"^p(\d+)-head-\d+$")
+VERSION_NAME = re.compile(r"p([0-9]+)-head-[0-9]+")
 
 
 class UnknownVersion(LookupError):
@@ -31,9 +33,15 @@ class UnknownVersion(LookupError):
 
 
 def project_of(version: str) -> int | None:
-    """The project a head's name carries (`p7-head-3` -> 7)."""
-    match = VERSION_NAME.match(version)
-    return int(match.group(1)) if match else None
+    """The project a head's name carries (`p7-head-3` -> 7), None for a name without one. A project
+    no store can hold (past 64 bits) is a ValueError that says so, not a lookup that overflows."""
+    match = VERSION_NAME.fullmatch(version)
+    if match is None:
+        return None
+    digits = match.group(1)
+    if len(digits.lstrip("0")) > MAX_ID_DIGITS or not 0 < int(digits) <= MAX_ID:
+        raise ValueError(f"{quote(version)} names project {quote(digits)}, which is not a positive 64-bit id")
+    return int(digits)
 
 
 def heads(store, project: int | None = None) -> list[dict]:
@@ -47,8 +55,8 @@ def heads(store, project: int | None = None) -> list[dict]:
 def _head(store, project: int, version: str) -> dict:
     row = store.head(project, version)
     if row is None:
-        known = ", ".join(h["version"] for h in store.heads(project)) or "none yet"
-        raise UnknownVersion(f"project {project} has no head {version!r} (its heads: {known})")
+        known = names(h["version"] for h in store.heads(project)) or "none yet"
+        raise UnknownVersion(f"project {project} has no head {quote(version)} (its heads: {known})")
     return row
 
 
@@ -59,6 +67,21 @@ def pin(services: Services, runner, project: int, version: str) -> dict:
     job = runner.submit(project, "pin")
     log.info("project %s: %s pinned as the current head; job %s selects a round with it", project, version, job)
     return {"project": project, "current": version, "job": job}
+
+
+def export_path(out: str | Path | None, version: str) -> Path:
+    """Where a head is exported: `out` when it is a new path or a regular file (replaced), the head's
+    own file name (`<version>.head.pt`) inside `out` when it is a directory, that name here without
+    `out`. Anything else, a device such as /dev/null or a socket, is a ValueError: the export would
+    replace it with a regular file."""
+    name = f"{version}.head.pt"
+    path = Path(out) if out else Path(name)
+    if path.is_dir():
+        path = path / name
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is neither a regular file nor a directory: give --out a new path, a file to "
+                         "replace or a directory")
+    return path
 
 
 def export(services: Services, project: int, version: str, path: str | Path) -> Path:

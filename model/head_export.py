@@ -71,10 +71,13 @@ class ExportedHead:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "version": self.version,
-                    "classes": list(self.classes), "head": self.weights, "features": self.features.as_dict(),
-                    "report": self.report, "details": self.details}, tmp)
-        tmp.replace(path)
+        try:
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "version": self.version,
+                        "classes": list(self.classes), "head": self.weights, "features": self.features.as_dict(),
+                        "report": self.report, "details": self.details}, tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)  # written and moved, or failed: never left behind
         return path
 
     @classmethod

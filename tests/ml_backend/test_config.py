@@ -133,3 +133,21 @@ def test_the_readme_lists_the_keys_a_project_may_set():
     paragraph = readme[readme.index("The accepted keys"):].split("\n\n")[0]
     listed = set(re.findall(r"`([A-Z_]+)`", paragraph)) - {"SAM_CHECKPOINT"}
     assert listed == set(PROJECT_SETTINGS)
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("BUDGET_FACTOR", "inf", "BUDGET_FACTOR='inf' is not a finite number"), ("SAM_TAU", "nan", "not a finite number"),
+    ("BUDGET_FACTOR", "1e308", "must lie in (0, 100]"), ("SEED", "-1", "SEED=-1 must lie in 0..4294967295"),
+    ("SEED", "4294967296", "0..4294967295"), ("BUDGET", "\u0661\u0662", "not a valid int"),
+    ("DOWNLOAD_TIMEOUT", "1e300", "must lie in (0, 3600] seconds"), ("PORT", "70000", "PORT=70000 must lie in 1..65535"),
+    ("LOCAL_K", "9" * 5000, "LOCAL_K='99999999"),  # past int()'s 4,300 digits, and quoted short
+])
+def test_the_environment_gets_the_same_ranges(monkeypatch, name, value, fragment):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env()
+    assert fragment in str(refused.value) and len(str(refused.value)) < 300
+
+
+def test_the_largest_seed_numpy_takes_is_accepted():
+    assert Settings().for_project({"SEED": 2 ** 32 - 1}).seed == 2 ** 32 - 1

@@ -145,6 +145,24 @@ def test_bad_extra_params_are_refused_and_change_nothing(client, extra, fragment
     assert backend.services.store.overrides(7) == {} and backend.services.settings_for(7).budget == 0
 
 
+@pytest.mark.parametrize("body,fragment", [  # each accepted before, and then stopped every round
+    ('{"BUDGET_FACTOR": "inf"}', "BUDGET_FACTOR='inf' is not a finite number"),
+    ('{"BUDGET_FACTOR": 1e308}', "BUDGET_FACTOR=1e+308 must lie in (0, 100]"),
+    ('{"BUDGET_FACTOR": 1e999}', "BUDGET_FACTOR=inf is not a finite number"),  # JSON's 1e999 is inf
+    ('{"KEEP_GLOBAL": NaN}', "KEEP_GLOBAL=nan is not a finite number"),
+    ('{"SEED": -1}', "SEED=-1 must lie in 0..4294967295"),
+    ('{"SEED": 18446744073709551616}', "SEED=18446744073709551616 must lie in 0..4294967295"),
+    ('{"CANDIDATES": 1099511627776}', "CANDIDATES=1099511627776: at most 2147483647"),
+    ('{"BUDGET": "\u0661\u0662"}', "BUDGET='\u0661\u0662' is not a valid int"),  # Arabic-Indic 12
+])
+def test_extra_params_that_would_stop_every_round_are_refused_with_their_range(client, body, fragment):
+    c, backend, _ = client
+    raw = '{"project": "7.1", "schema": %s, "extra_params": %s}' % (json.dumps(CONFIG), body)  # 1e999 and NaN as sent
+    r = c.post("/setup", data=raw, content_type="application/json")
+    assert r.status_code == 400 and fragment in r.json["error"], r.json
+    assert backend.services.store.overrides(7) == {}
+
+
 @pytest.mark.parametrize("extra,budget", [
     ("", 0), ("  ", 0), ("{}", 0), (None, 0), ({}, 0), ('{"BUDGET": 3}', 3), ('{\n  "budget": 4\n}', 4), ({"BUDGET": 5}, 5)])
 def test_extra_params_as_the_connect_dialog_sends_them(client, extra, budget):
@@ -233,6 +251,55 @@ def test_malformed_inputs_get_a_400_that_names_the_field(client, path, body, fra
     assert r.status_code == 400 and fragment in r.json["error"], r.json
 
 
+LONG_ID = "9" * 5000  # past int()'s 4,300 digits: a ValueError inside int(), answered 500 before
+FOREIGN_DIGITS = "\u0662\u0660"  # Arabic-Indic 20: int() reads it, Label Studio never sends it
+BAD_IDS = [
+    ("post", "/setup", {"project": LONG_ID, "schema": CONFIG}, "project id"),
+    ("post", "/setup", {"project": f"{LONG_ID}.1", "schema": CONFIG}, "project id"),
+    ("post", "/predict", {"tasks": [{"id": LONG_ID}], "project": "7.1"}, "a task id"),
+    ("post", "/webhook", webhook_with(id=LONG_ID), "an annotation id"),
+    ("post", "/webhook", webhook_with(task=LONG_ID), "the annotation's task id"),
+    ("post", "/webhook", {"action": "TASKS_DELETED", "project": {"id": 7}, "tasks": [{"id": LONG_ID}]}, "task's id"),
+    ("post", "/train", {"project": LONG_ID}, "project id"),
+    ("post", "/versions", {"project": LONG_ID}, "project id"),
+    ("get", f"/versions?project={LONG_ID}", None, "project id"),
+    ("get", "/versions?project=9223372036854775808", None, "project id"),  # 2^63
+    ("post", "/versions/pin", {"version": "p7-head-1", "project": LONG_ID}, "project id"),
+    ("post", "/versions/pin", {"version": f"p{LONG_ID}-head-1"}, "'version': 'p99999"),
+    ("post", "/versions/pin", {"version": "p99999999999999999999-head-1"}, "not a positive 64-bit id"),
+    ("post", "/versions/pin", {"version": "p9223372036854775808-head-1"}, "not a positive 64-bit id"),
+    ("get", f"/metrics/{LONG_ID}/curve.png", None, "project id"),
+    ("get", f"/metrics/{FOREIGN_DIGITS}/curve.png", None, "project id"),
+    ("post", "/webhook", webhook_with(task=FOREIGN_DIGITS), "the annotation's task id"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,fragment", BAD_IDS, ids=[f"{m} {p[:30]} {str(b)[:30]}" for m, p, b, _ in BAD_IDS])
+def test_ids_past_64_bits_or_in_other_digits_get_a_400_that_names_the_field(client, method, path, body, fragment):
+    c, backend, _ = client
+    c.post("/setup", json={"project": "20.1", "schema": CONFIG})  # what "٢٠" would have been read as
+    r = getattr(c, method)(path, **({"json": body} if body is not None else {}))
+    assert r.status_code == 400 and fragment in r.json["error"], r.json
+    assert len(r.json["error"]) < 300  # the id is quoted, not echoed whole
+
+
+def test_a_megabyte_value_is_echoed_cut_in_answers_and_log(client, caplog):
+    c, backend, _ = client
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    huge = "x" * 2 ** 20
+    answers = [
+        (c.post("/versions/pin", json={"project": 7, "version": huge}), 404, "project 7 has no head 'xxx"),
+        (c.post("/setup", json={"project": "7.1", "schema": CONFIG, "extra_params": {huge: 1}}), 400, "unknown setting"),
+        (c.post("/setup", json={"project": "7.1", "schema": CONFIG, "extra_params": {"BUDGET": huge}}), 400,
+         "BUDGET='xxx"),
+        (c.post("/webhook", json=annotation_event(1, 5, [keypoint(huge, 10.0, 20.0, huge)])), 201, "unknown class"),
+    ]
+    for r, status, fragment in answers:
+        assert r.status_code == status and fragment in r.get_data(as_text=True), r.get_data(as_text=True)[:200]
+        assert len(r.get_data()) < 2_000
+    assert caplog.text and len(caplog.text) < 10_000
+
+
 @pytest.mark.parametrize("value", ["x=5", [5, 5]])
 def test_an_unusable_region_is_skipped_and_the_rest_of_the_annotation_kept(client, value):
     c, backend, _ = client
@@ -247,8 +314,86 @@ def test_a_body_over_the_size_cap_gets_a_413(tmp_path):
     c, _, _ = make_client(tmp_path, max_request_mb=1)
     body = json.dumps({"action": "X", "project": 1, "padding": "x" * 2 ** 20})
     r = c.post("/webhook", data=body, content_type="application/json")
-    assert r.status_code == 413 and r.json["error"]
+    assert r.status_code == 413 and r.json["error"] == "the request body is over MAX_REQUEST_MB (1 MB)"
     assert c.post("/webhook", json={"action": "X", "project": 1}).status_code == 201
+
+
+def chunked(c, path, body: bytes):
+    """A body sent with Transfer-Encoding: chunked, no Content-Length, as a WSGI server that decodes
+    chunks hands it on (werkzeug's own server and gunicorn set wsgi.input_terminated)."""
+    import io
+
+    return c.post(path, input_stream=io.BytesIO(body), content_type="application/json",
+                  headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+
+
+def test_a_chunked_body_over_the_size_cap_gets_a_413_not_a_cut_body(tmp_path):
+    c, _, _ = make_client(tmp_path, max_request_mb=1)
+    big = json.dumps({"action": "X", "project": 1, "padding": "x" * 2 ** 21}).encode()
+    for path in ("/webhook", "/versions"):
+        r = chunked(c, path, big)  # was cut at 1 MB and answered 400 "must be JSON"
+        assert r.status_code == 413 and r.json["error"] == "the request body is over MAX_REQUEST_MB (1 MB)", r.json
+    r = chunked(c, "/webhook", json.dumps({"action": "X", "project": 1}).encode())
+    assert r.status_code == 201 and r.json["status"] == "ignored"
+
+
+def test_a_compressed_body_gets_a_415_that_says_so(client):
+    import gzip
+
+    c, _, _ = client
+    body = gzip.compress(json.dumps({"action": "X", "project": 1}).encode())
+    r = c.post("/webhook", data=body, content_type="application/json", headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 415 and "compressed request bodies (Content-Encoding: 'gzip')" in r.json["error"]
+    assert c.get("/health", headers={"Content-Encoding": "gzip"}).status_code == 200
+
+
+def config_with(*extra: str, replacing: str = "Sky") -> str:
+    """The shipped config with the class `replacing` swapped for `extra` classes, in every control."""
+    labels = "".join(f'<Label value="{name}"/>' for name in extra)
+    return CONFIG.replace(f'<Label value="{replacing}" background="#808080"/>', labels)
+
+
+def test_a_label_config_beyond_the_documented_size_is_refused_before_it_costs(client):
+    c, backend, _ = client
+    r = c.post("/setup", json={"project": "7.1", "schema": config_with(*[f"c{i}" for i in range(1000)])})
+    assert r.status_code == 400 and "defines 1,010 classes; this backend takes at most 1,000" in r.json["error"]
+    padded = CONFIG.replace("<View>", "<View><!--" + "x" * 2 ** 20 + "-->")
+    r = c.post("/setup", json={"project": "7.1", "schema": padded})
+    assert r.status_code == 400 and "this backend reads at most 1,048,576" in r.json["error"], r.json["error"][:200]
+    assert backend.services.store.project(7) is None
+
+
+def test_messages_list_at_most_20_classes_whatever_the_config_defines(client, caplog):
+    c, _, _ = client
+    many = config_with(*[f"class-{i:03d}" for i in range(990)])  # 1,000 classes with the shipped ones
+    assert c.post("/setup", json={"project": "7.1", "schema": many}).status_code == 200
+    event = annotation_event(1, 5, [keypoint(f"k{n}", 10.0, 20.0, "Dragon") for n in range(50)])
+    event["project"]["label_config"] = many
+    r = c.post("/webhook", json=event)
+    skipped = r.json["result"]["skipped_regions"]
+    assert len(skipped) == 50 and skipped[0].endswith("class-019 ... and 980 more"), skipped[0]
+    assert len(r.get_data()) < 50_000 and len(caplog.text) < 100_000  # each listed every class before
+
+
+@pytest.mark.parametrize("labels,fragment", [
+    (("Sky", "Sky"), "the class 'Sky' appears twice in KeyPointLabels: class names must be unique"),
+    (("Caf\u00e9", "Cafe\u0301"), "appears twice in KeyPointLabels (as 'Café', in another Unicode form)"),
+    (("Sky", " "), "has a <Label> with an empty value: every class needs a name"),
+])
+def test_duplicate_and_empty_class_names_are_refused_naming_them(client, labels, fragment):
+    c, _, _ = client
+    r = c.post("/setup", json={"project": "7.1", "schema": config_with(*labels)})
+    assert r.status_code == 400 and fragment in r.json["error"], r.json
+
+
+def test_a_class_name_in_another_unicode_form_is_the_configs_class(client):
+    c, backend, _ = client
+    nfc_config = config_with("Caf\u00e9")  # class 0, as a config typed on most systems holds it
+    assert c.post("/setup", json={"project": "7.1", "schema": nfc_config}).status_code == 200
+    event = annotation_event(1, 5, [keypoint("k", 10.0, 20.0, "Cafe\u0301")])  # the same name, decomposed (NFD)
+    event["project"]["label_config"] = nfc_config
+    r = c.post("/webhook", json=event)
+    assert r.json["result"]["skipped_regions"] == [] and [lb["class"] for lb in backend.services.store.labels(7)] == [0]
 
 
 def test_unknown_webhook_actions_are_acknowledged_and_ignored(client):
@@ -391,6 +536,18 @@ def test_a_click_on_a_task_outside_the_store_leaves_the_store_unchanged(tmp_path
         assert "404" not in r.json["error"] and host.url not in r.json["error"]  # no probing through errors
         assert (store.tasks(7), store.task(7, 7777)) == before == ([], None)
         assert not (backend.services.files(7).root / "originals" / "7777.png").exists()
+
+
+def test_health_gives_a_failed_images_reason_without_object_reprs(client):
+    from ml_backend.images import fetch_image
+
+    c, backend, _ = client
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})
+    with ImageHost({"/notes.png": send_bytes(b"plain text, not an image")}) as host:
+        backend.services.store.upsert_tasks(7, [(3, host.url + "/notes.png")])
+        fetch_image(backend.services, 7, 3, host.url + "/notes.png")
+    (failed,) = c.get("/health").json["failed_tasks"]["7"]
+    assert failed == {"task": 3, "error": "not a readable image (not an image format Pillow knows, or a damaged file)"}
 
 
 def test_interactive_click_returns_the_expanded_region_in_the_clicks_class(tmp_path, camvid_root):

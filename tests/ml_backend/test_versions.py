@@ -127,3 +127,25 @@ def test_the_servers_job_thread_runs_a_job_another_process_recorded(tmp_path):
     time.sleep(2 * InProcessRunner.ADOPT_INTERVAL)
     assert ran == [(7, "pin")] and runner.idle()  # once
     assert [j["status"] for j in store.recent_jobs()] == ["done"]
+
+
+def test_export_writes_into_a_directory_and_refuses_what_is_not_a_file(tmp_path):
+    _, backend, _ = make_client(tmp_path)
+    backend.setup("7.1", CONFIG)
+    add_heads(backend, 7, 1)
+    out = tmp_path / "exports"
+    out.mkdir()
+    into_dir = cli(tmp_path, "export", "p7-head-1", "--out", str(out))  # a traceback and a stray .tmp before
+    assert into_dir.returncode == 0 and str(out / "p7-head-1.head.pt") in into_dir.stdout, into_dir.stderr
+    assert [p.name for p in out.iterdir()] == ["p7-head-1.head.pt"]
+    assert ExportedHead.load(out / "p7-head-1.head.pt").version == "p7-head-1"
+    device = cli(tmp_path, "export", "p7-head-1", "--out", os.devnull)  # was replaced by a regular file
+    assert device.returncode == 2 and "/dev/null is neither a regular file nor a directory" in device.stderr
+    assert not os.path.isfile(os.devnull) and "Traceback" not in device.stderr
+    replaced = cli(tmp_path, "export", "p7-head-1", "--out", str(out / "p7-head-1.head.pt"))  # a file: replaced
+    assert replaced.returncode == 0 and [p.name for p in out.iterdir()] == ["p7-head-1.head.pt"]
+
+
+def test_a_head_name_past_64_bits_is_an_error_on_the_command_line_too(tmp_path):
+    too_far = cli(tmp_path, "pin", "p9223372036854775808-head-1")
+    assert too_far.returncode == 2 and "not a positive 64-bit id" in too_far.stderr and "Traceback" not in too_far.stderr
