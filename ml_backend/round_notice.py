@@ -26,8 +26,8 @@ STEPS = (
     "<li>Submit.</li></ol>"
     "<p>A point still labeled <b>Label me</b> when you submit stays open and comes back on a new task. "
     "<b>Skip</b> dismisses the task's points for everyone: nobody is asked them again.</p>"
-    "<p>To see what a click becomes before you submit, turn on <b>Auto-Annotation</b> (the magic-wand "
-    "toggle above the image), pick the smart keypoint tool and click a pixel of a class: the backend "
+    "<p>To see what a click becomes before you submit, turn on <b>Auto-Annotation</b> (the toggle in the "
+    "bar under the image), pick the smart keypoint tool and click a pixel of a class: the backend "
     "answers with the region that click grows into. Once a task's answers are taken in, that region of "
     "every labeled point is shown on the task as the prediction <i>expanded-clicks</i>, for review.</p>")
 INSTRUCTION_START = f"<h3>{INSTRUCTION_MARKER}"
