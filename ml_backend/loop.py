@@ -30,11 +30,11 @@ import time
 import numpy as np
 import torch
 
+from ml_backend import round_notice as notice
 from ml_backend.answered_regions import show_answered_regions
 from ml_backend.images import fetch_image, original_image
-from ml_backend.labeled_set import ExpansionCache, build_labeled_set, labels_digest
-from ml_backend import round_notice as notice
 from ml_backend.label_studio import LabelStudioError, LabelStudioUnavailable
+from ml_backend.labeled_set import ExpansionCache, build_labeled_set, labels_digest
 from ml_backend.learning_curve import recent_round_seconds, record_round
 from ml_backend.query_tasks import is_query_task, publish_round, queue_version, retire_outside_queue
 from ml_backend.segmentations import push_segmentations
@@ -260,7 +260,7 @@ def plan_round(services: Services, runner, project: int, round_index: int, train
     work = (work[0], len(labeled) + len(missing) + 1)
     size = services.settings.records_batch
     jobs = [runner.submit(project, "records", {"round": round_index, "tasks": missing[a:a + size],
-                                               "images": len(missing), "work_total": work[1]})
+                                               "work_total": work[1]})
             for a in range(0, len(missing), size)]
     services.progress.update(project, f"round {round_index} queued", work=work,
                              message=f"{len(missing)} images to process in {len(jobs)} batches"

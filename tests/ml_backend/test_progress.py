@@ -71,7 +71,8 @@ def test_a_finished_piece_of_work_is_forgotten_once_something_newer_happens(tmp_
 def test_training_stages_are_named_once_and_records_are_planned_in_images(tmp_path):
     """plan_round on four small images, one labeled: the stage reads "training features" (it read
     "training features features"), the head records its features, and each batch of RECORDS_BATCH
-    knows the round's image count (the labeled image got its record while training)."""
+    knows the round's work: 1 labeled image, 3 records (the labeled image got its record while
+    training), 1 to select and publish."""
     from ml_backend.loop import plan_round
 
     _, backend, runner = make_client(tmp_path, records_batch=2, candidates=200, local_k=5, expander="none")
@@ -96,8 +97,8 @@ def test_training_stages_are_named_once_and_records_are_planned_in_images(tmp_pa
     assert head["features"]["config"]["resolution"] == 64
     assert runner.jobs == [(7, "records"), (7, "records"), (7, "select")]
     # the round's work: 1 labeled image to train on, 3 records, 1 for selecting and publishing
-    assert runner.payloads[-3:] == [{"round": 1, "tasks": [2, 3], "images": 3, "work_total": 5},
-                                    {"round": 1, "tasks": [4], "images": 3, "work_total": 5},
+    assert runner.payloads[-3:] == [{"round": 1, "tasks": [2, 3], "work_total": 5},
+                                    {"round": 1, "tasks": [4], "work_total": 5},
                                     {"round": 1, "head": "p7-head-1", "work_total": 5}]
     seen = services.progress.snapshot()["7"]
     assert (seen["stage"], seen["done"], seen["total"]) == ("round 1 queued", 1, 5) and seen["eta_s"] is not None
