@@ -17,7 +17,6 @@ import logging
 import numpy as np
 from PIL import Image
 
-from ml_backend.labeled_set import ExpansionCache
 from ml_backend.regions import brush_region
 from ml_backend.services import Services
 from model.expansion import pixels_beyond_click
@@ -41,7 +40,7 @@ def show_answered_regions(services: Services, project: int, holder: int, skipped
         return 0
     task, schema, files = held["task"], services.schema(project), services.files(project)
     image_row = store.task(project, task)
-    cache = ExpansionCache(files.root / "expansions", services.engine.expander(settings))
+    cache = services.expansions(project, settings)
     image = files.load_image(task)
     resolution = image.shape[0]
     regions = []

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ml_backend.config import Settings
-from ml_backend.labeled_set import ExpansionCache
 from ml_backend.query_tasks import queue_version
 from ml_backend.segmentations import class_map
 from ml_backend.services import Services
@@ -71,9 +70,7 @@ def _share(value: float | None, pixels: int) -> str:
 def _region_agreement(services: Services, project: int, head_row: dict, answers: list[dict]) -> tuple[float | None, int]:
     """(share of the answers' expanded-region pixels where the head gives the click's class, pixels)."""
     settings, files = services.settings_for(project), services.files(project)
-    expansions = None
-    if settings.expander != "none":
-        expansions = ExpansionCache(files.root / "expansions", services.engine.expander(settings))
+    expansions = services.expansions(project, settings) if settings.expander != "none" else None
     by_task = defaultdict(list)
     for answer in answers:
         by_task[answer["task"]].append(answer)

@@ -34,7 +34,7 @@ from ml_backend import round_notice as notice
 from ml_backend.answered_regions import show_answered_regions
 from ml_backend.images import fetch_image, original_image
 from ml_backend.label_studio import LabelStudioError, LabelStudioUnavailable
-from ml_backend.labeled_set import ExpansionCache, build_labeled_set, labels_digest
+from ml_backend.labeled_set import build_labeled_set, labels_digest
 from ml_backend.learning_curve import recent_round_seconds, record_round
 from ml_backend.query_tasks import is_query_task, publish_round, queue_version, retire_outside_queue
 from ml_backend.segmentations import push_segmentations
@@ -200,7 +200,7 @@ class RoundContext:
         self.source = engine.source(lambda i: self.files.load_image(self.tasks[i]), keys)
         self.cache = engine.records(s, self.files.records)
         self.config = engine.round_config(s, len(self.tasks))
-        expansions = ExpansionCache(self.files.root / "expansions", engine.expander(s)) if s.expander != "none" else None
+        expansions = services.expansions(project, s) if s.expander != "none" else None
         rows = store.labels(project)
         self.labels_digest = labels_digest(rows)  # recorded with the head trained on them
         labeled = build_labeled_set(rows, self.files.load_image, expansions, s.region_pixel_cap)

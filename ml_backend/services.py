@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from ml_backend.config import Settings, SettingsError
 from ml_backend.engine import Engine
 from ml_backend.label_config import LabelConfigError, LabelSchema
+from ml_backend.labeled_set import ExpansionCache
 from ml_backend.label_studio import DownloadLimits, LabelStudioClient, LabelStudioRefused, LabelStudioUnavailable
 from ml_backend.progress import Progress
 from ml_backend.store import Store
@@ -115,6 +116,11 @@ class Services:
 
     def files(self, project: int) -> ProjectFiles:
         return ProjectFiles(self.settings.model_dir, project)
+
+    def expansions(self, project: int, settings: Settings) -> ExpansionCache:
+        """The project's cache of click expansions by `settings`' expander, shared by training, the
+        learning curve and the regions shown for review."""
+        return ExpansionCache(self.files(project).root / "expansions", self.engine.expander(settings))
 
     def schema(self, project: int) -> LabelSchema:
         row = self.store.project(project)

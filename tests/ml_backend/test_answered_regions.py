@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ml_backend.answered_regions import ANSWERED_VERSION, show_answered_regions
-from ml_backend.labeled_set import ExpansionCache, build_labeled_set
+from ml_backend.labeled_set import build_labeled_set
 from ml_backend.regions import mask_from_brush, percent_from_pixel, resize_mask
 from tests.ml_backend.sdk_checks import assert_valid_result
 from tests.ml_backend.test_server import CONFIG, annotation_event, keypoint, make_client
@@ -72,8 +72,7 @@ def test_a_query_tasks_answers_show_their_regions_and_a_reviewers_brush_corrects
     (region,) = result
     assert region["value"]["brushlabels"] == ["Road"] and region["id"] == "expanded-q0-10-x"
     shown = resize_mask(mask_from_brush(region["value"], 128, 96), R)
-    expected = ExpansionCache(services.files(7).root / "expansions",
-                              services.engine.expander(services.settings_for(7))).region(
+    expected = services.expansions(7, services.settings_for(7)).region(
         IMAGE_TASK, services.files(7).load_image(IMAGE_TASK), pixel)
     assert set(np.flatnonzero(shown)) == set(expected.tolist()) | {pixel}
     assert shown[:R // 2].sum() == 0 and shown[R // 2:].sum() > 200  # the lower half only: the road, not the sky
@@ -87,8 +86,7 @@ def test_a_query_tasks_answers_show_their_regions_and_a_reviewers_brush_corrects
     r = client.post("/webhook", json=annotation_event(2, HOLDER, [corrected], updated="2026-01-02T00:00:00Z"))
     assert r.status_code == 201, r.json
     labeled = build_labeled_set(services.store.labels(7), services.files(7).load_image,
-                                ExpansionCache(services.files(7).root / "expansions",
-                                               services.engine.expander(services.settings_for(7))), 256)
+                                services.expansions(7, services.settings_for(7)), 256)
     pixels, classes = labeled[IMAGE_TASK]
     got = dict(zip(pixels.tolist(), classes.tolist()))
     pavement = services.schema(7).class_index("Pavement")
