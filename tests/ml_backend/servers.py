@@ -4,6 +4,7 @@ as a separate process, both on loopback ports picked at random."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import secrets
 import signal
@@ -19,7 +20,6 @@ import requests
 
 from tests.conftest import REPO
 
-LS_VERSION = "1.23.2"
 LS_VENV = REPO / ".ls-venv"
 
 
@@ -44,16 +44,17 @@ def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float, what: 
 
 
 def ensure_label_studio() -> Path:
-    """label-studio==1.23.2 in .ls-venv (git-ignored), installed once and reused by later runs."""
+    """label-studio==1.23.2 in .ls-venv (git-ignored) with the dependencies pinned in
+    requirements-label-studio.txt, installed once per version of that file and reused by later runs."""
     exe = LS_VENV / "bin" / "label-studio"
-    marker = LS_VENV / f".installed-{LS_VERSION}"
+    pins = REPO / "requirements-label-studio.txt"
+    marker = LS_VENV / f".installed-{hashlib.sha256(pins.read_bytes()).hexdigest()[:16]}"
     LS_VENV.parent.mkdir(exist_ok=True)
     with open(REPO / ".ls-venv.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not marker.exists():
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(LS_VENV)], check=True)
-            subprocess.run([str(LS_VENV / "bin" / "pip"), "install", "-q", f"label-studio=={LS_VERSION}"], check=True,
-                           timeout=1800)
+            subprocess.run([str(LS_VENV / "bin" / "pip"), "install", "-q", "-r", str(pins)], check=True, timeout=1800)
             marker.touch()
     return exe
 
