@@ -15,16 +15,17 @@ from dataclasses import asdict
 from werkzeug.exceptions import NotFound
 
 from ml_backend import payloads, versions
+from ml_backend.annotations import take_in
 from ml_backend.click_prompt import ContextError, click_session
 from ml_backend.config import SettingsError
 from ml_backend.images import original_image
-from ml_backend.jobs import InProcessRunner
+from ml_backend.jobs import InProcessRunner, rerun_for_credentials
 from ml_backend.label_config import LabelConfigError, LabelSchema, parse_label_config
 from ml_backend.label_studio import LabelStudioRefused
 from ml_backend.learning_curve import curve_series, draw_curve, learning_curve, stopping_hint
 from ml_backend.loop import advance_when_answered
 from ml_backend.payloads import RequestError
-from ml_backend.regions import brush_region, labels_from_result
+from ml_backend.regions import brush_region
 from ml_backend.segmentations import image_task, segmentation
 from ml_backend.services import Services
 
@@ -61,12 +62,15 @@ class ActiveLearningBackend:
         except SettingsError as exc:
             raise RequestError(f"extra params: {exc}") from None
         overrides = {str(k).upper(): getattr(effective, str(k).lower()) for k in request.extra_params}
-        self.services.accept_setup_credentials(project, request.hostname, request.access_token, authenticated)
+        new_credentials = self.services.accept_setup_credentials(project, request.hostname, request.access_token,
+                                                                 authenticated)
         try:
             self.services.check_access(project)
         except LabelStudioRefused as exc:
             raise RequestError(str(exc)) from None  # 400: the Connect Model dialog shows its reason
         self.services.store.save_project(project, label_config, asdict(schema))
+        if new_credentials:
+            rerun_for_credentials(self.services.store, self.runner, project)
         if self.services.store.set_overrides(project, overrides):
             log.info("project %s: settings from Label Studio's extra params: %s", project, overrides or "none")
         with self._lock:
@@ -158,24 +162,11 @@ class ActiveLearningBackend:
         if event == "ANNOTATIONS_DELETED":
             store.delete_annotations(project, message.ids)
             return {"status": "ok"}
-        schema = self._schema(project, message.label_config)
-        outcomes, problems, pending = [], [], []
-        for annotation in message.annotations:
-            task = image_task(self.services, project, annotation.task)  # answers on a query task label its image
-            row = store.task(project, task)
-            size = (row["width"], row["height"]) if row and row["status"] == "ready" else None
-            parsed = labels_from_result(annotation.result, schema, task, self.services.settings.resolution, size)
-            problems += parsed.problems
-            pending += parsed.pending
-            outcome = store.apply_annotation(project, annotation.id, task, annotation.updated_at, annotation.result,
-                                             parsed.labels, holder=annotation.task, pending=parsed.pending,
-                                             cancelled=annotation.cancelled)
-            outcomes.append(outcome)
-            if outcome == "applied" and task != annotation.task:  # taken in on a query task: show what it became
-                self.runner.submit(project, "answers", {"holder": annotation.task, "skipped": annotation.cancelled})
+        taken = take_in(self.services, self.runner, project, message.annotations,
+                        self._schema(project, message.label_config))
         advanced = advance_when_answered(self.services, self.runner, project)
-        return {"status": "ok", "annotations": outcomes, "skipped_regions": problems, "pending_regions": pending,
-                "advance": advanced}
+        return {"status": "ok", "annotations": taken.outcomes, "skipped_regions": taken.problems,
+                "pending_regions": taken.pending, "advance": advanced}
 
     # introspection -------------------------------------------------------------------------------
     def versions(self, project: int | None = None) -> dict:

@@ -59,6 +59,23 @@ def record_job(store: Store, project: int, kind: str, payload: dict | None) -> t
     return store.add_job(project, kind, payload), True
 
 
+CREDENTIAL_ERRORS = ("NoCredentials", "LabelStudioRefused")  # what new Label Studio credentials can mend
+
+
+def rerun_for_credentials(store: Store, runner: Runner, project: int) -> list[int]:
+    """Run again, in their order, the project's jobs that failed for want of Label Studio credentials
+    (or because Label Studio refused the old ones): called when /setup brings new ones, so that no
+    project stays stopped for it."""
+    again = []
+    for row in store.failed_for_credentials(project, CREDENTIAL_ERRORS):
+        job = runner.submit(project, row["kind"], row["payload"])
+        store.mark_rerun(row["id"], job)
+        log.info("project %s: job %s (%s) failed for want of credentials; running it again as job %s", project,
+                 row["id"], row["kind"], job)
+        again.append(job)
+    return again
+
+
 def run_job(store: Store, handler: Handler, job_id: int, owner=None) -> None:
     job = store.job(job_id)
     if job is None or job["status"] in ("done", "failed"):

@@ -17,6 +17,7 @@ thread of the server.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -49,6 +50,11 @@ CHECK_SECONDS = 2.0  # the credentials check inside /setup, which Label Studio g
 
 class LabelStudioUnavailable(RuntimeError):
     """Label Studio did not answer after all retries (or the backend has no credentials for it)."""
+
+
+class NoCredentials(LabelStudioUnavailable):
+    """Neither LABEL_STUDIO_API_KEY nor a /setup gave the project a Label Studio address and token; a
+    job that fails for this runs again when they come."""
 
 
 class LabelStudioError(RuntimeError):
@@ -137,6 +143,10 @@ def _shut(sock: socket.socket) -> None:
         pass
 
 
+def _text(stamp) -> str:
+    return stamp.isoformat() if hasattr(stamp, "isoformat") else str(stamp or "")
+
+
 def _scheme(url: str) -> str | None:
     try:
         return urlparse(url).scheme
@@ -201,12 +211,32 @@ class LabelStudioClient:
 
     # reading -----------------------------------------------------------------------------------
     def tasks(self, project: int, resolve_uri: bool = True) -> list[dict]:
-        """Every task of the project as {"id", "data", "is_labeled"}; `resolve_uri=False` gives the data
-        as stored (cloud URIs unresolved: what a copy of the task must hold)."""
+        """Every task of the project as {"id", "data", "is_labeled", "updated_at" (Label Studio's text,
+        which changes whenever one of the task's annotations or predictions does), "annotations" (how
+        many, skips included)}; `resolve_uri=False` gives the data as stored (cloud URIs unresolved:
+        what a copy of the task must hold)."""
         def fetch():
-            return [{"id": t.id, "data": dict(t.data or {}), "is_labeled": bool(t.is_labeled)}
+            return [{"id": t.id, "data": dict(t.data or {}), "is_labeled": bool(t.is_labeled),
+                     "updated_at": _text(getattr(t, "updated_at", None)),
+                     "annotations": (t.total_annotations or 0) + (t.cancelled_annotations or 0)}
                     for t in self.sdk.tasks.list(project=project, fields="task_only", resolve_uri=resolve_uri)]
         return self._call(f"list tasks of project {project}", fetch)
+
+    def annotations(self, project: int, tasks: list[int], batch: int = 100) -> dict[int, list[dict]]:
+        """Every annotation of each task, skips included, as Label Studio's webhooks carry them ({"id",
+        "task", "result", "updated_at", "created_at", "was_cancelled"}): the Data Manager's task list of
+        just those tasks (a task's own annotation list leaves skips out), `batch` tasks a call."""
+        keys = ("id", "task", "result", "updated_at", "created_at", "was_cancelled")
+        out: dict[int, list[dict]] = {}
+        for start in range(0, len(tasks), batch):
+            chosen = tasks[start:start + batch]
+            query = json.dumps({"selectedItems": {"all": False, "included": chosen}})
+
+            def fetch():
+                return {int(t.id): [{k: a.get(k) for k in keys} for a in (getattr(t, "annotations", None) or [])]
+                        for t in self.sdk.tasks.list(project=project, fields="all", query=query, resolve_uri=False)}
+            out.update(self._call(f"read the annotations of {len(chosen)} tasks of project {project}", fetch))
+        return out
 
     def _auth_headers(self) -> dict[str, str]:
         # The SDK's client wrapper owns the token logic (legacy token or refreshed JWT access token).

@@ -1,6 +1,7 @@
 """The active-learning loop of one project, run by background jobs.
 
-sync:    fetch the task list and the images not seen yet; if the project has no round, run round 0.
+sync:    fetch the task list, the annotations Label Studio has and the store lacks (given while the
+         backend was down) and the images not seen yet; if the project has no round, run round 0.
 advance: when every query of the open round is answered (or on START_TRAINING), train a head on
          all labeled pixels, swap it in, run the next round and push its queries.
 push:    put the open round's queries that no annotator can meet onto query tasks
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from ml_backend import round_notice as notice
+from ml_backend.annotations import reconcile
 from ml_backend.answered_regions import show_answered_regions
 from ml_backend.images import fetch_image, original_image
 from ml_backend.label_studio import LabelStudioError, LabelStudioUnavailable
@@ -69,13 +71,20 @@ def handle_job(services: Services, runner, project: int, kind: str, payload: dic
         raise ValueError(f"unknown job kind {kind!r}")
 
 
-def sync_tasks(services: Services, project: int) -> None:
-    """Bring the task list up to date, take new tasks out of the labeling queue, fetch new images."""
+def sync_tasks(services: Services, runner, project: int) -> None:
+    """Bring the task list and the annotations up to date with Label Studio (what happened while the
+    backend was not listening: ml_backend/annotations.py), take new tasks out of the labeling queue,
+    fetch new images."""
     store, schema = services.store, services.schema(project)
     services.progress.update(project, "listing tasks")
     tasks = services.client(project).tasks(project)
     store.upsert_tasks(project, [(t["id"], str(t["data"].get(schema.image_key, ""))) for t in tasks
                                  if not is_query_task(services, project, t)])
+    gone = sorted({row["task"] for row in store.tasks(project)} - {int(t["id"]) for t in tasks})
+    if gone:
+        log.info("project %s: %d tasks deleted in Label Studio while the backend was not listening", project, len(gone))
+        store.delete_tasks(project, gone)
+    reconcile(services, runner, project, tasks)
     # new images join the loop as candidates, never as tasks of the labeling queue: out of it first
     current = store.current_round(project)
     live = current["round"] if current and current["status"] in ("selected", "open") else None
@@ -88,7 +97,7 @@ def sync_tasks(services: Services, project: int) -> None:
 
 # rounds ----------------------------------------------------------------------------------------
 def sync_project(services: Services, runner, project: int) -> None:
-    sync_tasks(services, project)
+    sync_tasks(services, runner, project)
     current = services.store.current_round(project)
     if current is None:
         if services.store.tasks(project, "ready"):
@@ -141,7 +150,7 @@ def advance_project(services: Services, runner, project: int, force: bool) -> No
         return
     services.progress.update(project, "listing tasks", work=(round_work(current["round"] + 1), None), work_done=0)
     announce_next_round(services, project, current["round"] + 1)
-    sync_tasks(services, project)
+    sync_tasks(services, runner, project)
     record_round(services, project, current["round"])
     store.complete_round(project, current["round"])
     plan_round(services, runner, project, current["round"] + 1, train=True)

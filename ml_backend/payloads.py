@@ -179,7 +179,7 @@ def event(action: str, data: dict) -> Event:
     if action in ANNOTATION_ACTIONS:
         task = data.get("task")
         default_task = task.get("id") if isinstance(task, dict) else None
-        annotations = [_annotation(item, default_task) for item in _items(data, "annotation")]
+        annotations = [annotation(item, default_task) for item in _items(data, "annotation")]
     elif action == "TASKS_DELETED":
         ids = [entity_id(item["id"], "a deleted task's id") for item in _items(data, "tasks")]
     elif action == "ANNOTATIONS_DELETED":
@@ -187,7 +187,8 @@ def event(action: str, data: dict) -> Event:
     return Event(project_id(project), label_config, annotations, ids)
 
 
-def _annotation(item: dict, default_task) -> Annotation:
+def annotation(item: dict, default_task) -> Annotation:
+    """One annotation as a webhook (or Label Studio's annotation list) carries it."""
     task = item.get("task", default_task)
     if isinstance(task, dict):
         if "id" not in task:

@@ -78,6 +78,10 @@ def create_backend(settings: Settings) -> ActiveLearningBackend:
         runner.handler = lambda project, kind, payload: handle_job(services, runner, project, kind, payload)
     backend = ActiveLearningBackend(services, runner)
     runner.resume()
+    for project in services.store.projects():  # what Label Studio got while this backend was not listening
+        if services.has_credentials(project):
+            log.info("project %s: reconciling with Label Studio after start", project)
+            runner.submit(project, "sync")
     return backend
 
 

@@ -11,7 +11,8 @@ from ml_backend.config import Settings, SettingsError
 from ml_backend.engine import Engine
 from ml_backend.label_config import LabelConfigError, LabelSchema
 from ml_backend.labeled_set import ExpansionCache
-from ml_backend.label_studio import DownloadLimits, LabelStudioClient, LabelStudioRefused, LabelStudioUnavailable
+from ml_backend.label_studio import (DownloadLimits, LabelStudioClient, LabelStudioRefused, LabelStudioUnavailable,
+                                     NoCredentials)
 from ml_backend.progress import Progress
 from ml_backend.store import Store
 from ml_backend.workspace import ProjectFiles
@@ -26,8 +27,6 @@ class Services:
     engine: Engine
     progress: Progress
     downloads: DownloadLimits = field(default_factory=DownloadLimits)
-    # Label Studio's own address and token from /setup, used when LABEL_STUDIO_API_KEY is not set.
-    _setup_credentials: dict[int, tuple[str, str]] = field(default_factory=dict, repr=False)
     refused_credentials: dict[int, str] = field(default_factory=dict)  # project -> why, for /health
     refused_by_label_studio: dict[int, str] = field(default_factory=dict)  # project -> Label Studio's refusal
     _clients: dict[tuple[str, str], LabelStudioClient] = field(default_factory=dict, repr=False)
@@ -53,22 +52,22 @@ class Services:
             return self.settings
 
     def accept_setup_credentials(self, project: int, hostname: str | None, token: str | None,
-                                 authenticated: bool) -> None:
-        """Take Label Studio's address and token from /setup when no LABEL_STUDIO_API_KEY is set. The
-        first ones a project gets are kept; only an authenticated /setup (BASIC_AUTH) may change
-        them, so that an anonymous caller cannot re-point a project to another server. A refusal is
-        logged and kept for /health."""
+                                 authenticated: bool) -> bool:
+        """Take Label Studio's address and token from /setup when no LABEL_STUDIO_API_KEY is set, and keep
+        them in the store (a restarted process and RQ workers elsewhere need them too). The first ones a
+        project gets are kept; only an authenticated /setup (BASIC_AUTH) may change them, so that an
+        anonymous caller cannot re-point a project to another server. A refusal is logged and kept for
+        /health. True when the project got new or changed credentials."""
         if not (hostname and token) or self.settings.label_studio_api_key:
-            return
+            return False
         url = hostname.rstrip("/")
         with self._lock:
-            known = self._setup_credentials.get(project)
+            known = self.store.credentials(project)
             if urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
                 reason = "the address /setup sent is not an http(s) URL"
             elif known is None or known == (url, token) or authenticated:
-                self._setup_credentials[project] = (url, token)
                 self.refused_credentials.pop(project, None)
-                return
+                return self.store.save_credentials(project, url, token)
             else:
                 reason = ("a /setup without authentication sent another Label Studio address or token than the "
                           "ones this project already uses; they are kept. To change them, set BASIC_AUTH_USER and "
@@ -76,6 +75,7 @@ class Services:
                           "and LABEL_STUDIO_API_KEY")
             self.refused_credentials[project] = reason
         log.warning("project %s: Label Studio credentials from /setup refused: %s", project, reason)
+        return False
 
     def check_access(self, project: int) -> None:
         """Ask Label Studio once whether it takes the credentials the project's jobs will use, so that
@@ -84,8 +84,8 @@ class Services:
         raised; no answer in time is only logged, since the jobs retry."""
         try:
             client = self.client(project)
-        except LabelStudioUnavailable:
-            return  # no credentials at all: /health and the jobs say so
+        except NoCredentials:
+            return  # /health and the jobs say so
         try:
             client.check_access(project)
         except LabelStudioRefused as exc:
@@ -99,14 +99,17 @@ class Services:
         with self._lock:
             self.refused_by_label_studio.pop(project, None)
 
+    def has_credentials(self, project: int) -> bool:
+        return bool(self.settings.label_studio_api_key) or self.store.credentials(project) is not None
+
     def client(self, project: int) -> LabelStudioClient:
         s = self.settings
         if s.label_studio_api_key:
             url, key = s.label_studio_url, s.label_studio_api_key
-        elif project in self._setup_credentials:
-            url, key = self._setup_credentials[project]
+        elif (stored := self.store.credentials(project)) is not None:
+            url, key = stored
         else:
-            raise LabelStudioUnavailable(
+            raise NoCredentials(
                 "no Label Studio credentials: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or connect the "
                 "backend from Label Studio, whose /setup call carries them)")
         with self._lock:

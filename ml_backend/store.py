@@ -64,6 +64,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS progress (
     project INTEGER NOT NULL, job INTEGER NOT NULL, stage TEXT NOT NULL, done INTEGER, total INTEGER, message TEXT,
     work TEXT, work_total INTEGER, started REAL, updated REAL NOT NULL, work_done INTEGER, PRIMARY KEY (project, job));
+CREATE TABLE IF NOT EXISTS credentials (
+    project INTEGER PRIMARY KEY, url TEXT NOT NULL, token TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS reconciled (
+    project INTEGER NOT NULL, task INTEGER NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (project, task));
 """
 
 # Columns added after the first stores were written: the round a label answered, the labels a head saw,
@@ -163,6 +167,23 @@ class Store:
 
     def projects(self) -> list[int]:
         return [r["project"] for r in self._all("SELECT project FROM projects ORDER BY project")]
+
+    # Label Studio credentials from /setup -------------------------------------------------------
+    def save_credentials(self, project: int, url: str, token: str) -> bool:
+        """Keep the Label Studio address and token a project's jobs use (from /setup), so that a restarted
+        process and workers elsewhere reach Label Studio too; True if they are new or changed. Their own
+        table: nothing that lists projects, jobs or settings can show them."""
+        with self.transaction() as db:
+            old = db.execute("SELECT url, token FROM credentials WHERE project=?", (project,)).fetchone()
+            if old is not None and (old["url"], old["token"]) == (url, token):
+                return False
+            db.execute("INSERT OR REPLACE INTO credentials (project, url, token, updated) VALUES (?,?,?,?)",
+                       (project, url, token, time.time()))
+            return True
+
+    def credentials(self, project: int) -> tuple[str, str] | None:
+        row = self._one("SELECT url, token FROM credentials WHERE project=?", (project,))
+        return (row["url"], row["token"]) if row else None
 
     # tasks ------------------------------------------------------------------------------------
     def upsert_tasks(self, project: int, tasks: Iterable[tuple[int, str]]) -> int:
@@ -270,6 +291,23 @@ class Store:
     def annotation_count(self, project: int) -> int:
         row = self._one("SELECT COUNT(*) AS n FROM annotations WHERE project=? AND deleted=0", (project,))
         return int(row["n"]) if row else 0
+
+    def annotation_versions(self, project: int) -> dict[int, dict]:
+        """annotation -> {holder, updated_at, deleted, received}: what reconciliation compares with Label
+        Studio's annotations."""
+        return {r["annotation"]: r for r in self._all(
+            "SELECT annotation, COALESCE(holder, task) AS holder, updated_at, deleted, received FROM annotations "
+            "WHERE project=?", (project,))}
+
+    def reconciled(self, project: int) -> dict[int, str]:
+        """Label Studio task -> its `updated_at` when its annotations were last read from Label Studio."""
+        return {r["task"]: r["updated_at"] for r in self._all("SELECT task, updated_at FROM reconciled WHERE project=?",
+                                                             (project,))}
+
+    def mark_reconciled(self, project: int, task: int, updated_at: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO reconciled (project, task, updated_at) VALUES (?,?,?)",
+                       (project, task, updated_at))
 
     # rounds and queries -----------------------------------------------------------------------
     def current_round(self, project: int) -> dict | None:
@@ -508,6 +546,22 @@ class Store:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET status=?, error=?, finished=? WHERE id=?",
                        ("failed" if error else "done", error, time.time(), job))
+
+    def failed_for_credentials(self, project: int, errors: Iterable[str]) -> list[dict]:
+        """The project's failed jobs whose error starts with one of `errors` (exception names), not yet
+        run again, oldest first."""
+        errors = tuple(errors)
+        where = " OR ".join("error LIKE ?" for _ in errors)
+        rows = self._all(f"SELECT * FROM jobs WHERE project=? AND status='failed' AND ({where}) ORDER BY id",
+                         (project, *[f"{e}:%" for e in errors]))
+        for row in rows:
+            row["payload"] = json.loads(row["payload"]) if row["payload"] else {}
+        return rows
+
+    def mark_rerun(self, job: int, again: int) -> None:
+        """A failed job was run again as job `again`: it is not run again a second time."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET status='rerun', error=error || ? WHERE id=?", (f" (run again as job {again})", job))
 
     def interrupted_jobs(self) -> list[dict]:
         """Jobs a previous process left queued or running (it died): they must run again."""

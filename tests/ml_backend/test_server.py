@@ -505,6 +505,32 @@ def test_an_anonymous_setup_cannot_re_point_a_project(tmp_path):
     assert "refused_credentials" not in c.get("/health").json
 
 
+def test_setup_credentials_outlive_the_process_and_rerun_the_jobs_that_failed_for_want_of_them(tmp_path):
+    from ml_backend.jobs import run_job
+
+    c, backend, runner = make_client(tmp_path, label_studio_api_key="")
+    store = backend.services.store
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})  # no address or token: jobs cannot reach it
+    failed = store.add_job(7, "segment")
+    run_job(store, lambda project, kind, payload: backend.services.client(project), failed)
+    assert store.job(failed)["status"] == "failed" and store.job(failed)["error"].startswith("NoCredentials:")
+    unrelated = store.add_job(7, "answers", {"holder": 9})
+    store.finish_job(unrelated, "LabelStudioUnavailable: Label Studio did not answer")
+    runner.jobs.clear()
+    host, token = f"http://127.0.0.1:{free_port()}", "token-0123456789abcdef"
+    setup = {"project": "7.1", "schema": CONFIG, "hostname": host, "access_token": token}
+    assert c.post("/setup", json=setup).status_code == 200
+    assert runner.jobs == [(7, "segment")]  # the job that lacked them runs again; the other failure is not theirs
+    assert store.job(failed)["status"] == "rerun" and store.job(unrelated)["status"] == "failed"
+    c.post("/setup", json=setup)
+    assert runner.jobs == [(7, "segment")]  # once
+    restarted = Services.create(backend.services.settings)  # a new process, or an RQ worker on the same store
+    assert restarted.client(7).url == host
+    for path in ("/metrics", "/health", "/versions"):
+        assert token not in c.get(path).get_data(as_text=True)
+    assert token not in store.project(7).__repr__()
+
+
 def test_an_authenticated_setup_may_change_the_address_and_a_configured_key_always_wins(tmp_path):
     c, backend, _ = make_client(tmp_path / "a", label_studio_api_key="", basic_auth_user="ann", basic_auth_pass="pw")
     for host in ("http://old.example", "http://new.example"):

@@ -1,0 +1,117 @@
+"""Label Studio is the source of truth: what was annotated, changed, skipped or deleted while the
+backend was not listening reaches the store, once, against a real Label Studio 1.23.2."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import requests
+from label_studio_sdk import LabelStudio
+
+from ml_backend import payloads
+from ml_backend.annotations import reconcile, take_in
+from ml_backend.config import Settings
+from ml_backend.label_config import SHIPPED_CONFIG, parse_label_config
+from ml_backend.services import Services
+from model.datasets import CAMVID_CLASSES
+from tests.ml_backend.servers import start_backend, stop, wait_until
+from tests.ml_backend.test_label_studio_loop import (B, BUDGET_FACTOR, N_IMAGES, answered_result, image_of,
+                                                     import_camvid, metrics, model_version, predictions,
+                                                     query_predictions, read_store, wait_for_open_round)
+from tests.ml_backend.test_server import RecordingRunner, keypoint
+
+CONFIG = SHIPPED_CONFIG.read_text()
+
+
+def test_reconcile_takes_in_created_changed_deleted_and_vanished_annotations_once(ls, tmp_path):
+    project = ls.api("POST", "/api/projects", json={"title": "reconcile", "label_config": CONFIG}).json()["id"]
+    ls.api("POST", f"/api/projects/{project}/import", json=[{"image": f"http://127.0.0.1:9/{n}.png"} for n in "abc"])
+    first, second, third = sorted(t["id"] for t in ls.api("GET", f"/api/tasks?project={project}").json()["tasks"])
+    services = Services.create(Settings(model_dir=tmp_path, backbone="tiny", resolution=64, label_studio_url=ls.url,
+                                        label_studio_api_key=ls.token))
+    store, runner, schema = services.store, RecordingRunner(), parse_label_config(CONFIG)
+    store.save_project(project, CONFIG, asdict(schema))
+    client = services.client(project)
+
+    def again() -> dict:
+        return reconcile(services, runner, project, client.tasks(project))
+
+    def classes() -> list[tuple[int, str]]:
+        return sorted((r["task"], schema.classes[r["class"]]) for r in store.labels(project))
+
+    assert again() == {"tasks_read": 0, "taken_in": 0, "deleted": 0}  # nothing annotated: nothing read
+    made = ls.api("POST", f"/api/tasks/{first}/annotations/", json={"result": [keypoint("r1", 10, 20, "Sky")]}).json()
+    assert again() == {"tasks_read": 1, "taken_in": 1, "deleted": 0}
+    assert classes() == [(first, "Sky")]
+    assert again() == {"tasks_read": 0, "taken_in": 0, "deleted": 0}  # unchanged since: not read again
+    late = payloads.annotation(made, first)  # the webhook of that version, delivered late: nothing changes
+    assert take_in(services, runner, project, [late], schema).outcomes == ["applied"] and classes() == [(first, "Sky")]
+
+    ls.api("PATCH", f"/api/annotations/{made['id']}/", json={"result": [keypoint("r1", 10, 20, "Road")]})
+    assert again() == {"tasks_read": 1, "taken_in": 1, "deleted": 0}  # a reviewer's correction
+    assert classes() == [(first, "Road")]
+
+    heard = ls.api("POST", f"/api/tasks/{second}/annotations/", json={"result": [keypoint("r2", 50, 50, "Car")]}).json()
+    take_in(services, runner, project, [payloads.annotation(heard, second)], schema)  # its webhook came
+    ls.api("DELETE", f"/api/annotations/{heard['id']}/")  # its deletion's did not
+    skipped = ls.api("POST", f"/api/tasks/{third}/annotations/", json={"result": [], "was_cancelled": True}).json()
+    assert again() == {"tasks_read": 2, "taken_in": 1, "deleted": 1}
+    assert classes() == [(first, "Road")]
+    assert store.annotation_versions(project)[skipped["id"]]["deleted"] == 0  # the skip is kept, as a skip
+    assert store.annotation_versions(project)[heard["id"]]["deleted"] == 1  # a tombstone: a late webhook cannot revive it
+    assert take_in(services, runner, project, [payloads.annotation(heard, second)], schema).outcomes == ["deleted"]
+
+    ls.api("DELETE", f"/api/tasks/{first}/")  # a task deleted in Label Studio takes its annotations along
+    assert again()["deleted"] == 1 and classes() == []
+
+
+def test_answers_given_while_the_backend_was_down_count_and_the_next_round_comes(ls, camvid_root, tmp_path):
+    """The backend connected through Label Studio's dialog (its /setup gives the address and token: no
+    LABEL_STUDIO_API_KEY) is stopped; the team answers round 0, corrects one answer and skips one query
+    task; the backend starts again, with no call from Label Studio, and round 1 opens from all of it."""
+    model_dir = tmp_path / "model"
+    env = {"LABEL_STUDIO_URL": "", "LABEL_STUDIO_API_KEY": "", "BUDGET_FACTOR": str(BUDGET_FACTOR), "EXPANDER": "none"}
+    backend = start_backend(model_dir, env)
+    port = int(backend.url.rsplit(":", 1)[1])
+    try:
+        project = ls.api("POST", "/api/projects", json={"title": "downtime", "label_config": CONFIG}).json()["id"]
+        names = import_camvid(ls, project, camvid_root, N_IMAGES)
+        ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "m", "is_interactive": False})
+        wait_for_open_round(ls, backend, project, 0, f"p{project}-round-0")
+        stop(backend.process)
+
+        client = LabelStudio(base_url=ls.url, api_key=ls.token)
+        round0 = query_predictions(ls, project, f"p{project}-round-0")
+        assert len(round0) >= 2 and sum(len(p["result"]) for p in round0) == B
+        skipped, answered = round0[-1], round0[:-1]
+        given = {}
+        for p in answered:
+            result = answered_result(p["result"], names[image_of(ls, p["task"])], camvid_root)
+            given[p["task"]] = (client.annotations.create(id=p["task"], result=result).id, result)
+        client.annotations.create(id=skipped["task"], result=[], was_cancelled=True)
+        corrected_task, (corrected, result) = next((t, g) for t, g in given.items() if g[1])
+        relabeled = [{**r, "value": {**r["value"], "keypointlabels": ["Pole"]}} for r in result]
+        client.annotations.update(id=corrected, result=relabeled)  # a reviewer's correction, while still down
+        given[corrected_task] = (corrected, relabeled)
+
+        backend = start_backend(model_dir, env, port)  # the same address Label Studio knows; nobody calls /setup
+        wait_for_open_round(ls, backend, project, 1, f"p{project}-head-1")
+        status = metrics(backend)["projects"][str(project)]
+        store = read_store(model_dir)
+        points = sum(len(r) for _, r in given.values())
+        assert len(store.labels(project)) == points  # every answer counted, once
+        assert {CAMVID_CLASSES[r["class"]] for r in store.labels(project) if r["annotation"] == corrected} == {"Pole"}
+        first = status["rounds"][0]
+        assert (first["answered"], first["dismissed"]) == (points, B - points)  # void points and the skip
+        assert store.current_head(project)["version"] == f"p{project}-head-1"
+        assert len(query_predictions(ls, project, f"p{project}-head-1")) >= 1
+        images = wait_until(lambda: (p := [x for x in predictions(ls, project, f"p{project}-head-1")
+                                           if x["task"] in names]) and len(p) == N_IMAGES and p,
+                            300, "head-1's segmentation of every image, pushed with the stored credentials")
+        assert {p["task"] for p in images} == set(names)
+        assert model_version(ls, project) == f"p{project}-head-1"
+        seen = backend.log.read_text() + json.dumps(metrics(backend)) + requests.get(backend.url + "/health").text
+        assert ls.token not in seen  # the stored token is used, never shown
+    finally:
+        stop(backend.process)
