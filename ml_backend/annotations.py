@@ -8,11 +8,16 @@ versions the store lacks through the same path as the webhooks, with the same ru
 replaces an older one only, a deleted annotation stays deleted. An annotation the store holds and
 Label Studio no longer has was deleted while nobody listened: it is deleted here too, unless it
 arrived after Label Studio was asked (a webhook that overtook the reading).
+
+The `sync` job reconciles at start, on /setup and before a round is planned; `PeriodicReconcile`
+queues it every RECONCILE_SECONDS for each project whose round is open, so that answers the backend
+refused (a full disk) count once it can write again, with no new webhook or /setup.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -103,3 +108,26 @@ def _delete_unless_newer(store, project: int, annotations: set[int], known: dict
     if doomed:
         store.delete_annotations(project, doomed)
     return len(doomed)
+
+
+class PeriodicReconcile:
+    """A thread of the web process: every `seconds`, a `sync` of each project whose latest round is open
+    and that has Label Studio credentials (one task listing when nothing changed)."""
+
+    def __init__(self, services: Services, runner, seconds: float):
+        self.services, self.runner, self.seconds = services, runner, seconds
+        if seconds > 0:
+            threading.Thread(target=self._loop, name="reconcile", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.seconds)
+            store = self.services.store
+            for project in store.projects():
+                current = store.current_round(project)
+                if current is None or current["status"] != "open" or not self.services.has_credentials(project):
+                    continue
+                try:
+                    self.runner.submit(project, "sync")
+                except Exception as exc:  # a full disk or an absent queue: the next tick tries again
+                    log.warning("project %s: reconciliation with Label Studio not queued: %s", project, exc)

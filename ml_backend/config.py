@@ -126,6 +126,7 @@ class Settings:
     download_timeout: float = 60.0  # seconds for a whole task file: connect, redirects, body
     max_downloads: int = 4  # task files fetched at once, over all threads
     max_request_mb: int = 16  # largest request body (413 above it)
+    reconcile_seconds: float = 120.0  # how often an open round is read back from Label Studio; 0: never
     host: str = "127.0.0.1"  # the Docker image sets HOST=0.0.0.0
     port: int = 9090
     workers: int = 1  # gunicorn worker processes (the Docker image); more than 1 needs REDIS_URL
@@ -179,6 +180,7 @@ class Settings:
             download_timeout=_number("DOWNLOAD_TIMEOUT", 60.0, float),
             max_downloads=_number("MAX_DOWNLOADS", 4, int),
             max_request_mb=_number("MAX_REQUEST_MB", 16, int),
+            reconcile_seconds=_number("RECONCILE_SECONDS", 120.0, float),
             host=_env("HOST", "127.0.0.1"),
             port=_number("PORT", 9090, int),
             workers=_number("WORKERS", 1, int),
@@ -232,6 +234,9 @@ class Settings:
                 and self.max_request_mb >= 1):
             problems.append(f"DOWNLOAD_TIMEOUT={quote(self.download_timeout)} must lie in "
                             f"(0, {MAX_DOWNLOAD_TIMEOUT:g}] seconds, MAX_DOWNLOADS and MAX_REQUEST_MB be at least 1")
+        if not 0 <= self.reconcile_seconds <= 86400:
+            problems.append(f"RECONCILE_SECONDS={quote(self.reconcile_seconds)} must lie in [0, 86400] (0: only at "
+                            "start, on /setup and before a round)")
         if not 0 < self.port < 65536:
             problems.append(f"PORT={quote(self.port)} must lie in 1..65535")
         if self.workers < 1 or self.threads < 1:

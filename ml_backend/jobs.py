@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -106,6 +107,7 @@ class InProcessRunner:
     within ADOPT_INTERVAL seconds."""
 
     ADOPT_INTERVAL = 2.0
+    RETRY_SECONDS = 10.0
 
     def __init__(self, store: Store, handler: Handler | None = None):
         self.store = store
@@ -152,7 +154,13 @@ class InProcessRunner:
             except queue.Empty:
                 self._adopt()
                 continue
-            run_job(self.store, self.handler, job_id, self)
+            try:
+                run_job(self.store, self.handler, job_id, self)
+            except Exception:  # the store itself failed (a full disk): the job stays unfinished, try again
+                log.exception("job %s could not be recorded; trying it again in %.0f s", job_id, self.RETRY_SECONDS)
+                self.current = None
+                time.sleep(self.RETRY_SECONDS)
+                self._queue.put(job_id)
 
     def idle(self) -> bool:
         return self._queue.empty() and self.current is None

@@ -13,13 +13,16 @@ compressed bodies a 415. With BASIC_AUTH every route but /health needs the crede
 
 from __future__ import annotations
 
+import errno
 import hmac
 import logging
+import sqlite3
 
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ml_backend import payloads
+from ml_backend.annotations import PeriodicReconcile
 from ml_backend.backend import ActiveLearningBackend
 from ml_backend.config import Settings
 from ml_backend.echo import quote
@@ -48,6 +51,16 @@ def _body() -> bytes:
 
 def _json_body() -> dict:
     return payloads.json_object(_body())
+
+
+STORAGE_FULL = ("the backend cannot write to MODEL_DIR: its disk is full. Nothing is lost: Label Studio keeps what "
+                "was sent, and the backend reads it back once it can write again (RECONCILE_SECONDS)")
+
+
+def storage_full(exc: BaseException) -> bool:
+    """SQLite's "database or disk is full", or a file write that found no space."""
+    return (isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)) or \
+        (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
 
 
 def credentials_match(auth, user: str, password: str) -> bool:
@@ -82,6 +95,7 @@ def create_backend(settings: Settings) -> ActiveLearningBackend:
         if services.has_credentials(project):
             log.info("project %s: reconciling with Label Studio after start", project)
             runner.submit(project, "sync")
+    PeriodicReconcile(services, runner, settings.reconcile_seconds)  # a thread for the life of the process
     return backend
 
 
@@ -143,6 +157,11 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
 
     @app.errorhandler(Exception)
     def crash(exc):
+        if storage_full(exc):
+            log.error("%s %s: 503 %s", request.method, request.path, STORAGE_FULL)
+            response = jsonify({"error": STORAGE_FULL})
+            response.status = f"503 {reason_phrase(STORAGE_FULL)}"
+            return response
         # the message may quote another server's answer: it goes to the log, not to the caller
         log.exception("%s %s failed", request.method, request.path)
         return jsonify({"error": f"internal error ({type(exc).__name__}); the backend's log has the details"}), 500

@@ -115,3 +115,79 @@ def test_answers_given_while_the_backend_was_down_count_and_the_next_round_comes
         assert ls.token not in seen  # the stored token is used, never shown
     finally:
         stop(backend.process)
+
+
+def fill_the_disk(store) -> None:
+    """What a full disk does to SQLite, injected: the file may not grow by one page, and the free room
+    left in the annotations' pages is taken by rows of a project that does not exist (-1), down to a
+    few bytes, so that storing an annotation needs a page it cannot get: "database or disk is full"."""
+    import contextlib
+    import sqlite3
+
+    with store._lock:
+        db, n = store._db, 0
+        db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+        for size in (2000, 500, 100, 20, 1):
+            with contextlib.suppress(sqlite3.OperationalError):
+                while True:
+                    n += 1
+                    db.execute("INSERT INTO annotations (project, annotation, task, updated_at, received, result) "
+                               "VALUES (-1, ?, 0, '', 0, ?)", (n, "x" * size))
+
+
+def test_answers_refused_on_a_full_disk_count_once_it_can_write_again(ls, camvid_root, tmp_path):
+    """The store's disk fills up (SQLite's own "database or disk is full", injected with max_page_count):
+    every annotation webhook of round 0 gets a 503 that says nothing is lost; once there is room,
+    the periodic reconciliation takes them all in and round 1 opens, with nobody doing anything."""
+    import threading
+
+    from flask import request
+    from werkzeug.serving import make_server
+
+    from ml_backend.server import create_app
+    from tests.ml_backend.servers import free_port
+
+    settings = Settings(model_dir=tmp_path / "model", backbone="tiny", resolution=64, candidates=500, local_k=10,
+                        budget_factor=BUDGET_FACTOR, expander="none", label_studio_url=ls.url,
+                        label_studio_api_key=ls.token, reconcile_seconds=2)
+    app = create_app(settings)
+    answered_webhooks = []
+
+    @app.after_request
+    def record(response):
+        if request.path == "/webhook" and "ANNOTATION" in (request.get_json(silent=True) or {}).get("action", ""):
+            answered_webhooks.append((response.status_code, (response.get_json(silent=True) or {}).get("error", "")))
+        return response
+
+    port = free_port()
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    backend = type("Backend", (), {"url": f"http://127.0.0.1:{port}"})
+    store = app.config["backend"].services.store
+    try:
+        project = ls.api("POST", "/api/projects", json={"title": "full disk", "label_config": CONFIG}).json()["id"]
+        names = import_camvid(ls, project, camvid_root, N_IMAGES)
+        ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "m", "is_interactive": False})
+        wait_for_open_round(ls, backend, project, 0, f"p{project}-round-0")
+        fill_the_disk(store)
+        client = LabelStudio(base_url=ls.url, api_key=ls.token)
+        points = 0
+        for p in query_predictions(ls, project, f"p{project}-round-0"):
+            result = answered_result(p["result"], names[image_of(ls, p["task"])], camvid_root)
+            client.annotations.create(id=p["task"], result=result)
+            points += len(result)
+        wait_until(lambda: len(answered_webhooks) == len(query_predictions(ls, project, f"p{project}-round-0")), 60,
+                   "Label Studio's webhooks of every answer")
+        refused = [error for status, error in answered_webhooks if status == 503]
+        assert refused and all("disk is full" in e and "Nothing is lost" in e for e in refused), answered_webhooks
+        assert {status for status, _ in answered_webhooks} <= {201, 503}
+        assert len(store.labels(project)) < points
+        assert metrics(backend)["projects"][str(project)]["round_status"] == "open"
+
+        with store._lock:  # room again
+            store._db.execute("PRAGMA max_page_count = 1073741823")
+            store._db.execute("DELETE FROM annotations WHERE project=-1")
+        wait_for_open_round(ls, backend, project, 1, f"p{project}-head-1")
+        assert len(store.labels(project)) == points  # every answer, once
+    finally:
+        server.shutdown()
