@@ -18,7 +18,7 @@ from ml_backend import payloads, versions
 from ml_backend.click_prompt import ContextError, click_session
 from ml_backend.config import SettingsError
 from ml_backend.images import original_image
-from ml_backend.jobs import InProcessRunner
+from ml_backend.jobs import InProcessRunner, QueueUnavailable
 from ml_backend.label_config import LabelConfigError, LabelSchema, parse_label_config
 from ml_backend.label_studio import LabelStudioRefused
 from ml_backend.learning_curve import curve_series, draw_curve, learning_curve, stopping_hint
@@ -159,7 +159,7 @@ class ActiveLearningBackend:
             store.delete_annotations(project, message.ids)
             return {"status": "ok"}
         schema = self._schema(project, message.label_config)
-        outcomes, problems, pending = [], [], []
+        outcomes, problems, pending, answered = [], [], [], []
         for annotation in message.annotations:
             task = image_task(self.services, project, annotation.task)  # answers on a query task label its image
             row = store.task(project, task)
@@ -172,8 +172,21 @@ class ActiveLearningBackend:
                                              cancelled=annotation.cancelled)
             outcomes.append(outcome)
             if outcome == "applied" and task != annotation.task:  # taken in on a query task: show what it became
+                answered.append(annotation)
+        # the jobs once every annotation is stored, each recorded even while the job queue is down: its 503
+        # comes after the last, and loses neither an annotation nor a job
+        down = []
+        for annotation in answered:
+            try:
                 self.runner.submit(project, "answers", {"holder": annotation.task, "skipped": annotation.cancelled})
-        advanced = advance_when_answered(self.services, self.runner, project)
+            except QueueUnavailable as exc:
+                down.append(exc)
+        try:
+            advanced = advance_when_answered(self.services, self.runner, project)
+        except QueueUnavailable as exc:
+            down.append(exc)
+        if down:
+            raise down[0]
         return {"status": "ok", "annotations": outcomes, "skipped_regions": problems, "pending_regions": pending,
                 "advance": advanced}
 
@@ -235,7 +248,8 @@ class ActiveLearningBackend:
         """What Label Studio's connect dialog and an operator need without credentials: whether the
         backend can work and, if not, the one thing to do; per project its progress (that of every
         process: it is in the store), its effective settings with the stopping hint, the tasks whose
-        image failed (with the reason) and why credentials from /setup were refused. Always a 200,
+        image failed (with the reason), why credentials from /setup were refused and, while it is, that
+        the job queue is unreachable ("job_queue"). Always a 200,
         which Label Studio needs to connect. Backend settings, paths and jobs are in /metrics. Per
         project, "round" is where the loop stands (its latest round and its queries) and "progress"
         the work toward the next round, with the background jobs beside it."""
@@ -253,6 +267,8 @@ class ActiveLearningBackend:
             out["todo"] = problem
         if self.services.refused_credentials:
             out["refused_credentials"] = {str(p): why for p, why in self.services.refused_credentials.items()}
+        if self.runner.outage:
+            out["job_queue"] = self.runner.outage
         if self.services.refused_by_label_studio:
             out["refused_by_label_studio"] = {str(p): why for p, why in self.services.refused_by_label_studio.items()}
         return out
