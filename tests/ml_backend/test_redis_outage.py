@@ -84,6 +84,8 @@ def test_while_redis_is_down_requests_get_a_503_with_the_reason_and_what_they_as
     recorded = "what was asked is recorded in the store and will be queued when Redis returns"
     asks = [("START_TRAINING", lambda: c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}})),
             ("/train", lambda: c.post("/train", json={"project": "7.1"})),  # the train job recorded just before
+            ("TASKS_CREATED", lambda: c.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 7},
+                                                               "tasks": [{"id": 7}]})),  # the sync of /setup
             ("/setup", lambda: c.post("/setup", json={"project": "8.1", "schema": CONFIG,
                                                       "hostname": f"http://127.0.0.1:{free_port()}",
                                                       "access_token": "t"})),
