@@ -126,7 +126,7 @@ def test_while_redis_is_down_requests_get_a_503_with_the_reason_and_what_they_as
     assert waiting.get_status() == "deferred" and waiting.dependency_ids == [rq_id(batches[1])]
     ids = Queue(QUEUE_NAME, connection=runner.redis).job_ids
     assert len(ids) == len(set(ids)) == len(unfinished) - 1  # each once, though two processes watch
-    wait_until(lambda: runner.outage is None, 5, "the outage cleared", 0.05)
+    wait_until(lambda: runner.outage is None and other.outage is None, 5, "both watches to see Redis back", 0.05)
     assert "job_queue" not in c.get("/health").json and c.get("/metrics").json["jobs"]["queued"] == len(ids)
     logged = [r.getMessage() for r in caplog.records]
     assert len([m for m in logged if m.startswith(f"Redis at {redis_server.url} unreachable:")]) == 2  # once each
