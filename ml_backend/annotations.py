@@ -23,6 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ml_backend import payloads
+from ml_backend.jobs import QueueUnavailable
 from ml_backend.label_config import LabelSchema
 from ml_backend.payloads import Annotation, RequestError
 from ml_backend.regions import labels_from_result
@@ -37,12 +38,14 @@ class Taken:
     outcomes: list[str] = field(default_factory=list)  # per annotation: applied, stale or deleted
     problems: list[str] = field(default_factory=list)  # regions skipped, with the reason
     pending: list[str] = field(default_factory=list)  # query regions submitted with the placeholder
+    unqueued: list[QueueUnavailable] = field(default_factory=list)  # jobs recorded while the queue was away
 
 
 def take_in(services: Services, runner, project: int, annotations: list[Annotation], schema: LabelSchema) -> Taken:
     """Store each annotation version with the labels it gives its image; an answer taken in on a query
-    task gets the regions it became shown on it (the `answers` job)."""
-    store, taken = services.store, Taken()
+    task gets the regions it became shown on it (the `answers` job). The jobs are submitted once every
+    annotation is stored, each one recorded even while the job queue is away (`unqueued`)."""
+    store, taken, answered = services.store, Taken(), []
     for annotation in annotations:
         task = image_task(services, project, annotation.task)  # answers on a query task label its image
         row = store.task(project, task)
@@ -55,7 +58,12 @@ def take_in(services: Services, runner, project: int, annotations: list[Annotati
                                          cancelled=annotation.cancelled)
         taken.outcomes.append(outcome)
         if outcome == "applied" and task != annotation.task:  # taken in on a query task: show what it became
+            answered.append(annotation)
+    for annotation in answered:
+        try:
             runner.submit(project, "answers", {"holder": annotation.task, "skipped": annotation.cancelled})
+        except QueueUnavailable as exc:
+            taken.unqueued.append(exc)
     return taken
 
 
@@ -88,7 +96,10 @@ def reconcile(services: Services, runner, project: int, listing: list[dict]) -> 
                     log.warning("project %s task %s: annotation from Label Studio not usable: %s", project, task, exc)
             newer = [a for a in remote if a.id not in known
                      or (not known[a.id]["deleted"] and known[a.id]["updated_at"] < a.updated_at)]
-            counts["taken_in"] += take_in(services, runner, project, newer, schema).outcomes.count("applied")
+            taken = take_in(services, runner, project, newer, schema)
+            if taken.unqueued:  # stored, and their jobs recorded: the queue runs them when it is back
+                raise taken.unqueued[0]
+            counts["taken_in"] += taken.outcomes.count("applied")
             gone = held.get(task, set()) - {a.id for a in remote}
             counts["deleted"] += _delete_unless_newer(store, project, gone, known, asked)
             store.mark_reconciled(project, task, t["updated_at"])

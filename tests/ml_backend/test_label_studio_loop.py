@@ -367,7 +367,7 @@ def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvi
     results = {}
     for mode in ("in-process", "redis"):
         model_dir = tmp_path / mode / "model"
-        env = dict(base, **({"REDIS_URL": redis_server} if mode == "redis" else {}))
+        env = dict(base, **({"REDIS_URL": redis_server.url} if mode == "redis" else {}))
         backend = start_backend(model_dir, env)
         workers = []
         if mode == "redis":
@@ -375,7 +375,7 @@ def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvi
                 log = open(tmp_path / mode / f"worker{n}.log", "w")
                 workers.append(subprocess.Popen(
                     [str(REPO / ".venv" / "bin" / "rq") if (REPO / ".venv" / "bin" / "rq").exists() else "rq", "worker",
-                     "--url", redis_server, "-w", "rq.worker.SimpleWorker", "active-learning"],
+                     "--url", redis_server.url, "-w", "rq.worker.SimpleWorker", "active-learning"],
                     cwd=REPO, env=backend.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         try:
             project = ls.api("POST", "/api/projects", json={"title": f"rq {mode}", "label_config": config}).json()["id"]

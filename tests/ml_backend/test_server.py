@@ -22,6 +22,8 @@ CONFIG = SHIPPED_CONFIG.read_text()
 
 
 class RecordingRunner:
+    outage = None
+
     def __init__(self):
         self.jobs: list[tuple[int, str]] = []
         self.payloads: list[dict | None] = []
