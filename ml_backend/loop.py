@@ -139,12 +139,13 @@ def advance_project(services: Services, runner, project: int, force: bool) -> No
     if force and not labeled_since_last_head(store, project):
         log.info("project %s: nothing labeled since the last head: the training request ends here", project)
         return
+    started = time.time()  # a head pinned from here on wins over the one this job trains
     services.progress.update(project, "listing tasks", work=(round_work(current["round"] + 1), None), work_done=0)
     announce_next_round(services, project, current["round"] + 1)
     sync_tasks(services, project)
     record_round(services, project, current["round"])
     store.complete_round(project, current["round"])
-    plan_round(services, runner, project, current["round"] + 1, train=True)
+    plan_round(services, runner, project, current["round"] + 1, train=True, started=started)
 
 
 def announce_next_round(services: Services, project: int, round_index: int) -> None:
@@ -221,10 +222,14 @@ class RoundContext:
             is not None
 
 
-def plan_round(services: Services, runner, project: int, round_index: int, train: bool) -> None:
+def plan_round(services: Services, runner, project: int, round_index: int, train: bool,
+               started: float | None = None) -> None:
     """With `train`, train on everything labeled so far (if anything is) and swap the head in; else
     the round is chosen by the current head (a pinned one). Then queue the per-image work in
-    batches and the selection that waits for it."""
+    batches and the selection that waits for it. A head pinned after the work began (`started`,
+    default now) wins: the head trained here is kept but not made current, and the round is left to
+    the pin's `pin` job (queued with the pin), so nothing is computed for a head that will not serve."""
+    started = time.time() if started is None else started
     store, engine = services.store, services.engine
     services.progress.update(project, "loading backbone", work=(round_work(round_index), None), work_done=0)
     ctx = RoundContext(services, project)
@@ -253,9 +258,15 @@ def plan_round(services: Services, runner, project: int, round_index: int, train
         torch.save(head.checkpoint(), tmp)
         tmp.replace(path)
         engine.remember_head(project, version, head)
-        store.add_head(project, version, round_index, str(path), len(classes), report.as_dict(), ctx.labels_digest,
-                       engine.feature_setup().as_dict())
+        current = store.add_head(project, version, round_index, str(path), len(classes), report.as_dict(),
+                                 ctx.labels_digest, engine.feature_setup().as_dict(), started)
         log.info("project %s: %s trained on %d pixels (%s)", project, version, len(classes), report.as_dict())
+        if not current:
+            pinned = store.latest_pin(project)["version"]
+            log.info("project %s: %s trained but not made current: %s was pinned while it trained", project,
+                     version, pinned)
+            services.progress.update(project, f"{version} kept, not current", message=f"{pinned} is pinned")
+            return
     missing = [t for t in missing if not ctx.has_record(t)]
     work = (work[0], len(labeled) + len(missing) + 1)
     size = services.settings.records_batch
