@@ -159,19 +159,22 @@ def announce_next_round(services: Services, project: int, round_index: int) -> N
 
 
 def select_with_current_head(services: Services, runner, project: int) -> None:
-    """After a head is pinned: unless the latest round was chosen by it, close that round (its
+    """After a head is pinned: unless the round being asked was chosen by it, close that round (its
     unanswered queries stay in the store, never asked again; publishing the next round takes their
-    tasks out of the queue) and select the next round with the pinned head, without training."""
+    tasks out of the queue) and select the next round with the pinned head, without training. A
+    round no longer asked (answered, its next head kept out by this pin; or closed by an earlier
+    pin) is followed by one of the pinned head even if that head chose it."""
     store = services.store
     head, latest = store.current_head(project), store.current_round(project)
     if head is None or latest is None:
         return
-    if latest["head_version"] == head["version"]:
+    live = latest["status"] in ("selected", "open")
+    if live and latest["head_version"] == head["version"]:
         if latest["status"] == "selected":
             push_round(services, runner, project, latest["round"])
         log.info("project %s: round %d was chosen by %s already", project, latest["round"], head["version"])
         return
-    if latest["status"] in ("selected", "open"):
+    if live:
         record_round(services, project, latest["round"])
         store.complete_round(project, latest["round"], "closed")
         log.info("project %s: round %d closed: %s was pinned", project, latest["round"], head["version"])

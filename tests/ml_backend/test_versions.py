@@ -89,12 +89,11 @@ def run_queued(services, runner, ran: list) -> None:
             loop.handle_job(services, runner, project, kind, payload)
 
 
-@pytest.mark.parametrize("pin_job_runs", ["after the training job", "during the training"])
-def test_a_pin_made_while_a_head_trains_wins(tmp_path, monkeypatch, caplog, pin_job_runs):
-    """Issue 25: p7-head-1 pinned while p7-head-3 trains had answered 202 and been undone when
-    training ended. Now p7-head-1 stays current, p7-head-3 is kept, /versions says why, and round 2
-    is selected with p7-head-1 only, whether the pin job runs after the training job (the in-process
-    runner's one thread) or beside it (RQ workers). A training started after the pin wins as before."""
+def train_while_pinning(tmp_path, monkeypatch, version: str, pin_job_runs: str):
+    """Project 7 with heads 1 and 2 and its round 1 (chosen by head 2) answered: p7-head-3 trains
+    for round 2, and `version` is pinned through /versions/pin while it trains; the pin job runs
+    after the training job (the in-process runner's one thread) or during the training (an RQ
+    worker beside it), then whatever the jobs queued. Round 2's publication is recorded, not sent."""
     c, backend, runner = make_client(tmp_path, records_batch=2, candidates=200, local_k=5, expander="none")
     services, store = backend.services, backend.services.store
     backend.setup("7.1", CONFIG)
@@ -113,7 +112,7 @@ def test_a_pin_made_while_a_head_trains_wins(tmp_path, monkeypatch, caplog, pin_
     train_head = loop.train_head
 
     def pinned_while_training(*args, **kwargs):
-        assert c.post("/versions/pin", json={"version": "p7-head-1"}).status_code == 202
+        assert c.post("/versions/pin", json={"version": version}).status_code == 202
         if pin_job_runs == "during the training":
             run_queued(services, runner, ran)
         return train_head(*args, **kwargs)
@@ -121,10 +120,21 @@ def test_a_pin_made_while_a_head_trains_wins(tmp_path, monkeypatch, caplog, pin_
     monkeypatch.setattr(loop, "train_head", pinned_while_training)
     runner.jobs.clear()
     runner.payloads.clear()
-    caplog.set_level(logging.INFO, "ml_backend.loop")
     loop.plan_round(services, runner, 7, 2, train=True)
     run_queued(services, runner, ran)
+    monkeypatch.setattr(loop, "train_head", train_head)
+    return c, backend, runner, pushed
 
+
+@pytest.mark.parametrize("pin_job_runs", ["after the training job", "during the training"])
+def test_a_pin_made_while_a_head_trains_wins(tmp_path, monkeypatch, caplog, pin_job_runs):
+    """Issue 25: p7-head-1 pinned while p7-head-3 trains had answered 202 and been undone when
+    training ended. Now p7-head-1 stays current, p7-head-3 is kept, /versions says why, and round 2
+    is selected with p7-head-1 only, whichever order the jobs run in. A training started after the
+    pin wins as before."""
+    caplog.set_level(logging.INFO, "ml_backend.loop")
+    c, backend, runner, pushed = train_while_pinning(tmp_path, monkeypatch, "p7-head-1", pin_job_runs)
+    services, store = backend.services, backend.services.store
     assert store.current_head(7)["version"] == "p7-head-1"
     assert [p["head"] for p in runner.payloads if p and "head" in p] == ["p7-head-1"]  # no round planned with head-3
     assert store.round(7, 2)["head_version"] == "p7-head-1" and pushed == [2]
@@ -137,10 +147,21 @@ def test_a_pin_made_while_a_head_trains_wins(tmp_path, monkeypatch, caplog, pin_
     assert why["p7-head-1"] is None and re.fullmatch(f"{at} after this head was trained", why["p7-head-2"])
     assert re.fullmatch(f"{at} while this head trained", why["p7-head-3"]), why
 
-    monkeypatch.setattr(loop, "train_head", train_head)
     loop.plan_round(services, runner, 7, 3, train=True)  # the next training starts after the pin
     assert store.current_head(7)["version"] == "p7-head-4"
     assert all(h["superseded_by_pin"] is None for h in c.get("/versions").json["heads"])
+
+
+def test_pinning_the_head_of_the_answered_round_while_the_next_trains_opens_a_round_with_it(tmp_path, monkeypatch):
+    """Pinning p7-head-2, which chose the answered round 1, keeps it while p7-head-3 trains; the pin
+    job, running after the training job, selects round 2 with it (it had found round 1 chosen by
+    p7-head-2 already and stopped, leaving the project without an open round)."""
+    c, backend, runner, pushed = train_while_pinning(tmp_path, monkeypatch, "p7-head-2", "after the training job")
+    store = backend.services.store
+    assert store.current_head(7)["version"] == "p7-head-2"
+    latest = store.current_round(7)
+    assert (latest["round"], latest["head_version"]) == (2, "p7-head-2") and pushed == [2]
+    assert [h["superseded_by_pin"] is not None for h in c.get("/versions").json["heads"]] == [False, False, True]
 
 
 def cli(model_dir, *args, **env) -> subprocess.CompletedProcess:
