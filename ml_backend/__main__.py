@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     heads = sub.add_parser("heads", help="list, pin (roll back) or export the heads in MODEL_DIR")
     actions = heads.add_subparsers(dest="action", required=True)
-    p = actions.add_parser("list", help="every head, oldest first; * marks the current one")
+    p = actions.add_parser("list", help="every head, oldest first; * marks the current one, 'superseded:' a newer "
+                           "head that a pin keeps from serving, with the pin")
     p.add_argument("--project", type=int, default=None, help="only this project's heads")
     p = actions.add_parser("pin", help="make a head the current one; Label Studio then shows its version")
     p.add_argument("version", help="e.g. p7-head-2 (the name carries the project)")
@@ -76,9 +77,10 @@ def heads_command(settings, args: argparse.Namespace) -> int:
         print(f"{'project':>7}  {'version':<16} {'round':>5} {'labeled':>8}  {'created':<19}  {'final loss':>10}")
         for h in rows:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["created"]))
-            loss = h["report"].get("final_loss")
+            loss, reason = h["report"].get("final_loss"), h["superseded_by_pin"]
             print(f"{h['project']:>7}  {h['version']:<16} {h['round']:>5} {h['labeled']:>8}  {created:<19}  "
-                  f"{'-' if loss is None else f'{loss:.4f}':>10}{'  *' if h['current'] else ''}")
+                  f"{'-' if loss is None else f'{loss:.4f}':>10}{'  *' if h['current'] else ''}"
+                  f"{f'  superseded: {reason}' if reason else ''}")
         return 0
     try:
         project = args.project if args.project is not None else versions.project_of(args.version)

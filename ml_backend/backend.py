@@ -176,13 +176,14 @@ class ActiveLearningBackend:
 
     # introspection -------------------------------------------------------------------------------
     def versions(self, project: int | None = None) -> dict:
-        """Head versions of one project or of all (names carry the project), oldest first, and which
-        head of each project is current."""
+        """Head versions of one project or of all (names carry the project), oldest first, which head
+        of each project is current, each project's latest pin, and why a newer head is not current."""
         heads = versions.heads(self.services.store, project)
         return {"versions": [h["version"] for h in heads],
                 "current": {str(h["project"]): h["version"] for h in heads if h["current"]},
-                "heads": [{k: h[k] for k in ("project", "version", "round", "labeled", "created", "current")}
-                          for h in heads]}
+                "pinned": versions.pins(self.services.store, project),
+                "heads": [{k: h[k] for k in ("project", "version", "round", "labeled", "created", "current",
+                                             "superseded_by_pin")} for h in heads]}
 
     def pin(self, data: dict) -> dict:
         request = payloads.pin(data, versions.project_of)

@@ -148,12 +148,13 @@ def advance_project(services: Services, runner, project: int, force: bool) -> No
     if force and not labeled_since_last_head(store, project):
         log.info("project %s: nothing labeled since the last head: the training request ends here", project)
         return
+    started = time.time()  # a head pinned from here on wins over the one this job trains
     services.progress.update(project, "listing tasks", work=(round_work(current["round"] + 1), None), work_done=0)
     announce_next_round(services, project, current["round"] + 1)
     sync_tasks(services, runner, project)
     record_round(services, project, current["round"])
     store.complete_round(project, current["round"])
-    plan_round(services, runner, project, current["round"] + 1, train=True)
+    plan_round(services, runner, project, current["round"] + 1, train=True, started=started)
 
 
 def announce_next_round(services: Services, project: int, round_index: int) -> None:
@@ -167,19 +168,22 @@ def announce_next_round(services: Services, project: int, round_index: int) -> N
 
 
 def select_with_current_head(services: Services, runner, project: int) -> None:
-    """After a head is pinned: unless the latest round was chosen by it, close that round (its
+    """After a head is pinned: unless the round being asked was chosen by it, close that round (its
     unanswered queries stay in the store, never asked again; publishing the next round takes their
-    tasks out of the queue) and select the next round with the pinned head, without training."""
+    tasks out of the queue) and select the next round with the pinned head, without training. A
+    round no longer asked (answered, its next head kept out by this pin; or closed by an earlier
+    pin) is followed by one of the pinned head even if that head chose it."""
     store = services.store
     head, latest = store.current_head(project), store.current_round(project)
     if head is None or latest is None:
         return
-    if latest["head_version"] == head["version"]:
+    live = latest["status"] in ("selected", "open")
+    if live and latest["head_version"] == head["version"]:
         if latest["status"] == "selected":
             push_round(services, runner, project, latest["round"])
         log.info("project %s: round %d was chosen by %s already", project, latest["round"], head["version"])
         return
-    if latest["status"] in ("selected", "open"):
+    if live:
         record_round(services, project, latest["round"])
         store.complete_round(project, latest["round"], "closed")
         log.info("project %s: round %d closed: %s was pinned", project, latest["round"], head["version"])
@@ -230,10 +234,14 @@ class RoundContext:
             is not None
 
 
-def plan_round(services: Services, runner, project: int, round_index: int, train: bool) -> None:
+def plan_round(services: Services, runner, project: int, round_index: int, train: bool,
+               started: float | None = None) -> None:
     """With `train`, train on everything labeled so far (if anything is) and swap the head in; else
     the round is chosen by the current head (a pinned one). Then queue the per-image work in
-    batches and the selection that waits for it."""
+    batches and the selection that waits for it. A head pinned after the work began (`started`,
+    default now) wins: the head trained here is kept but not made current, and the round is left to
+    the pin's `pin` job (queued with the pin), so nothing is computed for a head that will not serve."""
+    started = time.time() if started is None else started
     store, engine = services.store, services.engine
     services.progress.update(project, "loading backbone", work=(round_work(round_index), None), work_done=0)
     ctx = RoundContext(services, project)
@@ -262,9 +270,15 @@ def plan_round(services: Services, runner, project: int, round_index: int, train
         torch.save(head.checkpoint(), tmp)
         tmp.replace(path)
         engine.remember_head(project, version, head)
-        store.add_head(project, version, round_index, str(path), len(classes), report.as_dict(), ctx.labels_digest,
-                       engine.feature_setup().as_dict())
+        current = store.add_head(project, version, round_index, str(path), len(classes), report.as_dict(),
+                                 ctx.labels_digest, engine.feature_setup().as_dict(), started)
         log.info("project %s: %s trained on %d pixels (%s)", project, version, len(classes), report.as_dict())
+        if not current:
+            pinned = store.latest_pin(project)["version"]
+            log.info("project %s: %s trained but not made current: %s was pinned while it trained", project,
+                     version, pinned)
+            services.progress.update(project, f"{version} kept, not current", message=f"{pinned} is pinned")
+            return
     missing = [t for t in missing if not ctx.has_record(t)]
     work = (work[0], len(labeled) + len(missing) + 1)
     size = services.settings.records_batch

@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS segmentations (
 CREATE TABLE IF NOT EXISTS heads (
     project INTEGER NOT NULL, version TEXT NOT NULL, round INTEGER NOT NULL, path TEXT NOT NULL,
     labeled INTEGER NOT NULL, report TEXT NOT NULL, created REAL NOT NULL, current INTEGER NOT NULL DEFAULT 0,
-    labels_digest TEXT, features TEXT, PRIMARY KEY (project, version));
+    labels_digest TEXT, features TEXT, pinned_at REAL, PRIMARY KEY (project, version));
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, project INTEGER NOT NULL, kind TEXT NOT NULL, payload TEXT,
     status TEXT NOT NULL, error TEXT, created REAL NOT NULL, started REAL, finished REAL);
@@ -73,12 +73,13 @@ CREATE TABLE IF NOT EXISTS reconciled (
 # Columns added after the first stores were written: the round a label answered, the labels a head saw,
 # the task an annotation was made on and its points left with the placeholder, the query task a query waits on,
 # a project's settings from Label Studio, when a query stopped being open, the settings that chose a round,
-# the features a head was trained on, a job's share of its piece of work done.
+# the features a head was trained on, a job's share of its piece of work done, when a head was last pinned.
 ADDED_COLUMNS = (("labels", "round", "INTEGER"), ("heads", "labels_digest", "TEXT"),
                  ("annotations", "holder", "INTEGER"), ("annotations", "pending", "TEXT NOT NULL DEFAULT '[]'"),
                  ("annotations", "cancelled", "INTEGER NOT NULL DEFAULT 0"), ("queries", "holder", "INTEGER"),
                  ("projects", "overrides", "TEXT NOT NULL DEFAULT '{}'"), ("queries", "closed", "REAL"),
-                 ("rounds", "settings", "TEXT"), ("heads", "features", "TEXT"), ("progress", "work_done", "INTEGER"))
+                 ("rounds", "settings", "TEXT"), ("heads", "features", "TEXT"), ("progress", "work_done", "INTEGER"),
+                 ("heads", "pinned_at", "REAL"))
 
 
 @dataclass(frozen=True)
@@ -462,24 +463,36 @@ class Store:
 
     # head versions ----------------------------------------------------------------------------
     def add_head(self, project: int, version: str, round_index: int, path: str, labeled: int, report: dict,
-                 labels_digest: str | None = None, features: dict | None = None) -> None:
+                 labels_digest: str | None = None, features: dict | None = None,
+                 started: float | None = None) -> bool:
         """Register a trained head and make it the one that serves, in one transaction; with the
         digest of the labels it was trained on, so that a repeated training request can tell, and
-        the feature configuration it expects (for export)."""
+        the feature configuration it expects (for export). A head whose training `started` before the
+        project's latest pin is registered but not made current: the pin wins. True if it is current."""
         with self.transaction() as db:
-            db.execute("UPDATE heads SET current=0 WHERE project=?", (project,))
+            pinned = db.execute("SELECT MAX(pinned_at) FROM heads WHERE project=?", (project,)).fetchone()[0]
+            current = started is None or pinned is None or pinned <= started
+            if current:
+                db.execute("UPDATE heads SET current=0 WHERE project=?", (project,))
             db.execute("INSERT OR REPLACE INTO heads (project, version, round, path, labeled, report, created, "
-                       "current, labels_digest, features) VALUES (?,?,?,?,?,?,?,1,?,?)",
-                       (project, version, round_index, path, labeled, json.dumps(report), time.time(), labels_digest,
-                        json.dumps(features) if features is not None else None))
+                       "current, labels_digest, features) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (project, version, round_index, path, labeled, json.dumps(report), time.time(), int(current),
+                        labels_digest, json.dumps(features) if features is not None else None))
+            return current
 
     def pin_head(self, project: int, version: str) -> bool:
-        """Make an existing head the one that serves; False if the project has no such head."""
+        """Make an existing head the one that serves and record when; False if the project has no such head."""
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM heads WHERE project=? AND version=?", (project, version)).fetchone() is None:
                 return False
-            db.execute("UPDATE heads SET current=(version=?) WHERE project=?", (version, project))
+            db.execute("UPDATE heads SET current=(version=?), pinned_at=CASE WHEN version=? THEN ? ELSE pinned_at END "
+                       "WHERE project=?", (version, version, time.time(), project))
             return True
+
+    def latest_pin(self, project: int) -> dict | None:
+        """The project's most recently pinned head (version, pinned_at), None if none was ever pinned."""
+        return self._one("SELECT version, pinned_at FROM heads WHERE project=? AND pinned_at IS NOT NULL "
+                         "ORDER BY pinned_at DESC LIMIT 1", (project,))
 
     def current_head(self, project: int) -> dict | None:
         return self._decoded(self._one("SELECT * FROM heads WHERE project=? AND current=1", (project,)))

@@ -5,15 +5,18 @@ and named `p<project>-head-<n>`, so that a name says its project. Pinning makes 
 that serves /predict and answers /setup at once, and queues a `pin` job (ml_backend/loop.py) that
 closes the open round and selects the next one with that head, without training, so that Label
 Studio's project switches to its version: its queries, and after the `segment` job its
-segmentations. Nothing is deleted: rolling back leaves every answer in the store, and the head
-trained after the next round learns from all of them. The HTTP endpoint (`POST /versions/pin`) and
-the command line (`python -m ml_backend heads ...`) both come here.
+segmentations. A pin made while a head trains wins: that head is kept but not made current
+(Store.add_head), and its `superseded_by_pin` says why. Nothing is deleted: rolling back leaves
+every answer in the store, and the head trained after the next round learns from all of them. The
+HTTP endpoint (`POST /versions/pin`) and the command line (`python -m ml_backend heads ...`) both
+come here.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -45,11 +48,35 @@ def project_of(version: str) -> int | None:
 
 
 def heads(store, project: int | None = None) -> list[dict]:
-    """Every head of the project (or of every project), oldest first, with the one that serves marked."""
+    """Every head of the project (or of every project), oldest first, with the one that serves marked
+    and, for a head newer than that one, the pin that keeps it from serving."""
     projects = [project] if project is not None else store.projects()
-    return [{"project": p, "version": h["version"], "round": h["round"], "labeled": h["labeled"],
-             "created": h["created"], "current": bool(h["current"]), "report": h["report"]}
-            for p in projects for h in store.heads(p)]
+    out = []
+    for p in projects:
+        rows = store.heads(p)
+        current = next((h for h in rows if h["current"]), None)
+        out += [{"project": p, "version": h["version"], "round": h["round"], "labeled": h["labeled"],
+                 "created": h["created"], "current": bool(h["current"]), "report": h["report"],
+                 "superseded_by_pin": superseded_by_pin(h, current)} for h in rows]
+    return out
+
+
+def superseded_by_pin(head: dict, current: dict | None) -> str | None:
+    """Why a head newer than the current one does not serve: the current one was pinned after it was
+    trained (a roll-back) or while it trained (store.add_head). None for any other head, and for a
+    store that did not record pins yet."""
+    if current is None or head["created"] <= current["created"] or current["pinned_at"] is None:
+        return None
+    when = "while this head trained" if current["pinned_at"] < head["created"] else "after this head was trained"
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(current["pinned_at"]))
+    return f"{current['version']} pinned at {at} {when}"
+
+
+def pins(store, project: int | None = None) -> dict[str, dict]:
+    """Each project's latest pin (project id as text -> version and time), for projects with one."""
+    projects = [project] if project is not None else store.projects()
+    latest = {p: store.latest_pin(p) for p in projects}
+    return {str(p): {"version": pin["version"], "at": pin["pinned_at"]} for p, pin in latest.items() if pin}
 
 
 def _head(store, project: int, version: str) -> dict:

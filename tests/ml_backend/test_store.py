@@ -101,6 +101,34 @@ def test_heads_swap_atomically_and_jobs_survive_a_restart(tmp_path):
     assert again.interrupted_jobs() == []
 
 
+def test_a_pin_wins_over_a_head_whose_training_started_before_it(tmp_path):
+    """Issue 25: a head that finishes training after a pin made while it trained is kept, not made
+    current; a training that starts after the pin makes its head current as before."""
+    s = Store(tmp_path / "s.db")
+    s.add_head(1, "head-1", 0, "/h1", 3, {})
+    s.add_head(1, "head-2", 1, "/h2", 9, {})
+    assert s.latest_pin(1) is None
+    s.pin_head(1, "head-1")
+    pinned_at = s.latest_pin(1)["pinned_at"]
+    assert s.latest_pin(1) == {"version": "head-1", "pinned_at": pinned_at}
+    assert s.add_head(1, "head-3", 2, "/h3", 12, {}, started=pinned_at - 1) is False
+    assert s.current_head(1)["version"] == "head-1"
+    assert [(h["version"], h["current"]) for h in s.heads(1)] == [("head-1", 1), ("head-2", 0), ("head-3", 0)]
+    assert s.add_head(1, "head-4", 2, "/h4", 12, {}, started=pinned_at + 1) is True
+    assert s.current_head(1)["version"] == "head-4" and s.latest_pin(1)["version"] == "head-1"
+
+
+def test_an_old_store_gains_the_pin_time_of_its_heads(tmp_path):
+    s = store_written_before(  # the heads table as it was before pinned_at
+        tmp_path, "CREATE TABLE heads (project INTEGER NOT NULL, version TEXT NOT NULL, round INTEGER NOT NULL, "
+        "path TEXT NOT NULL, labeled INTEGER NOT NULL, report TEXT NOT NULL, created REAL NOT NULL, "
+        "current INTEGER NOT NULL DEFAULT 0, labels_digest TEXT, features TEXT, PRIMARY KEY (project, version))",
+        "INSERT INTO heads VALUES (1, 'head-1', 0, '/h1', 3, '{}', 1.0, 1, 'abc', NULL)")
+    assert s.current_head(1)["pinned_at"] is None and s.latest_pin(1) is None
+    assert s.add_head(1, "head-2", 1, "/h2", 9, {}, started=2.0)  # never pinned: the new head is current
+    assert s.pin_head(1, "head-1") and s.latest_pin(1)["version"] == "head-1"
+
+
 def test_heads_remember_the_labels_they_saw_and_old_stores_gain_the_column(tmp_path):
     s = store_written_before(  # the heads table as it was before labels_digest
         tmp_path, "CREATE TABLE heads (project INTEGER NOT NULL, version TEXT NOT NULL, round INTEGER NOT NULL, "
