@@ -337,6 +337,11 @@ class LabelStudioClient:
             task=task, result=result, model_version=model_version, score=score))
         return int(prediction.id)
 
+    def import_predictions(self, project: int, predictions: list[dict]) -> None:
+        """Many predictions ({"task", "result", "model_version", "score"}) in one call."""
+        self._call(f"import {len(predictions)} predictions into project {project}",
+                   lambda: self.sdk.projects.import_predictions(id=project, request=predictions))
+
     def update_prediction(self, prediction: int, result: list[dict]) -> None:
         self._call(f"update prediction {prediction}", lambda: self.sdk.predictions.update(id=prediction, result=result))
 

@@ -62,7 +62,7 @@ def handle_job(services: Services, runner, project: int, kind: str, payload: dic
         if current is not None and current["status"] in ("selected", "open"):
             push_round(services, runner, project, current["round"])
     elif kind == "segment":
-        push_segmentations(services, project)
+        push_segmentations(services, project, runner)
     elif kind == "answers":
         show_answered_regions(services, project, payload["holder"], payload.get("skipped", False))
     elif kind == "pin":

@@ -1,8 +1,8 @@
 """The current head's segmentation of every image task, computed once per head and task.
 
-After each new head a background job segments every image task and pushes the result to Label
-Studio as a prediction of the head's version, so that opening a task and "Retrieve Predictions"
-are instant. `/predict` answers from the same files (a query task gets its image's segmentation)
+After each new head a background job segments every image task and imports the results into Label
+Studio as predictions of the head's version, SEGMENT_BATCH tasks a call and a job, so that opening a
+task and "Retrieve Predictions" are instant and a round's jobs never wait for all of it. `/predict` answers from the same files (a query task gets its image's segmentation)
 and computes only what is missing. A segmentation is Label Studio's BrushLabels RLE at the
 image's original size, one region per class, scored by the head's mean confidence; beside it the
 class map at the model's resolution is kept, which the learning curve compares with the answers.
@@ -80,35 +80,42 @@ def _compute(services: Services, project: int, task: int, head_row: dict,
     return prediction, seg.classes.astype(np.uint8)
 
 
-def push_segmentation(services: Services, project: int, task: int, head_row: dict) -> bool:
-    """Push the head's segmentation of one image task unless Label Studio has it; True if pushed."""
-    if services.store.segmentation_pushed(project, task, head_row["version"]):
-        return False
-    prediction = segmentation(services, project, task, head_row)
-    ident = services.client(project).create_prediction(task, prediction["result"], head_row["version"],
-                                                       prediction["score"])
-    services.store.mark_segmentation(project, task, head_row["version"], ident)
-    return True
+SEGMENT_BATCH = 50  # image tasks a `segment` job segments and imports in one call before it yields
 
 
-def push_segmentations(services: Services, project: int) -> int:
-    """Segment every usable image task with the current head and push the predictions Label Studio
-    does not have yet; returns how many it pushed. A newer head makes the job stop: its own follows."""
+def push_segmentations(services: Services, project: int, runner=None) -> int:
+    """Segment up to SEGMENT_BATCH image tasks that Label Studio lacks a segmentation of by the current
+    head, and import them in one call (Label Studio's bulk prediction import); returns how many. When
+    more remain, the job queues its own continuation, so that a round's jobs submitted meanwhile run
+    before the rest of the segmentation. A newer head makes it stop: its own job follows."""
     store = services.store
-    current = store.current_head(project)
-    if current is None:
+    head_row = store.current_head(project)
+    if head_row is None:
         return 0
-    version, tasks = current["version"], store.tasks(project, "ready")
-    pushed = 0
-    for n, row in enumerate(tasks):
-        head_row = store.current_head(project)
-        if head_row is None or head_row["version"] != version:
-            log.info("project %s: %s is no longer the current head; its segmentations stop", project, version)
-            break
+    version = head_row["version"]
+    tasks = store.tasks(project, "ready")
+    done = store.segmented_tasks(project, version)
+    todo = [row["task"] for row in tasks if row["task"] not in done]
+    batch, predictions = todo[:SEGMENT_BATCH], []
+    for n, task in enumerate(batch):
         try:
-            pushed += push_segmentation(services, project, row["task"], head_row)
+            predictions.append({"task": task, **segmentation(services, project, task, head_row)})
         except ValueError as exc:  # one unusable image never stops the others
-            log.warning("project %s task %s: no segmentation: %s", project, row["task"], exc)
-        services.progress.update(project, f"segmenting tasks with {version}", n + 1, len(tasks))
-    log.info("project %s: %d segmentations of %s pushed to Label Studio", project, pushed, version)
-    return pushed
+            log.warning("project %s task %s: no segmentation: %s", project, task, exc)
+            store.mark_segmentation(project, task, version, -1)  # never tried again for this head
+        services.progress.update(project, f"segmenting tasks with {version}", len(tasks) - len(todo) + n + 1,
+                                 len(tasks))
+    current = store.current_head(project)
+    if current is None or current["version"] != version:
+        log.info("project %s: %s is no longer the current head; its segmentations stop", project, version)
+        return 0
+    if predictions:
+        services.client(project).import_predictions(project, predictions)
+        for p in predictions:
+            store.mark_segmentation(project, p["task"], version, 0)  # imported in bulk: Label Studio gives no ids
+    left = len(todo) - len(batch)
+    log.info("project %s: %d segmentations of %s imported into Label Studio, %d to go", project, len(predictions),
+             version, left)
+    if left and runner is not None:
+        runner.submit(project, "segment")
+    return len(predictions)

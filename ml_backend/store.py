@@ -447,11 +447,14 @@ class Store:
                                                  (project,))}
 
     # segmentations ----------------------------------------------------------------------------
-    def segmentation_pushed(self, project: int, task: int, version: str) -> bool:
-        return self._one("SELECT 1 AS x FROM segmentations WHERE project=? AND task=? AND version=? AND prediction "
-                         "IS NOT NULL", (project, task, version)) is not None
+    def segmented_tasks(self, project: int, version: str) -> set[int]:
+        """The image tasks whose segmentation by `version` Label Studio has (or that cannot be segmented)."""
+        return {r["task"] for r in self._all("SELECT task FROM segmentations WHERE project=? AND version=? AND "
+                                            "prediction IS NOT NULL", (project, version))}
 
     def mark_segmentation(self, project: int, task: int, version: str, prediction: int) -> None:
+        """`prediction`: Label Studio's id, 0 when imported in bulk (no id comes back), -1 for an image that
+        could not be segmented."""
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO segmentations VALUES (?,?,?,?)", (project, task, version, prediction))
 
