@@ -155,6 +155,10 @@ class ActiveLearningBackend:
         if event == "START_TRAINING":
             return {"status": "ok", "job": self.runner.submit(project, "train")}
         if event == "TASKS_CREATED":
+            created = data.get("tasks")
+            if isinstance(created, list) and created and all(
+                    isinstance(t, dict) and isinstance(t.get("data"), dict) and "query_key" in t["data"] for t in created):
+                return {"status": "ignored", "reason": "the backend's own query tasks"}  # no task listing for them
             return {"status": "ok", "job": self.runner.submit(project, "sync")}
         if event == "TASKS_DELETED":
             store.delete_tasks(project, message.ids)

@@ -439,6 +439,11 @@ def test_start_training_train_endpoint_and_new_tasks_queue_jobs(client):
     c.post("/train", json={"project": "3.17"})
     c.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": [{"id": 1}]})
     assert runner.jobs == [(3, "train"), (3, "train"), (3, "sync")]
+    own = [{"id": 5, "data": {"image": "/a.png", "query_key": "p3-r1-t1-0"}}]  # the backend's own query tasks
+    r = c.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": own})
+    assert r.json["status"] == "ignored" and runner.jobs == [(3, "train"), (3, "train"), (3, "sync")]
+    c.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": own + [{"id": 6, "data": {}}]})
+    assert runner.jobs[-1] == (3, "sync")  # with a task of the team's among them: a sync
 
 
 def test_predict_before_any_head_returns_no_regions(client, caplog):
