@@ -112,10 +112,19 @@ class Person:
         """Account & Settings > Personal Access Token > Create New Token, copied from the dialog."""
         self.driver.get(f"{self.url}/user/account")
         self.by_text("Personal Access Token").click()
-        self.button("Create New Token").click()
-        return wait_until(lambda: next((i.get_attribute("value") for i in self.driver.find_elements(
-            self.By.TAG_NAME, "input") if (i.get_attribute("value") or "").startswith("eyJ")), None), 30,
-            "the new token in its dialog")
+
+        def token() -> str | None:
+            return next((i.get_attribute("value") for i in self.driver.find_elements(self.By.TAG_NAME, "input")
+                         if (i.get_attribute("value") or "").startswith("eyJ")), None)
+        for attempt in range(3):  # a click before the page has read whether a token exists does nothing
+            self.button("Create New Token").click()
+            try:
+                return wait_until(token, 20, "the new token in its dialog")
+            except AssertionError:
+                if attempt == 2 or not any(b.text.strip() == "Create New Token" and b.is_displayed()
+                                           for b in self.driver.find_elements(self.By.TAG_NAME, "button")):
+                    raise
+        raise AssertionError("unreachable")
 
     def connect_model(self, project: int, url: str) -> str:
         """Settings > Model > Connect Model: a name, the URL, Extra params left empty, interactive
