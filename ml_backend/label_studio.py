@@ -210,17 +210,26 @@ class LabelStudioClient:
                                          f"({type(exc).__name__})") from None
 
     # reading -----------------------------------------------------------------------------------
-    def tasks(self, project: int, resolve_uri: bool = True) -> list[dict]:
-        """Every task of the project as {"id", "data", "is_labeled", "updated_at" (Label Studio's text,
-        which changes whenever one of the task's annotations or predictions does), "annotations" (how
-        many, skips included)}; `resolve_uri=False` gives the data as stored (cloud URIs unresolved:
-        what a copy of the task must hold)."""
+    def tasks(self, project: int, resolve_uri: bool = True, query: dict | None = None) -> list[dict]:
+        """The project's tasks as {"id", "data", "is_labeled", "updated_at" (Label Studio's text, which
+        changes whenever one of the task's annotations or predictions does), "annotations" (how many,
+        skips included)}: every task, or those a Data Manager `query` picks (its "filters" or
+        "selectedItems"); `resolve_uri=False` gives the data as stored (cloud URIs unresolved: what a
+        copy of the task must hold)."""
+        picked = json.dumps(query) if query is not None else None
+
         def fetch():
             return [{"id": t.id, "data": dict(t.data or {}), "is_labeled": bool(t.is_labeled),
                      "updated_at": _text(getattr(t, "updated_at", None)),
                      "annotations": (t.total_annotations or 0) + (t.cancelled_annotations or 0)}
-                    for t in self.sdk.tasks.list(project=project, fields="task_only", resolve_uri=resolve_uri)]
+                    for t in self.sdk.tasks.list(project=project, fields="task_only", resolve_uri=resolve_uri,
+                                                 query=picked)]
         return self._call(f"list tasks of project {project}", fetch)
+
+    def tasks_by_id(self, project: int, ids: list[int], resolve_uri: bool = True, batch: int = 100) -> list[dict]:
+        """The tasks `ids` as `tasks` gives them, `batch` a call (the ids travel in the URL)."""
+        return [t for start in range(0, len(ids), batch) for t in self.tasks(
+            project, resolve_uri, {"selectedItems": {"all": False, "included": ids[start:start + batch]}})]
 
     def annotations(self, project: int, tasks: list[int], batch: int = 100) -> dict[int, list[dict]]:
         """Every annotation of each task, skips included, as Label Studio's webhooks carry them ({"id",

@@ -54,18 +54,23 @@ def is_query_task(services: Services, project: int, task: dict) -> bool:
     return "query_key" in task["data"] or services.store.query_task(project, int(task["id"])) is not None
 
 
-def place_queries(services: Services, project: int, round_row: dict, version: str, raw_tasks: list[dict]) -> list[int]:
+def place_queries(services: Services, project: int, round_row: dict, version: str) -> list[int]:
     """Put every open query of the round that no annotator can meet onto a new query task, with its
     points as a prediction of `version`; the tasks stay out of the queue until `release_task`.
-    Returns the query tasks to release."""
+    Returns the query tasks to release. Label Studio is asked for the round's query tasks and the
+    queried images only (as stored: a query task copies its image's URI), never the whole project."""
     store, schema, client = services.store, services.schema(project), services.client(project)
     round_index = round_row["round"]
     unplaced = store.unplaced_queries(project, round_index)
     if not unplaced:
         return []
     total = len(store.queries(project, round_index))
-    by_key = {t["data"]["query_key"]: int(t["id"]) for t in raw_tasks if "query_key" in t["data"]}
-    raw_data = {int(t["id"]): t["data"] for t in raw_tasks}
+    made = client.tasks(project, resolve_uri=False, query={"filters": {"conjunction": "and", "items": [
+        {"filter": "filter:tasks:data.query_key", "operator": "contains", "type": "String",
+         "value": round_key(project, round_index)}]}})
+    by_key = {t["data"]["query_key"]: int(t["id"]) for t in made if "query_key" in t["data"]}
+    images = sorted({q["task"] for q in unplaced})
+    raw_data = {int(t["id"]): t["data"] for t in client.tasks_by_id(project, images, resolve_uri=False)}
     attempts = defaultdict(int)
     for row in store.query_tasks(project):
         if row["round"] == round_index:
@@ -123,6 +128,19 @@ def retire_outside_queue(services: Services, project: int, round_index: int | No
     return retired
 
 
+def retire_used_query_tasks(services: Services, project: int, round_index: int) -> int:
+    """Take out of the queue the query tasks of the previous round and of this one that hold no open
+    query of this round (image tasks leave it when a sync sees them): a call per such task, however
+    many tasks the project has. Returns how many."""
+    store, client = services.store, services.client(project)
+    live = {q["holder"] for q in store.queries(project, round_index) if q["status"] == "open"}
+    done = [row["holder"] for row in store.query_tasks(project)
+            if row["round"] in (round_index - 1, round_index) and row["holder"] not in live]
+    for holder in done:
+        client.retire_task(holder)
+    return len(done)
+
+
 def publish_round(services: Services, project: int, round_index: int) -> None:
     """Make the round's open queries exactly what Label Studio's queue serves. The order keeps the
     queue honest while it changes: past tasks leave it, the new query tasks are made with their
@@ -132,10 +150,9 @@ def publish_round(services: Services, project: int, round_index: int) -> None:
     store, client = services.store, services.client(project)
     round_row = store.round(project, round_index)
     version = queue_version(project, round_row)
-    tasks = client.tasks(project, resolve_uri=False)
     try:
-        retire_outside_queue(services, project, round_index, tasks)
-        holders = place_queries(services, project, round_row, version, tasks)
+        retire_used_query_tasks(services, project, round_index)
+        holders = place_queries(services, project, round_row, version)
         overlap = client.prepare_queue(project, version, round_key(project, round_index))
         for holder in holders:
             client.release_task(holder, overlap)

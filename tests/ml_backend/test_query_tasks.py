@@ -22,8 +22,18 @@ class RecordingLabelStudio:
     def __init__(self, tasks: list[dict], refuse: bool = False):
         self.listed, self.calls, self.refuse, self.next_id = tasks, [], refuse, 100
 
-    def tasks(self, project, resolve_uri=True):
-        return self.listed
+    def tasks(self, project, resolve_uri=True, query=None):
+        """Data Manager queries as publish_round sends them: a query key prefix, or chosen ids."""
+        self.calls.append(("list", query is not None))
+        if query is None:
+            return self.listed
+        if "selectedItems" in query:
+            return [t for t in self.listed if t["id"] in query["selectedItems"]["included"]]
+        (item,) = query["filters"]["items"]
+        return [t for t in self.listed if item["value"] in t["data"].get("query_key", "")]
+
+    def tasks_by_id(self, project, ids, resolve_uri=True):
+        return self.tasks(project, resolve_uri, {"selectedItems": {"all": False, "included": ids}})
 
     def retire_task(self, task):
         self.calls.append(("retire", task))
@@ -79,9 +89,11 @@ def test_a_round_leaves_the_queue_first_and_enters_it_last_most_informative_firs
     services.client = lambda project: ls
     publish_round(services, 1, 0)
     kinds = [c[0] for c in ls.calls]
-    # image tasks out, query tasks made with their points, the project's version, then into the queue
-    assert kinds == ["retire", "retire", "create", "predict", "create", "predict", "prepare", "release", "release",
+    # query tasks made with their points, the project's version, then into the queue (image tasks left
+    # it when a sync saw them); Label Studio is asked for the round's query tasks and the images only
+    assert kinds == ["list", "list", "create", "predict", "create", "predict", "prepare", "release", "release",
                      "notice"]
+    assert all(c[1] for c in ls.calls if c[0] == "list")  # never the whole project
     assert ("prepare", "p1-round-0", "p1-r0-t") in ls.calls  # the saved view: this round's query keys only
     assert ls.calls[-1] == ("notice", "round 0 is open: 3 points on 2 tasks. Press Label All Tasks.")
     creates = [c for c in ls.calls if c[0] == "create"]
@@ -112,3 +124,17 @@ def test_a_refused_key_says_what_to_change(services):
     progress = services.progress.snapshot()["1"]
     assert progress["stage"] == "labeling queue not set up" and "p1-round-0" in progress["message"]
     assert not [c for c in ls.calls if c[0] == "release"]  # nothing entered the queue
+
+
+def test_the_next_round_retires_the_last_rounds_query_tasks_and_only_them(services):
+    ls = RecordingLabelStudio([listed(10), listed(11)])
+    services.client = lambda project: ls
+    publish_round(services, 1, 0)
+    services.store.open_round(1, 0)
+    round0 = sorted({q["holder"] for q in services.store.queries(1, 0)})
+    services.store.complete_round(1, 0)
+    services.store.save_round(1, 1, None, [{"task": 10, "pixel": 20, "rank": 0, "region": "q1-10-20"}])
+    ls.calls.clear()
+    publish_round(services, 1, 1)
+    assert sorted(c[1] for c in ls.calls if c[0] == "retire") == round0  # not the image tasks 10 and 11
+    assert [c[0] for c in ls.calls][:len(round0)] == ["retire"] * len(round0)  # before the new ones are made
