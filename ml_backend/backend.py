@@ -276,5 +276,5 @@ class ActiveLearningBackend:
             "projects": self.projects_status(),
             "heads": {str(p): [{k: h[k] for k in ("version", "round", "labeled", "created", "current", "report")}
                                for h in store.heads(p)] for p in store.projects()},
-            "recent_jobs": store.recent_jobs(20),
+            "recent_jobs": store.recent_jobs(20), "label_studio_calls": self.services.label_studio_calls(),
         }

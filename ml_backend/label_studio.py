@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urljoin, urlparse
@@ -172,8 +174,15 @@ class LabelStudioClient:
         self.backoff = backoff
         self.downloads = downloads or DownloadLimits()
         self.sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=60)
+        self.calls: Counter[str] = Counter()  # calls by kind (ids as N), for /metrics and the scale benchmark
+        self._count_lock = threading.Lock()
+
+    def _count(self, what: str) -> None:
+        with self._count_lock:
+            self.calls[re.sub(r"[0-9]+", "N", what)] += 1
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        self._count(what)
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
             try:
@@ -198,6 +207,7 @@ class LabelStudioClient:
         LabelStudioRefused when Label Studio refuses them, LabelStudioUnavailable when it does not
         answer in time."""
         options = {"timeout_in_seconds": CHECK_SECONDS, "max_retries": 0}
+        self._count(f"read project {project}")
         try:
             self.sdk.projects.get(id=project, request_options=options)
         except ApiError as exc:
@@ -258,6 +268,7 @@ class LabelStudioClient:
         Studio's own host cannot be reached at all."""
         if not isinstance(url, str) or not url:
             raise DownloadError("the task has no image URL")
+        self._count("download a task file")
         absolute = urljoin(self.url + "/", url) if url.startswith("/") else url
         if _scheme(absolute) not in ("http", "https"):
             raise DownloadError("only Label Studio paths and http(s) URLs can be fetched (configure cloud "

@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 from ml_backend import round_notice as notice
 from ml_backend.regions import query_region
 from ml_backend.services import Services
 
 log = logging.getLogger(__name__)
+
+RETIRE_THREADS = 4  # PATCHes in flight at once when many new tasks leave the queue
+
 
 def queue_version(project: int, round_row: dict) -> str:
     """The Label Studio model version of a round's query predictions: the head that chose them, or
@@ -111,21 +115,22 @@ def _suggestion(suggest: bool, schema, query: dict) -> str | None:
 
 def retire_outside_queue(services: Services, project: int, round_index: int | None, tasks: list[dict]) -> int:
     """Take out of Label Studio's queue every task that is not a live query task of the open round
-    (image tasks, past rounds' query tasks); returns how many it took out."""
+    (image tasks, past rounds' query tasks); returns how many it took out. One PATCH a task (Label
+    Studio has no bulk call for it), RETIRE_THREADS at a time, with progress."""
     store, client = services.store, services.client(project)
     live = set()
     if round_index is not None:
         live = {q["holder"] for q in store.queries(project, round_index)
                 if q["status"] == "open" and q["holder"] is not None}
-    retired = 0
-    for task in tasks:
-        if task["is_labeled"] or int(task["id"]) in live:
-            continue
-        client.retire_task(int(task["id"]))
-        retired += 1
-    if retired:
-        log.info("project %s: %d tasks taken out of the labeling queue (images and past queries)", project, retired)
-    return retired
+    todo = [int(task["id"]) for task in tasks if not task["is_labeled"] and int(task["id"]) not in live]
+    stage = "taking tasks out of the labeling queue"
+    with ThreadPoolExecutor(RETIRE_THREADS) as pool:
+        for n, _ in enumerate(pool.map(client.retire_task, todo)):
+            if (n + 1) % 50 == 0 or n + 1 == len(todo):
+                services.progress.update(project, stage, n + 1, len(todo))
+    if todo:
+        log.info("project %s: %d tasks taken out of the labeling queue (images and past queries)", project, len(todo))
+    return len(todo)
 
 
 def retire_used_query_tasks(services: Services, project: int, round_index: int) -> int:

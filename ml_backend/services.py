@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -116,6 +117,12 @@ class Services:
             if (url, key) not in self._clients:
                 self._clients[(url, key)] = LabelStudioClient(url, key, downloads=self.downloads)
             return self._clients[(url, key)]
+
+    def label_studio_calls(self) -> dict[str, int]:
+        """This process's calls to Label Studio since it started, by kind (summed over its clients)."""
+        with self._lock:
+            clients = list(self._clients.values())
+        return dict(sum((c.calls for c in clients), Counter()))
 
     def files(self, project: int) -> ProjectFiles:
         return ProjectFiles(self.settings.model_dir, project)

@@ -469,7 +469,11 @@ def test_versions_and_metrics(client):
     empty = {"versions": [], "current": {}, "pinned": {}, "heads": []}
     assert c.get("/versions").json == empty and c.post("/versions", json={"project": "7.1"}).json == empty
     m = c.get("/metrics").json
-    assert set(m) == {"uptime_s", "backbone", "jobs", "settings", "projects", "heads", "recent_jobs"}
+    assert set(m) == {"uptime_s", "backbone", "jobs", "settings", "projects", "heads", "recent_jobs",
+                      "label_studio_calls"}
+    assert m["label_studio_calls"] == {}
+    c.post("/setup", json={"project": "7.1", "schema": CONFIG})  # asks Label Studio once (nobody answers here)
+    assert c.get("/metrics").json["label_studio_calls"] == {"read project N": 1}
 
 
 def auth_header(user: str, password: str) -> dict:
