@@ -234,7 +234,7 @@ class LabelStudioClient:
                      "annotations": (t.total_annotations or 0) + (t.cancelled_annotations or 0)}
                     for t in self.sdk.tasks.list(project=project, fields="task_only", resolve_uri=resolve_uri,
                                                  query=picked)]
-        return self._call(f"list tasks of project {project}", fetch)
+        return self._call(f"list {'chosen ' if query is not None else ''}tasks of project {project}", fetch)
 
     def tasks_by_id(self, project: int, ids: list[int], resolve_uri: bool = True, batch: int = 100) -> list[dict]:
         """The tasks `ids` as `tasks` gives them, `batch` a call (the ids travel in the URL)."""
