@@ -51,7 +51,11 @@ class Store:
 
     def __init__(self, location: str | Path):
         self.database = open_database(location)
-        migrate(self.database)
+        try:
+            migrate(self.database)
+        except BaseException:
+            self.database.close()  # its connections, which nothing else would close
+            raise
 
     def close(self) -> None:
         self.database.close()

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -105,7 +104,7 @@ def postgres_binaries() -> Path | None:
 class PostgresServer:
     """A real PostgreSQL server on a loopback port, its cluster in a temporary folder of its own (not
     under pytest's, which only root may enter: the server refuses to run as root, so as root it runs
-    as the `postgres` user). Durability is off (fsync): the tests lose nothing when it stops."""
+    as the `postgres` user). Without fsync, and stopped at once: its folder goes with it."""
 
     def __init__(self, binaries: Path):
         from tests.ml_backend.servers import free_port
@@ -116,8 +115,7 @@ class PostgresServer:
         self.as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if os.geteuid() == 0:
             shutil.chown(self.directory, "postgres")
-        self._names = iter(range(1, 1_000_000))
-        self._lock = threading.Lock()
+        self.databases = 0
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -128,25 +126,24 @@ class PostgresServer:
             log = self.log.read_text()[-3000:] if self.log.exists() else ""
             raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}): {done.stdout}{done.stderr}{log}")
 
-    def start(self, durable: bool = False) -> None:
+    def start(self) -> None:
         self._run(str(self.binaries / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                   "--no-sync")
-        options = f"-p {self.port} -h 127.0.0.1 -k {self.directory}" + ("" if durable else " -c fsync=off")
         self._run(str(self.binaries / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log),
-                  "-o", options)
+                  "-o", f"-p {self.port} -h 127.0.0.1 -k {self.directory} -c fsync=off")
 
     def create_database(self) -> str:
         """A new, empty database; its URL."""
         import psycopg
 
-        with self._lock:
-            name = f"test_{next(self._names)}"
+        self.databases += 1
+        name = f"test_{self.databases}"
         with psycopg.connect(self.url(), autocommit=True) as admin:
             admin.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
     def stop(self) -> None:
-        self._run(str(self.binaries / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(self.data))
+        self._run(str(self.binaries / "pg_ctl"), "stop", "-w", "-m", "immediate", "-D", str(self.data))
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
