@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,8 +57,21 @@ class SQLite:
         self.lock = threading.RLock()
         self.connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self.connection.row_factory = _dict_row
-        self.connection.execute("PRAGMA journal_mode=WAL")
+        self._use_wal()
         self.connection.execute("PRAGMA synchronous=NORMAL")
+
+    def _use_wal(self) -> None:
+        """Switch the file to WAL mode (it stays so). Two processes that open a new file at once may
+        find it locked by the other's switch, which SQLite does not wait for: retry for 30 s."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @contextmanager
     def transaction(self, key: int | None = None) -> Iterator[Session]:

@@ -464,11 +464,12 @@ class Store:
         with self.database.transaction(project) as db:
             db.execute("INSERT INTO progress (project, job, stage, done, total, message, work, work_total, work_done, "
                        "started, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(project, job) DO UPDATE SET "
-                       "started=CASE WHEN COALESCE(excluded.work, work, stage)=COALESCE(excluded.work, work, "
-                       "excluded.stage) THEN started ELSE excluded.started END, "
+                       "started=CASE WHEN COALESCE(excluded.work, progress.work, progress.stage)=COALESCE(excluded.work, "
+                       "progress.work, excluded.stage) THEN progress.started ELSE excluded.started END, "
                        "stage=excluded.stage, done=excluded.done, total=excluded.total, message=excluded.message, "
-                       "work=COALESCE(excluded.work, work), work_total=COALESCE(excluded.work_total, work_total), "
-                       "work_done=COALESCE(excluded.work_done, work_done), updated=excluded.updated",
+                       "work=COALESCE(excluded.work, progress.work), "
+                       "work_total=COALESCE(excluded.work_total, progress.work_total), "
+                       "work_done=COALESCE(excluded.work_done, progress.work_done), updated=excluded.updated",
                        (project, job, stage, done, total, message, work, work_total, work_done, now, now))
 
     def progress(self, project: int | None = None) -> list[dict]:
