@@ -165,6 +165,27 @@ def postgres_url(postgres_server) -> str:
     return postgres_server.create_database()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request, tmp_path):
+    """Where a store test's store lives, the test running once for each: a SQLite file, or the URL of
+    a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "state.sqlite3"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def open_store(store_location):
+    """Opens the store at `store_location` as often as the test asks (once per process it plays);
+    each is closed when the test ends."""
+    from ml_backend.store import Store
+
+    opened = []
+    yield lambda: opened.append(Store(store_location)) or opened[-1]
+    for store in opened:
+        store.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_unet():
     from model.backbones import load_unet

@@ -1,5 +1,5 @@
-"""The store, on both databases: every test that takes `location` or `store` runs on a SQLite file
-and on a fresh database of a real PostgreSQL server (tests/conftest.py)."""
+"""The store, on both databases: every test that takes `store_location`, `open_store` or `store` runs
+on a SQLite file and on a fresh database of a real PostgreSQL server (tests/conftest.py)."""
 
 from contextlib import closing
 
@@ -8,19 +8,11 @@ import pytest
 from ml_backend.store import Label, Store, parse_timestamp
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request, tmp_path):
-    """Where the test's store lives: a SQLite file, or the URL of a database of its own."""
-    if request.param == "sqlite":
-        return tmp_path / "state.sqlite3"
-    return request.getfixturevalue("postgres_url")
-
-
 @pytest.fixture
-def store(location):
-    with closing(Store(location)) as s:
-        s.upsert_tasks(1, [(10, "/a.png"), (11, "/b.png")])
-        yield s
+def store(open_store):
+    s = open_store()
+    s.upsert_tasks(1, [(10, "/a.png"), (11, "/b.png")])
+    return s
 
 
 def store_written_before(tmp_path, create: str, insert: str) -> Store:
@@ -101,17 +93,17 @@ def test_queries_are_answered_dismissed_or_open(store):
     assert store.query_task(1, 102)["task"] == 11 and store.query_task(1, 11) is None
 
 
-def test_heads_swap_atomically_and_jobs_survive_a_restart(store, location):
+def test_heads_swap_atomically_and_jobs_survive_a_restart(store, open_store):
     s = store
     s.add_head(1, "head-1", 0, "/h1", 3, {})
     s.add_head(1, "head-2", 1, "/h2", 9, {})
     assert s.current_head(1)["version"] == "head-2" and [h["version"] for h in s.heads(1)] == ["head-1", "head-2"]
     job = s.add_job(1, "advance")
     s.start_job(job)
-    with closing(Store(location)) as again:  # a new process
-        assert [j["id"] for j in again.interrupted_jobs()] == [job]
-        again.finish_job(job)
-        assert again.interrupted_jobs() == []
+    again = open_store()  # a new process
+    assert [j["id"] for j in again.interrupted_jobs()] == [job]
+    again.finish_job(job)
+    assert again.interrupted_jobs() == []
 
 
 def test_a_pin_wins_over_a_head_whose_training_started_before_it(store):
@@ -151,6 +143,48 @@ def test_heads_remember_the_labels_they_saw_and_old_stores_gain_the_column(tmp_p
     assert s.current_head(1)["labels_digest"] is None
     s.add_head(1, "head-2", 1, "/h2", 9, {}, "abc123")
     assert s.current_head(1)["labels_digest"] == "abc123"
+
+
+def test_every_other_write_reads_back_the_same_on_both_databases(store):
+    """The methods no other test here covers, each written twice where a second write replaces the first."""
+    store.save_project(1, "<View/>", {"classes": ["a"]})
+    store.save_project(1, "<View2/>", {"classes": ["a", "b"]})
+    assert store.project(1)["schema"] == {"classes": ["a", "b"]} and store.projects() == [1]
+    assert store.set_overrides(1, {"BUDGET": 3}) and not store.set_overrides(1, {"BUDGET": 3})
+    assert store.overrides(1) == {"BUDGET": 3} and store.project(1)["overrides"] == {"BUDGET": 3}
+    assert store.save_credentials(1, "http://a", "t1") and not store.save_credentials(1, "http://a", "t1")
+    assert store.save_credentials(1, "http://b", "t2") and store.credentials(1) == ("http://b", "t2")
+    store.set_task_image(1, 10, 64, 48, "ready", digest="d")
+    store.set_task_image(1, 11, None, None, "failed", "HTTP 404")
+    assert [(t["task"], t["width"], t["digest"]) for t in store.tasks(1, "ready")] == [(10, 64, "d")]
+    assert store.task(1, 11)["error"] == "HTTP 404" and store.upsert_tasks(1, [(11, "/c.png"), (12, "/d.png")]) == 1
+    assert store.task(1, 11)["status"] == "pending"  # a new address: fetched again
+    store.mark_reconciled(1, 90, "t1")
+    store.mark_reconciled(1, 90, "t2")
+    assert store.reconciled(1) == {90: "t2"}
+    store.save_round(1, 0, None, [{"task": 10, "pixel": 5, "rank": 0, "region": "q0", "score": 0.5}], {"BUDGET": 3})
+    store.save_round(1, 0, "p1-head-1", [{"task": 10, "pixel": 6, "rank": 0, "region": "q0"}], {"BUDGET": 4})
+    store.place_queries(1, 0, 10, [6], holder=90)
+    store.apply_annotation(1, 100, 10, "2026-01-01T00:00:01Z", [], [Label(10, "q0", 6, 1, "keypoint")], holder=90)
+    assert store.queried_pixels(1) == {10: [6]} and store.annotation_count(1) == 1
+    assert [(r["pixel"], r["class"]) for r in store.held_labels(1, 90)] == [(6, 1)]
+    store.complete_round(1, 0, "closed")
+    assert store.current_round(1)["status"] == "closed" and store.rounds(1)[0]["settings"] == {"BUDGET": 4}
+    metrics = {"answered": 1, "dismissed": 0, "unanswered": 0, "point_agreement": 0.5, "point_pixels": 2,
+               "region_agreement": None, "region_pixels": 0, "last_answer": 2.5}
+    store.save_round_metrics(1, 0, metrics)
+    store.save_round_metrics(1, 0, {**metrics, "point_agreement": 0.75})
+    assert store.round_metrics(1)[0]["point_agreement"] == 0.75
+    assert not store.segmentation_pushed(1, 10, "p1-head-1")
+    store.mark_segmentation(1, 10, "p1-head-1", 2 ** 40)  # ids beyond 32 bits
+    assert store.segmentation_pushed(1, 10, "p1-head-1")
+    failed, other = store.add_job(1, "segment", {"n": 1}), store.add_job(1, "sync")
+    store.finish_job(failed, "NoCredentials: none")
+    store.finish_job(other, "ValueError: no")
+    assert [j["id"] for j in store.failed_for_credentials(1, ["NoCredentials"])] == [failed]
+    store.mark_rerun(failed, 99)
+    assert store.job(failed)["status"] == "rerun" and store.job(failed)["error"].endswith("(run again as job 99)")
+    assert store.job(failed)["payload"] == {"n": 1} and [j["id"] for j in store.recent_jobs(1)] == [other]
 
 
 def test_timestamps_are_normalised():
@@ -303,41 +337,37 @@ def test_a_store_written_before_numbered_migrations_opens_with_every_row(tmp_pat
         assert store.round_progress(7, 0)["answered"] == 1 and store.add_job(7, "sync") == 42
 
 
-def test_processes_that_open_a_new_store_at_once_migrate_it_once(location):
+def test_processes_that_open_a_new_store_at_once_migrate_it_once(open_store):
     import threading
 
     barrier, opened, errors = threading.Barrier(4), [], []
 
-    def open_store():
+    def start():
         try:
             barrier.wait(timeout=60)
-            opened.append(Store(location))
+            opened.append(open_store())
         except Exception as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=open_store) for _ in range(barrier.parties)]
+    threads = [threading.Thread(target=start) for _ in range(barrier.parties)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    try:
-        assert errors == [] and len(opened) == barrier.parties
-        assert [r["version"] for r in opened[0]._all("SELECT version FROM schema_version")] == [1]
-    finally:
-        for s in opened:
-            s.close()
+    assert errors == [] and len(opened) == barrier.parties
+    assert [r["version"] for r in opened[0]._all("SELECT version FROM schema_version")] == [1]
 
 
-def test_a_database_a_newer_backend_migrated_is_refused(store, location):
+def test_a_database_a_newer_backend_migrated_is_refused(store, store_location):
     from ml_backend.schema import NewerDatabase
 
     with store.database.transaction() as db:
         db.execute("INSERT INTO schema_version (version, applied) VALUES (99, 0)")
     with pytest.raises(NewerDatabase, match="version 99"):
-        Store(location)
+        Store(store_location)
 
 
-def test_writers_at_once_end_where_writers_one_after_another_do(location):
+def test_writers_at_once_end_where_writers_one_after_another_do(open_store):
     """Four writers with connections of their own, as in four processes, take each annotation at the
     same moment: three apply its versions 1, 2, 3 in three orders, one deletes every third annotation;
     then all four ask for the project's singleton job. One after another, in any order, they end with
@@ -371,18 +401,15 @@ def test_writers_at_once_end_where_writers_one_after_another_do(location):
             errors.append(exc)
             barrier.abort()
 
-    stores = [Store(location) for _ in writers]
-    threads = [threading.Thread(target=run, args=(w, s)) for w, s in zip(writers, stores)]
+    threads = [threading.Thread(target=run, args=(w, open_store())) for w in writers]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    for s in stores:
-        s.close()
     assert errors == []
-    with closing(Store(location)) as s:
-        assert pixels(s) == sorted((10, 100 * a + 3, 3) for a in range(n) if a % 3)
-        versions = s.annotation_versions(1)
-        assert {a: v["deleted"] for a, v in versions.items()} == {a: int(a % 3 == 0) for a in range(n)}
-        assert {v["updated_at"] for a, v in versions.items() if a % 3} == {"2026-01-01T00:00:03.000000Z"}
-        assert sorted(new for _, new in jobs) == [False, False, False, True] and len({job for job, _ in jobs}) == 1
+    s = open_store()
+    assert pixels(s) == sorted((10, 100 * a + 3, 3) for a in range(n) if a % 3)
+    versions = s.annotation_versions(1)
+    assert {a: v["deleted"] for a, v in versions.items()} == {a: int(a % 3 == 0) for a in range(n)}
+    assert {v["updated_at"] for a, v in versions.items() if a % 3} == {"2026-01-01T00:00:03.000000Z"}
+    assert sorted(new for _, new in jobs) == [False, False, False, True] and len({job for job, _ in jobs}) == 1
