@@ -45,9 +45,10 @@ def parse_timestamp(value: str | None) -> str:
 
 class Store:
     """The backend's state in a SQLite file (a path) or a PostgreSQL database (a `postgresql://` URL),
-    migrated to the newest schema when opened. Every method that writes runs one transaction that
-    holds its project's lock (see ml_backend.database), so a read-then-write (a newer version of an
-    annotation, a singleton job, a pin) is decided on what every earlier writer committed."""
+    migrated to the newest schema when opened. Every method that writes is one transaction; one that
+    writes a project's rows holds the project's lock (see ml_backend.database), so a read-then-write
+    (a newer version of an annotation, a singleton job, a pin) is decided on what every earlier writer
+    committed. Only a job's own row is written without it, by one statement."""
 
     def __init__(self, location: str | Path):
         self.database = open_database(location)
