@@ -27,7 +27,7 @@ class SettingsError(ValueError):
 
 # What a project may set in Label Studio's "Extra params" (JSON, e.g. {"BUDGET": 20, "ACQUISITION": "margin"}).
 # Everything else changes what all projects share (backbone, resolution, noise draws, device, paths,
-# credentials, the job queue) and stays per backend.
+# credentials, the job queue, the database) and stays per backend.
 PROJECT_SETTINGS = ("BUDGET", "BUDGET_FACTOR", "ACQUISITION", "COVERAGE", "CANDIDATES", "LOCAL_K", "LOCAL_SKETCH_DIM",
                     "KEEP_GLOBAL", "SEED", "TRAIN_BATCH_SIZE", "TRAIN_MAX_EPOCHS", "AUTO_ADVANCE", "SUGGEST_CLASSES",
                     "EXPANDER", "SAM_TAU", "SUPERPIXEL_TAU", "REGION_PIXEL_CAP", "STOP_AGREEMENT", "STOP_ROUNDS")
@@ -123,6 +123,7 @@ class Settings:
     basic_auth_user: str = ""
     basic_auth_pass: str = field(default="", repr=False)
     redis_url: str = field(default="", repr=False)
+    database_url: str = field(default="", repr=False)  # PostgreSQL for the store; "": the SQLite file in model_dir
     download_timeout: float = 60.0  # seconds for a whole task file: connect, redirects, body
     max_downloads: int = 4  # task files fetched at once, over all threads
     max_request_mb: int = 16  # largest request body (413 above it)
@@ -177,6 +178,7 @@ class Settings:
             basic_auth_user=_env("BASIC_AUTH_USER", ""),
             basic_auth_pass=_env("BASIC_AUTH_PASS", ""),
             redis_url=_env("REDIS_URL", ""),
+            database_url=_env("DATABASE_URL", ""),
             download_timeout=_number("DOWNLOAD_TIMEOUT", 60.0, float),
             max_downloads=_number("MAX_DOWNLOADS", 4, int),
             max_request_mb=_number("MAX_REQUEST_MB", 16, int),
@@ -244,6 +246,9 @@ class Settings:
         elif self.workers > 1 and not self.redis_url:
             problems.append(f"WORKERS={quote(self.workers)} needs REDIS_URL: without it the job runner lives in "
                             "the web process, and each worker would run jobs of its own")
+        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
+            # not quoted: the URL carries the database's password
+            problems.append("DATABASE_URL must be a postgresql:// URL (unset: the store is MODEL_DIR/state.sqlite3)")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             problems.append("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if problems:
@@ -263,8 +268,8 @@ class Settings:
                 changes[name.lower()] = _convert(name, value, kinds[name.lower()])
             elif name.lower() in kinds or name in ALIASES:
                 raise SettingsError(f"{key} is a per-backend setting (shared by every project: backbone and features, "
-                                    f"device, paths, credentials, the job queue); set it in the backend's environment. "
-                                    f"A project may set {', '.join(PROJECT_SETTINGS)}")
+                                    f"device, paths, credentials, the job queue, the database); set it in the backend's "
+                                    f"environment. A project may set {', '.join(PROJECT_SETTINGS)}")
             else:
                 raise SettingsError(f"unknown setting {quote(key)}; a project may set {', '.join(PROJECT_SETTINGS)}")
         settings = replace(self, **changes)
@@ -281,8 +286,9 @@ class Settings:
 
     def public(self) -> dict:
         """Settings safe to show in /health and logs (no secrets)."""
-        hidden = {"label_studio_api_key", "basic_auth_pass", "redis_url"}
+        hidden = {"label_studio_api_key", "basic_auth_pass", "redis_url", "database_url"}
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         out["label_studio_api_key_set"] = bool(self.label_studio_api_key)
         out["queue"] = "redis" if self.redis_url else "in-process"
+        out["database"] = "postgresql" if self.database_url else "sqlite"
         return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}

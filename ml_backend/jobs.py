@@ -61,9 +61,7 @@ def record_job(store: Store, project: int, kind: str, payload: dict | None) -> t
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
     if kind in SINGLETON_KINDS:
-        queued = store.queued_job(project, kind)
-        if queued:
-            return int(queued["id"]), False
+        return store.add_singleton_job(project, kind, payload)
     return store.add_job(project, kind, payload), True
 
 

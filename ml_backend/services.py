@@ -36,7 +36,7 @@ class Services:
     @classmethod
     def create(cls, settings: Settings) -> Services:
         settings.model_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(settings.model_dir / "state.sqlite3")
+        store = Store(settings.database_url or settings.model_dir / "state.sqlite3")
         return cls(settings, store, Engine(settings), Progress(store),
                    downloads=DownloadLimits(settings.download_timeout, settings.max_downloads))
 

@@ -1,4 +1,4 @@
-"""The backend's durable state: one SQLite file in MODEL_DIR, in WAL mode.
+"""The backend's durable state: a SQLite file in MODEL_DIR, or a PostgreSQL database (DATABASE_URL).
 
 Every annotation Label Studio sends is kept verbatim; the labeled pixels derived from it are
 replaced only by a newer version of the same annotation (by Label Studio's `updated_at`), and a
@@ -10,76 +10,14 @@ whatever order or how often the webhooks arrive.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS projects (
-    project INTEGER PRIMARY KEY, label_config TEXT NOT NULL, schema TEXT NOT NULL, updated REAL NOT NULL,
-    overrides TEXT NOT NULL DEFAULT '{}');
-CREATE TABLE IF NOT EXISTS tasks (
-    project INTEGER NOT NULL, task INTEGER NOT NULL, image_url TEXT NOT NULL,
-    width INTEGER, height INTEGER, status TEXT NOT NULL DEFAULT 'pending', error TEXT, digest TEXT,
-    deleted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (project, task));
-CREATE TABLE IF NOT EXISTS annotations (
-    project INTEGER NOT NULL, annotation INTEGER NOT NULL, task INTEGER NOT NULL,
-    updated_at TEXT NOT NULL, received REAL NOT NULL, deleted INTEGER NOT NULL DEFAULT 0,
-    result TEXT NOT NULL, holder INTEGER, pending TEXT NOT NULL DEFAULT '[]', cancelled INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (project, annotation));
-CREATE TABLE IF NOT EXISTS labels (
-    project INTEGER NOT NULL, task INTEGER NOT NULL, annotation INTEGER NOT NULL, region TEXT NOT NULL,
-    pixel INTEGER NOT NULL, class INTEGER NOT NULL, source TEXT NOT NULL, round INTEGER,
-    PRIMARY KEY (project, annotation, region, pixel));
-CREATE INDEX IF NOT EXISTS labels_by_task ON labels (project, task);
-CREATE TABLE IF NOT EXISTS rounds (
-    project INTEGER NOT NULL, round INTEGER NOT NULL, status TEXT NOT NULL, head_version TEXT,
-    created REAL NOT NULL, pushed REAL, settings TEXT, PRIMARY KEY (project, round));
-CREATE TABLE IF NOT EXISTS queries (
-    project INTEGER NOT NULL, round INTEGER NOT NULL, task INTEGER NOT NULL, pixel INTEGER NOT NULL,
-    rank INTEGER NOT NULL, score REAL, suggested INTEGER, region TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'open', holder INTEGER, closed REAL, PRIMARY KEY (project, round, task, pixel));
-CREATE TABLE IF NOT EXISTS round_metrics (
-    project INTEGER NOT NULL, round INTEGER NOT NULL, answered INTEGER NOT NULL, dismissed INTEGER NOT NULL,
-    unanswered INTEGER NOT NULL, point_agreement REAL, point_pixels INTEGER NOT NULL, region_agreement REAL,
-    region_pixels INTEGER NOT NULL, last_answer REAL, recorded REAL NOT NULL, PRIMARY KEY (project, round));
-CREATE TABLE IF NOT EXISTS query_tasks (
-    project INTEGER NOT NULL, holder INTEGER NOT NULL, round INTEGER NOT NULL, task INTEGER NOT NULL,
-    key TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (project, holder));
-CREATE TABLE IF NOT EXISTS segmentations (
-    project INTEGER NOT NULL, task INTEGER NOT NULL, version TEXT NOT NULL, prediction INTEGER,
-    PRIMARY KEY (project, task, version));
-CREATE TABLE IF NOT EXISTS heads (
-    project INTEGER NOT NULL, version TEXT NOT NULL, round INTEGER NOT NULL, path TEXT NOT NULL,
-    labeled INTEGER NOT NULL, report TEXT NOT NULL, created REAL NOT NULL, current INTEGER NOT NULL DEFAULT 0,
-    labels_digest TEXT, features TEXT, pinned_at REAL, PRIMARY KEY (project, version));
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, project INTEGER NOT NULL, kind TEXT NOT NULL, payload TEXT,
-    status TEXT NOT NULL, error TEXT, created REAL NOT NULL, started REAL, finished REAL);
-CREATE TABLE IF NOT EXISTS progress (
-    project INTEGER NOT NULL, job INTEGER NOT NULL, stage TEXT NOT NULL, done INTEGER, total INTEGER, message TEXT,
-    work TEXT, work_total INTEGER, started REAL, updated REAL NOT NULL, work_done INTEGER, PRIMARY KEY (project, job));
-CREATE TABLE IF NOT EXISTS credentials (
-    project INTEGER PRIMARY KEY, url TEXT NOT NULL, token TEXT NOT NULL, updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS reconciled (
-    project INTEGER NOT NULL, task INTEGER NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (project, task));
-"""
-
-# Columns added after the first stores were written: the round a label answered, the labels a head saw,
-# the task an annotation was made on and its points left with the placeholder, the query task a query waits on,
-# a project's settings from Label Studio, when a query stopped being open, the settings that chose a round,
-# the features a head was trained on, a job's share of its piece of work done, when a head was last pinned.
-ADDED_COLUMNS = (("labels", "round", "INTEGER"), ("heads", "labels_digest", "TEXT"),
-                 ("annotations", "holder", "INTEGER"), ("annotations", "pending", "TEXT NOT NULL DEFAULT '[]'"),
-                 ("annotations", "cancelled", "INTEGER NOT NULL DEFAULT 0"), ("queries", "holder", "INTEGER"),
-                 ("projects", "overrides", "TEXT NOT NULL DEFAULT '{}'"), ("queries", "closed", "REAL"),
-                 ("rounds", "settings", "TEXT"), ("heads", "features", "TEXT"), ("progress", "work_done", "INTEGER"),
-                 ("heads", "pinned_at", "REAL"))
+from ml_backend.database import Session, open_database
+from ml_backend.schema import migrate
 
 
 @dataclass(frozen=True)
@@ -106,34 +44,25 @@ def parse_timestamp(value: str | None) -> str:
 
 
 class Store:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        for table, column, kind in ADDED_COLUMNS:  # a store written before the column existed
-            if column not in {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    """The backend's state in a SQLite file (a path) or a PostgreSQL database (a `postgresql://` URL),
+    migrated to the newest schema when opened. Every method that writes is one transaction; one that
+    writes a project's rows holds the project's lock (see ml_backend.database), so a read-then-write
+    (a newer version of an annotation, a singleton job, a pin) is decided on what every earlier writer
+    committed. Only a job's own row is written without it, by one statement."""
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # SQLite ends the transaction itself on some errors (a full disk)
-                    self._db.execute("ROLLBACK")
-                raise
+    def __init__(self, location: str | Path):
+        self.database = open_database(location)
+        try:
+            migrate(self.database)
+        except BaseException:
+            self.database.close()  # its connections, which nothing else would close
+            raise
+
+    def close(self) -> None:
+        self.database.close()
 
     def _all(self, sql: str, args: Iterable = ()) -> list[dict]:
-        with self._lock:
-            return [dict(r) for r in self._db.execute(sql, tuple(args)).fetchall()]
+        return self.database.all(sql, args)
 
     def _one(self, sql: str, args: Iterable = ()) -> dict | None:
         rows = self._all(sql, args)
@@ -141,7 +70,7 @@ class Store:
 
     # projects ---------------------------------------------------------------------------------
     def save_project(self, project: int, label_config: str, schema: dict) -> None:
-        with self.transaction() as db:
+        with self.database.transaction(project) as db:
             db.execute("INSERT INTO projects (project, label_config, schema, updated) VALUES (?,?,?,?) "
                        "ON CONFLICT(project) DO UPDATE SET "
                        "label_config=excluded.label_config, schema=excluded.schema, updated=excluded.updated",
@@ -156,7 +85,7 @@ class Store:
 
     def set_overrides(self, project: int, overrides: dict) -> bool:
         """Replace the project's settings from Label Studio's extra params; True if they changed."""
-        with self.transaction() as db:
+        with self.database.transaction(project) as db:
             row = db.execute("SELECT overrides FROM projects WHERE project=?", (project,)).fetchone()
             if row is None or json.loads(row["overrides"]) == overrides:
                 return False
@@ -175,11 +104,12 @@ class Store:
         """Keep the Label Studio address and token a project's jobs use (from /setup), so that a restarted
         process and workers elsewhere reach Label Studio too; True if they are new or changed. Their own
         table: nothing that lists projects, jobs or settings can show them."""
-        with self.transaction() as db:
+        with self.database.transaction(project) as db:
             old = db.execute("SELECT url, token FROM credentials WHERE project=?", (project,)).fetchone()
             if old is not None and (old["url"], old["token"]) == (url, token):
                 return False
-            db.execute("INSERT OR REPLACE INTO credentials (project, url, token, updated) VALUES (?,?,?,?)",
+            db.execute("INSERT INTO credentials (project, url, token, updated) VALUES (?,?,?,?) ON CONFLICT(project) "
+                       "DO UPDATE SET url=excluded.url, token=excluded.token, updated=excluded.updated",
                        (project, url, token, time.time()))
             return True
 
@@ -191,7 +121,7 @@ class Store:
     def upsert_tasks(self, project: int, tasks: Iterable[tuple[int, str]]) -> int:
         """Add tasks (id, image URL) not seen before; a changed URL resets the task to pending."""
         added = 0
-        with self.transaction() as db:
+        with self.database.transaction(project) as db:
             for task, url in tasks:
                 old = db.execute("SELECT image_url FROM tasks WHERE project=? AND task=?", (project, task)).fetchone()
                 if old is None:
@@ -204,12 +134,12 @@ class Store:
 
     def set_task_image(self, project: int, task: int, width: int | None, height: int | None,
                        status: str, error: str | None = None, digest: str | None = None) -> None:
-        with self.transaction() as db:
+        with self.database.transaction(project) as db:
             db.execute("UPDATE tasks SET width=?, height=?, status=?, error=?, digest=? WHERE project=? AND task=?",
                        (width, height, status, error, digest, project, task))
 
     def delete_tasks(self, project: int, tasks: Iterable[int]) -> None:
-        with self.transaction() as db:
+        with self.database.transaction(project) as db:
             for task in tasks:
                 db.execute("INSERT INTO tasks (project, task, image_url, deleted) VALUES (?,?,'',1) "
                            "ON CONFLICT(project, task) DO UPDATE SET deleted=1", (project, task))
@@ -234,7 +164,7 @@ class Store:
         was made on (a query task, or the image task itself); `pending` the query regions submitted
         still carrying the placeholder; `cancelled` a skip."""
         stamp = parse_timestamp(updated_at)
-        with self.transaction() as db:
+        with self.database.transaction(project) as db:
             old = db.execute("SELECT updated_at, deleted FROM annotations WHERE project=? AND annotation=?",
                              (project, annotation)).fetchone()
             if old is not None and old["deleted"]:
@@ -250,17 +180,18 @@ class Store:
                         task if holder is None else holder, json.dumps(sorted(pending)), int(cancelled)))
             db.execute("DELETE FROM labels WHERE project=? AND annotation=?", (project, annotation))
             # the latest round annotators could see when this version arrived (None before round 0)
-            round_index = db.execute("SELECT MAX(round) FROM queries WHERE project=? AND holder IS NOT NULL",
-                                     (project,)).fetchone()[0]
-            db.executemany("INSERT OR REPLACE INTO labels (project, task, annotation, region, pixel, class, source, "
-                           "round) VALUES (?,?,?,?,?,?,?,?)",
+            round_index = db.execute("SELECT MAX(round) AS round FROM queries WHERE project=? AND holder IS NOT NULL",
+                                     (project,)).fetchone()["round"]
+            db.executemany("INSERT INTO labels (project, task, annotation, region, pixel, class, source, round) "
+                           "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(project, annotation, region, pixel) DO UPDATE SET "
+                           "task=excluded.task, class=excluded.class, source=excluded.source, round=excluded.round",
                            [(project, lb.task, annotation, lb.region, lb.pixel, lb.cls, lb.source, round_index)
                             for lb in labels])
             self._refresh_queries(db, project, task)
         return "applied"
 
     def delete_annotations(self, project: int, annotations: Iterable[int]) -> None:
-        with self.transaction() as db:
+        with self.database.transaction(project) as db:
             for annotation in annotations:
                 row = db.execute("SELECT task FROM annotations WHERE project=? AND annotation=?",
                                  (project, annotation)).fetchone()
@@ -307,8 +238,9 @@ class Store:
                                                              (project,))}
 
     def mark_reconciled(self, project: int, task: int, updated_at: str) -> None:
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO reconciled (project, task, updated_at) VALUES (?,?,?)",
+        with self.database.transaction(project) as db:
+            db.execute("INSERT INTO reconciled (project, task, updated_at) VALUES (?,?,?) "
+                       "ON CONFLICT(project, task) DO UPDATE SET updated_at=excluded.updated_at",
                        (project, task, updated_at))
 
     # rounds and queries -----------------------------------------------------------------------
@@ -319,9 +251,11 @@ class Store:
                    queries: list[dict], settings: dict | None = None) -> None:
         """Record a round's queries (status 'selected': chosen, not yet in Label Studio), with the
         project's settings that chose them."""
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO rounds (project, round, status, head_version, created, pushed, settings) "
-                       "VALUES (?,?,?,?,?,NULL,?)", (project, round_index, "selected", head_version, time.time(),
+        with self.database.transaction(project) as db:
+            db.execute("INSERT INTO rounds (project, round, status, head_version, created, pushed, settings) "
+                       "VALUES (?,?,?,?,?,NULL,?) ON CONFLICT(project, round) DO UPDATE SET status=excluded.status, "
+                       "head_version=excluded.head_version, created=excluded.created, pushed=NULL, "
+                       "settings=excluded.settings", (project, round_index, "selected", head_version, time.time(),
                                                      json.dumps(settings) if settings is not None else None))
             db.execute("DELETE FROM queries WHERE project=? AND round=?", (project, round_index))
             db.executemany(
@@ -339,9 +273,10 @@ class Store:
             "ORDER BY q.rank", (project, round_index))
 
     def add_query_task(self, project: int, holder: int, round_index: int, task: int, key: str) -> None:
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO query_tasks (project, holder, round, task, key, created) "
-                       "VALUES (?,?,?,?,?,?)", (project, holder, round_index, task, key, time.time()))
+        with self.database.transaction(project) as db:
+            db.execute("INSERT INTO query_tasks (project, holder, round, task, key, created) VALUES (?,?,?,?,?,?) "
+                       "ON CONFLICT(project, holder) DO UPDATE SET round=excluded.round, task=excluded.task, "
+                       "key=excluded.key, created=excluded.created", (project, holder, round_index, task, key, time.time()))
 
     def query_task(self, project: int, holder: int) -> dict | None:
         """The query task `holder` (round, image task), or None for any other task."""
@@ -352,13 +287,13 @@ class Store:
 
     def place_queries(self, project: int, round_index: int, task: int, pixels: Iterable[int], holder: int) -> None:
         """The queries now wait on query task `holder` (Label Studio created it with their points)."""
-        with self.transaction() as db:
+        with self.database.transaction(project) as db:
             db.executemany("UPDATE queries SET holder=? WHERE project=? AND round=? AND task=? AND pixel=?",
                            [(holder, project, round_index, task, int(p)) for p in pixels])
             self._refresh_queries(db, project, task)
 
     def open_round(self, project: int, round_index: int) -> None:
-        with self.transaction() as db:
+        with self.database.transaction(project) as db:
             db.execute("UPDATE rounds SET status='open', pushed=? WHERE project=? AND round=?",
                        (time.time(), project, round_index))
             for row in db.execute("SELECT DISTINCT task FROM queries WHERE project=? AND round=?",
@@ -368,7 +303,7 @@ class Store:
     def queries(self, project: int, round_index: int) -> list[dict]:
         return self._all("SELECT * FROM queries WHERE project=? AND round=? ORDER BY rank", (project, round_index))
 
-    def _refresh_queries(self, db: sqlite3.Connection, project: int, task: int) -> None:
+    def _refresh_queries(self, db: Session, project: int, task: int) -> None:
         """A query is answered once a live keypoint label of its image sits on its pixel or carries its
         region id. Otherwise the latest live annotation of the query task holding it decides: a skip,
         or a submission without the query's point, dismisses it; a submission with the point still
@@ -437,9 +372,10 @@ class Store:
     def save_round_metrics(self, project: int, round_index: int, metrics: dict) -> None:
         columns = ("answered", "dismissed", "unanswered", "point_agreement", "point_pixels", "region_agreement",
                    "region_pixels", "last_answer")
-        with self.transaction() as db:
-            db.execute(f"INSERT OR REPLACE INTO round_metrics (project, round, {', '.join(columns)}, recorded) "
-                       f"VALUES (?,?,{','.join('?' * len(columns))},?)",
+        with self.database.transaction(project) as db:
+            db.execute(f"INSERT INTO round_metrics (project, round, {', '.join(columns)}, recorded) "
+                       f"VALUES (?,?,{','.join('?' * len(columns))},?) ON CONFLICT(project, round) DO UPDATE SET "
+                       f"{', '.join(f'{c}=excluded.{c}' for c in (*columns, 'recorded'))}",
                        (project, round_index, *[metrics[c] for c in columns], time.time()))
 
     def round_metrics(self, project: int) -> dict[int, dict]:
@@ -455,13 +391,15 @@ class Store:
     def mark_segmentation(self, project: int, task: int, version: str, prediction: int) -> None:
         """`prediction`: Label Studio's id, 0 when imported in bulk (no id comes back), -1 for an image that
         could not be segmented."""
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO segmentations VALUES (?,?,?,?)", (project, task, version, prediction))
+        with self.database.transaction(project) as db:
+            db.execute("INSERT INTO segmentations (project, task, version, prediction) VALUES (?,?,?,?) "
+                       "ON CONFLICT(project, task, version) DO UPDATE SET prediction=excluded.prediction",
+                       (project, task, version, prediction))
 
     def complete_round(self, project: int, round_index: int, status: str = "complete") -> None:
         """The round leaves the queue: 'complete' (answered, or training requested), or 'closed' (a
         head was pinned: its unanswered queries stay here, never asked again)."""
-        with self.transaction() as db:
+        with self.database.transaction(project) as db:
             db.execute("UPDATE rounds SET status=? WHERE project=? AND round=?", (status, project, round_index))
 
     # head versions ----------------------------------------------------------------------------
@@ -472,24 +410,29 @@ class Store:
         digest of the labels it was trained on, so that a repeated training request can tell, and
         the feature configuration it expects (for export). A head whose training `started` before the
         project's latest pin is registered but not made current: the pin wins. True if it is current."""
-        with self.transaction() as db:
-            pinned = db.execute("SELECT MAX(pinned_at) FROM heads WHERE project=?", (project,)).fetchone()[0]
+        with self.database.transaction(project) as db:
+            pinned = db.execute("SELECT MAX(pinned_at) AS t FROM heads WHERE project=?", (project,)).fetchone()["t"]
             current = started is None or pinned is None or pinned <= started
             if current:
                 db.execute("UPDATE heads SET current=0 WHERE project=?", (project,))
-            db.execute("INSERT OR REPLACE INTO heads (project, version, round, path, labeled, report, created, "
-                       "current, labels_digest, features) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            # a version registered again is a new head: the old one's pin goes with it
+            db.execute("INSERT INTO heads (project, version, round, path, labeled, report, created, current, "
+                       "labels_digest, features) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(project, version) DO UPDATE "
+                       "SET round=excluded.round, path=excluded.path, labeled=excluded.labeled, report=excluded.report, "
+                       "created=excluded.created, current=excluded.current, labels_digest=excluded.labels_digest, "
+                       "features=excluded.features, pinned_at=NULL",
                        (project, version, round_index, path, labeled, json.dumps(report), time.time(), int(current),
                         labels_digest, json.dumps(features) if features is not None else None))
             return current
 
     def pin_head(self, project: int, version: str) -> bool:
         """Make an existing head the one that serves and record when; False if the project has no such head."""
-        with self.transaction() as db:
+        with self.database.transaction(project) as db:
             if db.execute("SELECT 1 FROM heads WHERE project=? AND version=?", (project, version)).fetchone() is None:
                 return False
-            db.execute("UPDATE heads SET current=(version=?), pinned_at=CASE WHEN version=? THEN ? ELSE pinned_at END "
-                       "WHERE project=?", (version, version, time.time(), project))
+            db.execute("UPDATE heads SET current=CASE WHEN version=? THEN 1 ELSE 0 END, "
+                       "pinned_at=CASE WHEN version=? THEN ? ELSE pinned_at END WHERE project=?",
+                       (version, version, time.time(), project))
             return True
 
     def latest_pin(self, project: int) -> dict | None:
@@ -522,14 +465,15 @@ class Store:
         which it has done `work_done`). The work, its size and the share are kept when not given, so
         a job joins a work once. The clock restarts with a new work (a new stage, outside any work)."""
         now = time.time()
-        with self.transaction() as db:
+        with self.database.transaction(project) as db:
             db.execute("INSERT INTO progress (project, job, stage, done, total, message, work, work_total, work_done, "
                        "started, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(project, job) DO UPDATE SET "
-                       "started=CASE WHEN COALESCE(excluded.work, work, stage)=COALESCE(excluded.work, work, "
-                       "excluded.stage) THEN started ELSE excluded.started END, "
+                       "started=CASE WHEN COALESCE(excluded.work, progress.work, progress.stage)=COALESCE(excluded.work, "
+                       "progress.work, excluded.stage) THEN progress.started ELSE excluded.started END, "
                        "stage=excluded.stage, done=excluded.done, total=excluded.total, message=excluded.message, "
-                       "work=COALESCE(excluded.work, work), work_total=COALESCE(excluded.work_total, work_total), "
-                       "work_done=COALESCE(excluded.work_done, work_done), updated=excluded.updated",
+                       "work=COALESCE(excluded.work, progress.work), "
+                       "work_total=COALESCE(excluded.work_total, progress.work_total), "
+                       "work_done=COALESCE(excluded.work_done, progress.work_done), updated=excluded.updated",
                        (project, job, stage, done, total, message, work, work_total, work_done, now, now))
 
     def progress(self, project: int | None = None) -> list[dict]:
@@ -539,15 +483,27 @@ class Store:
                          f"{where}ORDER BY p.updated DESC, p.job DESC", () if project is None else (project,))
 
     def delete_progress(self, project: int, jobs: Iterable[int]) -> None:
-        with self.transaction() as db:
+        with self.database.transaction(project) as db:
             db.executemany("DELETE FROM progress WHERE project=? AND job=?", [(project, j) for j in jobs])
 
     # jobs -------------------------------------------------------------------------------------
     def add_job(self, project: int, kind: str, payload: dict | None = None) -> int:
-        with self.transaction() as db:
-            cur = db.execute("INSERT INTO jobs (project, kind, payload, status, created) VALUES (?,?,?,'queued',?)",
-                             (project, kind, json.dumps(payload) if payload is not None else None, time.time()))
-            return int(cur.lastrowid)
+        with self.database.transaction(project) as db:
+            return self._insert_job(db, project, kind, payload)
+
+    def add_singleton_job(self, project: int, kind: str, payload: dict | None = None) -> tuple[int, bool]:
+        """The project's job of this kind that waits to start, or a new one: (id, is_new). One
+        transaction, so that two processes asking at once get one job."""
+        with self.database.transaction(project) as db:
+            queued = db.execute("SELECT id FROM jobs WHERE project=? AND kind=? AND status='queued' ORDER BY id LIMIT 1",
+                                (project, kind)).fetchone()
+            return (int(queued["id"]), False) if queued else (self._insert_job(db, project, kind, payload), True)
+
+    @staticmethod
+    def _insert_job(db: Session, project: int, kind: str, payload: dict | None) -> int:
+        return int(db.execute("INSERT INTO jobs (project, kind, payload, status, created) VALUES (?,?,?,'queued',?) "
+                              "RETURNING id", (project, kind, json.dumps(payload) if payload is not None else None,
+                                               time.time())).fetchall()[0]["id"])
 
     def queued_job(self, project: int, kind: str) -> dict | None:
         """The project's job of this kind that waits to start, if any (a running one does not count:
@@ -556,11 +512,11 @@ class Store:
                          (project, kind))
 
     def start_job(self, job: int) -> None:
-        with self.transaction() as db:
+        with self.database.transaction() as db:  # one statement on the job's row
             db.execute("UPDATE jobs SET status='running', started=? WHERE id=?", (time.time(), job))
 
     def finish_job(self, job: int, error: str | None = None) -> None:
-        with self.transaction() as db:
+        with self.database.transaction() as db:  # one statement on the job's row
             db.execute("UPDATE jobs SET status=?, error=?, finished=? WHERE id=?",
                        ("failed" if error else "done", error, time.time(), job))
 
@@ -577,7 +533,7 @@ class Store:
 
     def mark_rerun(self, job: int, again: int) -> None:
         """A failed job was run again as job `again`: it is not run again a second time."""
-        with self.transaction() as db:
+        with self.database.transaction() as db:
             db.execute("UPDATE jobs SET status='rerun', error=error || ? WHERE id=?", (f" (run again as job {again})", job))
 
     def interrupted_jobs(self) -> list[dict]:

@@ -1,9 +1,10 @@
-"""Shared fixtures: the CamVid copy beside the checkout, a real Redis, and a random-weight tiny backbone.
+"""Shared fixtures: the CamVid copy beside the checkout, a real Redis, a real PostgreSQL, and a
+random-weight tiny backbone.
 
 Tests that need CamVid read it from CAMVID_DIR (default ../shared/datasets/camvid beside the
-checkout) and are skipped, with how to get it, where it is absent. CI sets REQUIRE_TEST_DATA=1,
-which turns those skips (and a missing Chromium for the browser test) into failures, so that
-CI always runs every test.
+checkout) and are skipped, with how to get it, where it is absent; so are the tests that need
+PostgreSQL's server where it is not installed. CI sets REQUIRE_TEST_DATA=1, which turns those skips
+(and a missing Chromium for the browser test) into failures, so that CI always runs every test.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,101 @@ def redis_server(tmp_path):
     yield server
     if server.process.poll() is None:
         server.stop()
+
+
+def postgres_binaries() -> Path | None:
+    """The folder of PostgreSQL's initdb and pg_ctl: on the PATH, else Debian's newest
+    /usr/lib/postgresql/<version>/bin (Debian keeps them off the PATH)."""
+    exe = shutil.which("initdb")
+    if exe:
+        return Path(exe).parent
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    return found[-1].parent if found else None
+
+
+class PostgresServer:
+    """A real PostgreSQL server on a loopback port, its cluster in a temporary folder of its own (not
+    under pytest's, which only root may enter: the server refuses to run as root, so as root it runs
+    as the `postgres` user). Without fsync, and stopped at once: its folder goes with it."""
+
+    def __init__(self, binaries: Path):
+        from tests.ml_backend.servers import free_port
+
+        self.binaries, self.port = binaries, free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="pytest-postgres-"))
+        self.data, self.log = self.directory / "data", self.directory / "server.log"
+        self.as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres")
+        self.databases = 0
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str) -> None:
+        done = subprocess.run([*self.as_owner, *args], capture_output=True, text=True)
+        if done.returncode:
+            log = self.log.read_text()[-3000:] if self.log.exists() else ""
+            raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}): {done.stdout}{done.stderr}{log}")
+
+    def start(self) -> None:
+        self._run(str(self.binaries / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                  "--no-sync")
+        self._run(str(self.binaries / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log),
+                  "-o", f"-p {self.port} -h 127.0.0.1 -k {self.directory} -c fsync=off")
+
+    def create_database(self) -> str:
+        """A new, empty database; its URL."""
+        import psycopg
+
+        self.databases += 1
+        name = f"test_{self.databases}"
+        with psycopg.connect(self.url(), autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self) -> None:
+        self._run(str(self.binaries / "pg_ctl"), "stop", "-w", "-m", "immediate", "-D", str(self.data))
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    binaries = postgres_binaries()
+    if binaries is None:
+        missing("PostgreSQL's server is not installed (initdb and pg_ctl were found neither on the PATH nor in "
+                "/usr/lib/postgresql/<version>/bin): install Debian's `postgresql` package (apt-get install postgresql)")
+    server = PostgresServer(binaries)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh database on the session's PostgreSQL server, for one test."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request, tmp_path):
+    """Where a store test's store lives, the test running once for each: a SQLite file, or the URL of
+    a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "state.sqlite3"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def open_store(store_location):
+    """Opens the store at `store_location` as often as the test asks (once per process it plays);
+    each is closed when the test ends."""
+    from ml_backend.store import Store
+
+    opened = []
+    yield lambda: opened.append(Store(store_location)) or opened[-1]
+    for store in opened:
+        store.close()
 
 
 @pytest.fixture(scope="session")

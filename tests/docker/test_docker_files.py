@@ -25,7 +25,7 @@ def compose():
 
 def test_compose_services_ports_and_volumes():
     c = compose()
-    assert set(c["services"]) == {"label-studio", "backend", "worker", "redis"}
+    assert set(c["services"]) == {"label-studio", "backend", "worker", "redis", "postgres"}
     assert c["services"]["label-studio"]["image"] == "heartexlabs/label-studio:1.23.2"
     assert "8080:8080" in c["services"]["label-studio"]["ports"]
     assert f"{Settings().port}:{Settings().port}" in c["services"]["backend"]["ports"]
@@ -34,11 +34,19 @@ def test_compose_services_ports_and_volumes():
         mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
         assert mounts[service["environment"]["MODEL_DIR"]] == "model-dir"  # the workers share MODEL_DIR
         assert service["environment"]["REDIS_URL"].startswith("redis://redis:6379")
+        # the store is the postgres service's database, which they wait for
+        assert re.fullmatch(r"postgresql://edald:\$\{POSTGRES_PASSWORD:\?[^}]+\}@postgres:5432/edald",
+                            service["environment"]["DATABASE_URL"])
+        assert service["depends_on"]["postgres"] == {"condition": "service_healthy"}
     assert worker["command"][:2] == ["rq", "worker"] and worker["command"][-1] == QUEUE_NAME
     # a worker busy when Redis went away exits (README, Reliability): it and Redis come back by themselves
     assert worker["restart"] == c["services"]["redis"]["restart"] == "unless-stopped"
     assert worker["image"] == backend["image"] and backend["build"]["dockerfile"] == "docker/Dockerfile"
-    assert set(c["volumes"]) == {"label-studio-data", "model-dir", "redis-data"}
+    assert set(c["volumes"]) == {"label-studio-data", "model-dir", "redis-data", "postgres-data"}
+    postgres = c["services"]["postgres"]
+    assert postgres["image"] == "postgres:15" and postgres["volumes"] == ["postgres-data:/var/lib/postgresql/data"]
+    assert (postgres["environment"]["POSTGRES_USER"], postgres["environment"]["POSTGRES_DB"]) == ("edald", "edald")
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"]) and postgres["restart"] == "unless-stopped"
     assert c["services"]["label-studio"]["environment"]["ML_BLOCK_LOCAL_IP"] == "false"
     # several gunicorn workers only beside Redis (the settings refuse them without it)
     workers = re.fullmatch(r"\$\{WORKERS:-(\d+)\}", backend["environment"]["WORKERS"]).group(1)

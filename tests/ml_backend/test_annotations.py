@@ -124,9 +124,9 @@ def fill_the_disk(store) -> None:
     import contextlib
     import sqlite3
 
-    with store._lock:
-        db, n = store._db, 0
-        db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    with store.database.lock:
+        db, n = store.database.connection, 0
+        db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()['page_count']}")
         for size in (2000, 500, 100, 20, 1):
             with contextlib.suppress(sqlite3.OperationalError):
                 while True:
@@ -184,9 +184,9 @@ def test_answers_refused_on_a_full_disk_count_once_it_can_write_again(ls, camvid
         assert len(store.labels(project)) < points
         assert metrics(backend)["projects"][str(project)]["round_status"] == "open"
 
-        with store._lock:  # room again
-            store._db.execute("PRAGMA max_page_count = 1073741823")
-            store._db.execute("DELETE FROM annotations WHERE project=-1")
+        with store.database.lock:  # room again
+            store.database.connection.execute("PRAGMA max_page_count = 1073741823")
+            store.database.connection.execute("DELETE FROM annotations WHERE project=-1")
         wait_for_open_round(ls, backend, project, 1, f"p{project}-head-1")
         assert len(store.labels(project)) == points  # every answer, once
     finally:

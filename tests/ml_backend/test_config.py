@@ -7,7 +7,7 @@ from ml_backend.config import Settings, SettingsError
 
 
 def test_defaults_and_checkpoint_location(monkeypatch, tmp_path):
-    for name in ("BACKBONE", "DIFFUSION_CHECKPOINT", "LABEL_STUDIO_API_KEY", "REDIS_URL", "HOST"):
+    for name in ("BACKBONE", "DIFFUSION_CHECKPOINT", "LABEL_STUDIO_API_KEY", "REDIS_URL", "DATABASE_URL", "HOST"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MODEL_DIR", str(tmp_path))
     s = Settings.from_env()
@@ -16,6 +16,18 @@ def test_defaults_and_checkpoint_location(monkeypatch, tmp_path):
     assert (s.download_timeout, s.max_downloads, s.max_request_mb) == (60.0, 4, 16)
     assert s.diffusion_checkpoint == tmp_path / "checkpoints" / "256x256_diffusion_uncond.pt"
     assert s.public()["queue"] == "in-process" and "label_studio_api_key" not in s.public()
+    assert s.public()["database"] == "sqlite" and s.database_url == ""
+
+
+def test_the_database_url_is_read_and_never_shown(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://al:pw-123@db:5432/al")
+    s = Settings.from_env()
+    assert s.database_url == "postgresql://al:pw-123@db:5432/al" and s.public()["database"] == "postgresql"
+    assert "pw-123" not in str(s.public()) + repr(s)
+    monkeypatch.setenv("DATABASE_URL", "mysql://al:pw-123@db/al")
+    with pytest.raises(SettingsError, match="DATABASE_URL must be a postgresql:// URL") as refused:
+        Settings.from_env()
+    assert "pw-123" not in str(refused.value)
 
 
 @pytest.mark.parametrize("name,value,fragment", [

@@ -355,10 +355,15 @@ class HealthWatch:
         return self.seen
 
 
-def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvid_root, tmp_path, redis_server):
-    """...and the web process's /health shows the workers' progress, in images of the whole round."""
+def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvid_root, tmp_path, redis_server,
+                                                                      postgres_url):
+    """...and the web process's /health shows the workers' progress, in images of the whole round. The
+    scaled-out backend shares only what machines would: Redis, the PostgreSQL store and MODEL_DIR; each
+    worker runs in a working directory of its own."""
     import subprocess
+    from contextlib import closing
 
+    from ml_backend.store import Store
     from tests.conftest import REPO
 
     config = SHIPPED_CONFIG.read_text()
@@ -367,16 +372,17 @@ def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvi
     results = {}
     for mode in ("in-process", "redis"):
         model_dir = tmp_path / mode / "model"
-        env = dict(base, **({"REDIS_URL": redis_server.url} if mode == "redis" else {}))
+        env = dict(base, **({"REDIS_URL": redis_server.url, "DATABASE_URL": postgres_url} if mode == "redis" else {}))
         backend = start_backend(model_dir, env)
         workers = []
         if mode == "redis":
             for n in range(2):
                 log = open(tmp_path / mode / f"worker{n}.log", "w")
+                (cwd := tmp_path / mode / f"worker{n}").mkdir()
                 workers.append(subprocess.Popen(
                     [str(REPO / ".venv" / "bin" / "rq") if (REPO / ".venv" / "bin" / "rq").exists() else "rq", "worker",
-                     "--url", redis_server.url, "-w", "rq.worker.SimpleWorker", "active-learning"],
-                    cwd=REPO, env=backend.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                     "--url", redis_server.url, "--path", str(REPO), "-w", "rq.worker.SimpleWorker", "active-learning"],
+                    cwd=cwd, env=backend.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         try:
             project = ls.api("POST", "/api/projects", json={"title": f"rq {mode}", "label_config": config}).json()["id"]
             names = import_camvid(ls, project, camvid_root, N_IMAGES)
@@ -398,8 +404,11 @@ def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvi
                 assert any("features and local herding" in (tmp_path / mode / f"worker{n}.log").read_text()
                            for n in range(2))
                 assert metrics(backend)["jobs"]["kind"] == "redis"
-                jobs = wait_until(lambda: (j := read_store(model_dir).recent_jobs(50)) and all(
-                    x["status"] in ("done", "failed") for x in j) and j, 120, "the round's jobs to finish")
+                assert not (model_dir / "state.sqlite3").exists()  # every process used the PostgreSQL store
+                assert all(list((tmp_path / mode / f"worker{n}").iterdir()) == [] for n in range(2))
+                with closing(Store(postgres_url)) as store:
+                    jobs = wait_until(lambda: (j := store.recent_jobs(50)) and all(
+                        x["status"] in ("done", "failed") for x in j) and j, 120, "the round's jobs to finish")
                 assert {"sync", "records", "select"} <= {j["kind"] for j in jobs}
                 assert [j for j in jobs if j["status"] != "done"] == []
                 assert sum(j["kind"] == "records" for j in jobs) == N_IMAGES // 2

@@ -1,5 +1,6 @@
-"""Progress lives in the store: every process sees every job's, counted in images, with an ETA. The
-same with real RQ workers is in test_label_studio_loop.py (two workers, the web process's /health)."""
+"""Progress lives in the store: every process sees every job's, counted in images, with an ETA (on
+SQLite and on PostgreSQL). The same with real RQ workers is in test_label_studio_loop.py (two
+workers, the web process's /health)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,18 @@ import time
 import numpy as np
 
 from ml_backend.progress import Progress, forget_finished, job_scope
-from ml_backend.store import Label, Store
+from ml_backend.store import Label
 from tests.ml_backend.test_server import CONFIG, make_client
 
 
 STAGE, WORK = "round 3: features and local herding", ("round 3 records", 20)
 
 
-def test_batches_of_one_round_add_up_to_its_images_in_any_process(tmp_path, caplog):
+def test_batches_of_one_round_add_up_to_its_images_in_any_process(open_store, caplog):
     """The 20 images of a round in batches of 8, 8 and 4, run by two processes: /health counts 20
     images from the first batch on (the issue: 539 s in, it showed 7 of 8 with 12 images to go)."""
     caplog.set_level(logging.INFO, "ml_backend.progress")
-    path = tmp_path / "state.sqlite3"
-    web, worker_a, worker_b = Progress(Store(path)), Progress(Store(path)), Progress(Store(path))
+    web, worker_a, worker_b = Progress(open_store()), Progress(open_store()), Progress(open_store())
     store = worker_a.store
     jobs = [store.add_job(7, "records", {"round": 3}) for _ in range(3)]
     store.start_job(jobs[0])
@@ -51,8 +51,8 @@ def test_batches_of_one_round_add_up_to_its_images_in_any_process(tmp_path, capl
     assert not any("/8" in m for m in logged)  # never the batch's own count
 
 
-def test_a_finished_piece_of_work_is_forgotten_once_something_newer_happens(tmp_path):
-    progress = Progress(Store(tmp_path / "state.sqlite3"))
+def test_a_finished_piece_of_work_is_forgotten_once_something_newer_happens(open_store):
+    progress = Progress(open_store())
     store = progress.store
     job = store.add_job(7, "records", {"round": 0})
     store.start_job(job)
@@ -104,11 +104,11 @@ def test_training_stages_are_named_once_and_records_are_planned_in_images(tmp_pa
     assert (seen["stage"], seen["done"], seen["total"]) == ("round 1 queued", 1, 5) and seen["eta_s"] is not None
 
 
-def test_one_count_for_the_whole_round_and_the_segmentation_beside_it(tmp_path):
+def test_one_count_for_the_whole_round_and_the_segmentation_beside_it(open_store):
     """From the last answer to the queries: training on 2 images, records of 3 in two jobs, selecting
     and publishing: 6 units whichever job runs, while a segmentation job of the last head runs beside
     it and never takes the round's place (the issue: the stage flipped between the two)."""
-    progress = Progress(Store(tmp_path / "state.sqlite3"))
+    progress = Progress(open_store())
     store = progress.store
     advance, records_a, records_b, select, segment = (store.add_job(7, kind) for kind in
                                                        ("advance", "records", "records", "select", "segment"))
