@@ -175,9 +175,10 @@ def test_every_other_write_reads_back_the_same_on_both_databases(store):
     store.save_round_metrics(1, 0, metrics)
     store.save_round_metrics(1, 0, {**metrics, "point_agreement": 0.75})
     assert store.round_metrics(1)[0]["point_agreement"] == 0.75
-    assert not store.segmentation_pushed(1, 10, "p1-head-1")
+    assert store.segmented_tasks(1, "p1-head-1") == set()
     store.mark_segmentation(1, 10, "p1-head-1", 2 ** 40)  # ids beyond 32 bits
-    assert store.segmentation_pushed(1, 10, "p1-head-1")
+    store.mark_segmentation(1, 11, "p1-head-1", 0)  # imported in bulk
+    assert store.segmented_tasks(1, "p1-head-1") == {10, 11} and store.segmented_tasks(1, "p1-head-2") == set()
     failed, other = store.add_job(1, "segment", {"n": 1}), store.add_job(1, "sync")
     store.finish_job(failed, "NoCredentials: none")
     store.finish_job(other, "ValueError: no")
