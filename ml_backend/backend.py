@@ -244,10 +244,12 @@ class ActiveLearningBackend:
         the work toward the next round, with the background jobs beside it."""
         problem = self.services.engine.checkpoint_problem()
         engine = self.services.engine
+        weights = engine.weights()
         out = {
             "status": "UP" if problem is None else "NOT_READY", "ready": problem is None,
             "model_class": type(self).__name__,
-            "model": {"backbone": engine.backbone.name, "pretrained": engine.backbone.pretrained and problem is None},
+            "model": {"backbone": engine.backbone.name, "pretrained": weights.pretrained and problem is None,
+                      "weights": weights.description},
             "progress": self.services.progress.snapshot(), "failed_tasks": self.failed_tasks(),
             "projects": {str(p): {**self._settings_view(p, learning_curve(self.services.store, p)),
                                   "round": self._round_state(p)} for p in self.services.store.projects()},

@@ -19,7 +19,7 @@ import torch
 
 from ml_backend.config import Settings
 from model.acquisition import get_acquisition
-from model.backbones import CheckpointError, get_backbone, load_unet, resolve_device
+from model.backbones import CheckpointError, Weights, describe_weights, get_backbone, load_unet, resolve_device
 from model.embedding_cache import LRUCache
 from model.expansion import Expander, build_expander
 from model.features import DiffusionFeatureExtractor, FeatureConfig, ImageFeatureSource, resolve_dtype
@@ -70,14 +70,23 @@ class Engine:
     def checkpoint_path(self) -> Path | None:
         return self.settings.diffusion_checkpoint
 
+    def weights(self) -> Weights:
+        """What the backbone runs on: the release, a checkpoint from `python -m model pretrain` (its
+        training record says on what), or random weights."""
+        return describe_weights(self.backbone, self.checkpoint_path())
+
     def checkpoint_problem(self) -> str | None:
         """A cheap check fit for /setup and /health: is the checkpoint file there at all? The answer
         names the one thing to do: where to download the file and the path it is expected at."""
         if self.backbone_error:
             return self.backbone_error
         path = self.checkpoint_path()
-        if not self.backbone.pretrained or (path is not None and path.is_file()):
+        if (path is None and not self.backbone.pretrained) or (path is not None and path.is_file()):
             return None
+        if not self.backbone.pretrained:
+            return (f"the diffusion checkpoint {path} for BACKBONE={self.backbone.name} is missing: set "
+                    f"DIFFUSION_CHECKPOINT to a file written by `python -m model pretrain --backbone "
+                    f"{self.backbone.name}`, or unset it for random weights")
         if path is None:
             return (f"the diffusion checkpoint for BACKBONE={self.backbone.name} is not configured: download "
                     f"{self.backbone.url} and set DIFFUSION_CHECKPOINT to its path")
@@ -161,8 +170,10 @@ class Engine:
         expander = {"name": self.settings.expander, "loaded": built is not None, "error": self.expander_error}
         if built is not None:
             expander.update(built.describe())
+        weights = self.weights()
         return {
-            "backbone": self.backbone.name, "pretrained": self.backbone.pretrained and problem is None,
+            "backbone": self.backbone.name, "pretrained": weights.pretrained and problem is None,
+            "weights": weights.description,
             "loaded": loaded, "device": str(self.device),
             "checkpoint": str(self.checkpoint_path()) if self.checkpoint_path() else None,
             "error": problem, "feature_dim": self._extractor.dim if loaded else None, "expander": expander,

@@ -1,15 +1,17 @@
-"""Command line: `python -m model info|expansion|simulate|bench|segment ...`."""
+"""Command line: `python -m model info|pretrain|expansion|simulate|bench|segment ...`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import statistics
 import sys
 
 import torch
 
-from model.backbones import BACKBONES, NOT_PRETRAINED_WARNING, get_backbone, resolve_device
+from model.backbones import (BACKBONES, NOT_PRETRAINED_WARNING, describe_weights, get_backbone, load_unet,
+                             resolve_device)
 from model.expansion import SEGMENTATIONS
 from model.features import DTYPES, FeatureConfig
 from model.unet import GuidedDiffusionUNet, decoder_block_shapes
@@ -20,8 +22,12 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def info(args: argparse.Namespace) -> dict:
-    """Decoder block shapes and the feature dimension, computed on the meta device (no weights)."""
+    """Decoder block shapes and the feature dimension, computed on the meta device (no weights); with
+    --checkpoint, that file's layout is checked and its weights described (pretrained on what)."""
     backbone = get_backbone(args.backbone)
+    if args.checkpoint:
+        load_unet(backbone, args.checkpoint)
+    weights = describe_weights(backbone, args.checkpoint)
     resolution = args.resolution or backbone.unet.image_size
     shapes = decoder_block_shapes(backbone.unet, resolution)
     with torch.device("meta"):
@@ -29,7 +35,9 @@ def info(args: argparse.Namespace) -> dict:
     out = {
         "backbone": backbone.name,
         "description": backbone.description,
-        "pretrained": backbone.pretrained,
+        "pretrained": weights.pretrained,
+        "weights": weights.description,
+        "checkpoint": args.checkpoint,
         "checkpoint_file": backbone.checkpoint_file,
         "download_url": backbone.url,
         "parameters": params,
@@ -39,7 +47,7 @@ def info(args: argparse.Namespace) -> dict:
         "timesteps": list(args.timesteps),
         "feature_dim": len(args.timesteps) * sum(shapes[b][0] for b in args.blocks),
     }
-    if not backbone.pretrained:
+    if not weights.pretrained:
         out["warning"] = NOT_PRETRAINED_WARNING
     return out
 
@@ -54,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=None, help="input size (default: the backbone's)")
     p.add_argument("--blocks", type=_ints, default=defaults.blocks)
     p.add_argument("--timesteps", type=_ints, default=defaults.timesteps)
+    p.add_argument("--checkpoint", default=None, help="a checkpoint of the backbone: its layout is checked and its "
+                   "weights described (e.g. one written by `pretrain`)")
     p.set_defaults(run=lambda a: print(json.dumps(info(a), indent=2)))
+    add_pretrain(sub)
 
     p = sub.add_parser("expansion", help="purity and pixels per click of expanders on a labeled split, side by side")
     add_dataset_arguments(p)
@@ -88,6 +99,64 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench(sub)
     return parser
+
+
+def add_pretrain(sub) -> None:
+    from model.datasets import ADAPTERS
+    from model.pretrain import DTYPES as TRAIN_DTYPES
+
+    p = sub.add_parser("pretrain", help="train a backbone's diffusion UNet on a dataset's images (labels ignored)")
+    p.add_argument("--data", required=True, help="dataset root in any layout `simulate` reads")
+    p.add_argument("--dataset", default=None, choices=list(ADAPTERS),
+                   help="layout of --data (default: found from what the directory holds)")
+    p.add_argument("--split", default="train", help="the split whose images are trained on")
+    p.add_argument("--backbone", required=True, choices=sorted(BACKBONES))
+    p.add_argument("--init", default=None, help="a checkpoint of the backbone to fine-tune (default: from scratch)")
+    p.add_argument("--resolution", type=int, default=None, help="crop size (default: the backbone's, 256)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, required=True, help="optimizer steps in all (a resumed run counts its own)")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (guided-diffusion's 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--ema", type=float, default=0.9999, help="EMA rate of the weights the checkpoint holds")
+    p.add_argument("--save-every", type=int, default=1000, help="steps between resumable states in --out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="fp32", choices=list(TRAIN_DTYPES),
+                   help="bf16: the forward pass under bf16 autocast (for GPUs); weights stay float32")
+    p.add_argument("--out", required=True, help="folder of the run: state.pt (resumed when there) and the checkpoint")
+    p.set_defaults(run=pretrain)
+
+
+def pretrain(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from model.datasets import load_dataset
+    from model.backbones import training_record_path
+    from model.pretrain import PretrainConfig, Pretraining
+
+    backbone = get_backbone(args.backbone)
+    dataset = load_dataset(args.data, args.split, args.dataset)
+    config = PretrainConfig(
+        backbone=backbone.name, resolution=args.resolution or backbone.unet.image_size, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, ema=args.ema,
+        save_every=args.save_every, seed=args.seed, dtype=args.dtype,
+        init=str(Path(args.init).expanduser().resolve()) if args.init else None)
+    device = resolve_device(args.device)
+    run = Pretraining(config, dataset.image_paths, dataset.name, args.out, device, data={"split": dataset.split})
+    with tqdm(total=config.steps, initial=run.step, desc=f"pretrain {backbone.name} on {dataset.name}",
+              unit="step") as bar:
+        def on_step(step: int, loss: float) -> None:
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+        path = run.run(on_step)
+    weights = describe_weights(backbone, path)
+    seconds = f", median {statistics.median(run.step_seconds):.3f} s per step" if run.step_seconds else ""
+    print(f"wrote {path} ({weights.description}; final loss {run.loss:.4f}{seconds}) and its training record "
+          f"{training_record_path(path).name}. Use it with `--backbone {backbone.name} --checkpoint {path}`, or "
+          f"BACKBONE={backbone.name} DIFFUSION_CHECKPOINT={path} for the backend")
 
 
 def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
@@ -145,7 +214,6 @@ def add_simulate(sub) -> None:
 def simulate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from model.backbones import load_unet
     from model.datasets import load_dataset
     from model.expansion import build_expander
     from model.features import DiffusionFeatureExtractor, resolve_dtype
@@ -161,7 +229,7 @@ def simulate(args: argparse.Namespace) -> None:
     for dataset in (train_set, eval_set):
         check_labels(dataset)
     unet = load_unet(backbone, args.checkpoint, device=device)
-    if not backbone.pretrained:
+    if not describe_weights(backbone, args.checkpoint).pretrained:
         print(f"WARNING: {NOT_PRETRAINED_WARNING}", file=sys.stderr)
     features = FeatureConfig(resolution=args.resolution, draws=args.draws, seed=args.feature_seed,
                              dtype=resolve_dtype(args.dtype, device))

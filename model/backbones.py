@@ -3,10 +3,16 @@
 A pretrained backbone never silently falls back to random weights: a missing, truncated or
 mismatched file raises `CheckpointError` naming the file, the configuration it must match and
 where to download it. Only `tiny` may run without a checkpoint, and it says so loudly.
+
+A checkpoint written by `python -m model pretrain` has a training record beside it (the same
+name, `.json`): what it was trained on. `describe_weights` reads it, so that the CLI and the
+backend report such a file as "pretrained on <dataset> (N images, S steps)" rather than as the
+released ImageNet or LSUN model, and a `tiny` trained that way as pretrained at all.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +54,8 @@ BACKBONES: dict[str, Backbone] = {
     ),
     "tiny": Backbone(
         "tiny", UNetConfig(model_channels=32, num_head_channels=32), None,
-        "same topology with 32 base channels and RANDOM weights: for tests and CPU demos only",
+        "same topology with 32 base channels and RANDOM weights (for tests and CPU demos), unless given a "
+        "checkpoint trained by `python -m model pretrain --backbone tiny`",
     ),
 }
 
@@ -60,6 +67,50 @@ NOT_PRETRAINED_WARNING = (
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot serve the requested backbone."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What a backbone runs on: whether it is pretrained, and on what, in words."""
+
+    pretrained: bool
+    description: str
+
+
+def training_record_path(checkpoint: str | Path) -> Path:
+    """The training record `python -m model pretrain` writes beside its checkpoint."""
+    return Path(checkpoint).with_suffix(".json")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def describe_weights(backbone: Backbone, checkpoint: str | Path | None) -> Weights:
+    """The weights `load_unet(backbone, checkpoint)` gives, in words fit for /health (no paths).
+
+    A training record makes a file "pretrained on ..."; without one, a released backbone's file is
+    taken to be the release, and a `tiny` file is not known to be pretrained."""
+    if checkpoint is None or str(checkpoint) == "":
+        if backbone.pretrained:
+            return Weights(True, f"the released {backbone.checkpoint_file}: {backbone.description}")
+        return Weights(False, "random weights, not pretrained")
+    path = Path(checkpoint).expanduser()
+    record_path = training_record_path(path)
+    if not record_path.is_file():
+        if backbone.pretrained:
+            return Weights(True, f"the released {backbone.checkpoint_file}: {backbone.description}")
+        return Weights(False, f"{path.name}, which has no training record ({record_path.name}): not known "
+                              f"to be pretrained")
+    try:
+        record = json.loads(record_path.read_text())
+        text = (f"pretrained on {record['dataset']} ({_count(record['images'], 'image')}, "
+                f"{_count(record['steps'], 'step')} at {record['resolution']} px)")
+        init = record.get("init")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return Weights(False, f"{path.name}, whose training record {record_path.name} could not be read "
+                              f"({type(exc).__name__}: {exc}): not known to be pretrained")
+    return Weights(True, text + (f", fine-tuned from {init}" if init else ", from scratch"))
 
 
 def get_backbone(name: str) -> Backbone:
@@ -158,8 +209,11 @@ def load_unet(backbone: Backbone | str, checkpoint: str | Path | None = None,
             unet = GuidedDiffusionUNet(backbone.unet)
         _check_layout(path, state, unet, backbone)
         unet.load_state_dict(state, assign=True)
-        if not backbone.pretrained:
-            log.warning(NOT_PRETRAINED_WARNING)
+        weights = describe_weights(backbone, path)
+        if weights.pretrained:
+            log.info("backbone %s: %s", backbone.name, weights.description)
+        else:
+            log.warning("%s (%s)", NOT_PRETRAINED_WARNING, weights.description)
     unet = unet.float().to(device).eval()
     unet.requires_grad_(False)
     return unet

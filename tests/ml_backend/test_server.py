@@ -81,7 +81,7 @@ def test_health_answers_without_credentials_and_the_rest_is_in_metrics(tmp_path)
                           label_studio_url="http://ls.internal:8080")
     r = c.get("/health")
     assert r.status_code == 200 and r.json["status"] == "UP" and r.json["ready"]
-    assert r.json["model"] == {"backbone": "tiny", "pretrained": False}
+    assert r.json["model"] == {"backbone": "tiny", "pretrained": False, "weights": "random weights, not pretrained"}
     text = r.get_data(as_text=True)
     for private in ("secret-key-123", "pw-123", "ann", "ls.internal", str(tmp_path), "model_dir", "basic_auth",
                     "redis", "jobs"):
@@ -193,6 +193,37 @@ def test_a_missing_checkpoint_is_not_ready_and_names_the_file_its_path_and_url(t
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "256x256_diffusion_uncond.pt").write_bytes(b"weights")  # the file at that path is enough
     assert c.get("/health").json["ready"] and c.get("/health").json["model"]["pretrained"]
+
+
+def test_a_tiny_checkpoint_from_pretrain_is_loaded_and_reported_as_pretrained(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from model.pretrain import PretrainConfig, Pretraining
+
+    images = []
+    for i in range(2):
+        images.append(tmp_path / f"img{i}.png")
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(images[-1])
+    trained = Pretraining(PretrainConfig("tiny", 32, steps=1, batch_size=1), images, "mine", tmp_path / "run").run()
+    monkeypatch.setenv("BACKBONE", "tiny")
+    monkeypatch.setenv("DIFFUSION_CHECKPOINT", str(trained))
+    settings = Settings.from_env()
+    c, backend, _ = make_client(tmp_path, backbone=settings.backbone, diffusion_checkpoint=settings.diffusion_checkpoint,
+                                resolution=32, device="cpu")
+    health = c.get("/health").json
+    weights = "pretrained on mine (2 images, 1 step at 32 px), from scratch"
+    assert health["ready"] and health["model"] == {"backbone": "tiny", "pretrained": True, "weights": weights}
+    status = backend.services.engine.status()
+    assert status["pretrained"] and status["weights"] == weights and status["checkpoint"] == str(trained)
+    loaded = backend.services.engine.extractor().unet.state_dict()
+    saved = torch.load(trained, weights_only=True)
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+    trained.unlink()  # a configured file that is gone: not ready, and says what to do (never random weights)
+    health = c.get("/health").json
+    assert not health["ready"] and not health["model"]["pretrained"]
+    assert str(trained) in health["todo"] and "python -m model pretrain --backbone tiny" in health["todo"]
 
 
 @pytest.mark.parametrize("path,body,fragment", [
