@@ -232,8 +232,10 @@ def lazy_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int, probe: in
 
 def _lower_gains(gains: torch.Tensor, block: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
     """Take from `gains` what points lose when their coverage rises from `old` to `new`; `block`
-    holds their kernel rows (one per point) and is clamped in place."""
-    block.clamp_(min=old[:, None], max=new[:, None])
+    holds their kernel rows (one per point) and is clamped in place, as a maximum then a minimum:
+    torch's clamp with tensor bounds is 4-12x slower on these blocks."""
+    torch.maximum(block, old[:, None], out=block)
+    torch.minimum(block, new[:, None], out=block)
     gains -= block.sum(0, dtype=torch.float64)
     gains += old.sum(dtype=torch.float64)
 
@@ -383,7 +385,7 @@ def sparse_greedy(x: torch.Tensor, kern: RBFKernel, base: torch.Tensor, budget: 
         if len(pts):
             owner, cols, vals = useful_k.rows(pts)
             old_o = cur[pts][owner]
-            gains.index_add_(0, cols, old_o - vals.double().clamp_(min=old_o, max=new[owner]))
+            gains.index_add_(0, cols, old_o - torch.minimum(torch.maximum(vals.double(), old_o), new[owner]))
             cur[pts] = new
         progress("greedy", len(order), budget)
     return order, cur
