@@ -191,7 +191,8 @@ def _exact_gains(kernel: torch.Tensor, cur: torch.Tensor, rows: torch.Tensor) ->
     return (part - cur[None, :]).clamp_(min=0).sum(1, dtype=torch.float64)
 
 
-def lazy_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int, probe: int = 32) -> tuple[list[int], torch.Tensor]:
+def lazy_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int, probe: int = 32,
+                progress: Callable[[str, int, int], None] | None = None) -> tuple[list[int], torch.Tensor]:
     """Exact greedy for budgets small against the pool. Gains never grow (submodularity), so a gain
     computed before the last pick is an upper bound. Each pick evaluates the candidates whose bound
     could still beat the best evaluated gain, the highest bounds first, in batches that double
@@ -227,6 +228,8 @@ def lazy_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int, probe: in
         taken[j] = True
         cur = torch.maximum(cur, kernel[j])
         fresh[:] = False
+        if progress:
+            progress("greedy", len(order), budget)
     return order, cur
 
 
@@ -240,23 +243,23 @@ def _lower_gains(gains: torch.Tensor, block: torch.Tensor, old: torch.Tensor, ne
     gains += old.sum(dtype=torch.float64)
 
 
-def dense_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int,
-                 row_block: int = 1024) -> tuple[list[int], torch.Tensor]:
-    """Exact greedy on a whole symmetric kernel (rows: points, columns: candidates), `base` the
-    starting per-point coverage, with gains updated only where coverage improves, through one
-    reused buffer. Taken candidates get gain -inf."""
-    n = kernel.shape[0]
+def dense_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int, row_block: int = 1024, symmetric: bool = True,
+                 progress: Callable[[str, int, int], None] | None = None) -> tuple[list[int], torch.Tensor]:
+    """Exact greedy on a whole kernel (rows: points, columns: candidates), `base` the starting
+    per-point coverage, with gains updated only where coverage improves, through one reused buffer.
+    Taken candidates get gain -inf. A symmetric kernel's column is read as its row (contiguous)."""
+    n, m = kernel.shape
     cur = base.to(kernel.dtype).clone()
-    gains = torch.zeros(n, dtype=torch.float64, device=kernel.device)
+    gains = torch.zeros(m, dtype=torch.float64, device=kernel.device)
     for s in range(0, n, row_block):
         gains += (kernel[s:s + row_block] - cur[s:s + row_block, None]).clamp_(min=0).sum(0, dtype=torch.float64)
-    buf = torch.empty(min(row_block, n), n, dtype=kernel.dtype, device=kernel.device)
+    buf = torch.empty(min(row_block, n), m, dtype=kernel.dtype, device=kernel.device)
     order: list[int] = []
-    for _ in range(min(budget, n)):
+    for _ in range(min(budget, m)):
         j = int(gains.argmax())
         order.append(j)
         gains[j] = -math.inf
-        col = kernel[j]  # = column j, the kernel being symmetric
+        col = kernel[j] if symmetric else kernel[:, j]
         improved = torch.nonzero(col > cur).flatten()
         for s in range(0, len(improved), row_block):
             rows = improved[s:s + row_block]
@@ -264,14 +267,25 @@ def dense_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int,
             torch.index_select(kernel, 0, rows, out=part)
             _lower_gains(gains, part, cur[rows], col[rows])
         cur[improved] = col[improved]
+        if progress:
+            progress("greedy", len(order), budget)
     return order, cur
 
 
-def greedy_on_kernel(kernel: torch.Tensor, base: torch.Tensor, budget: int) -> tuple[list[int], torch.Tensor]:
+def greedy_on_kernel(kernel: torch.Tensor, base: torch.Tensor, budget: int,
+                     progress: Callable[[str, int, int], None] | None = None) -> tuple[list[int], torch.Tensor]:
     """The faster exact greedy for this budget: lazy for a few picks, incremental for many."""
     if budget * LAZY_BUDGET_SHARE <= kernel.shape[0]:
-        return lazy_greedy(kernel, base, budget)
-    return dense_greedy(kernel, base, budget)
+        return lazy_greedy(kernel, base, budget, progress=progress)
+    return dense_greedy(kernel, base, budget, progress=progress)
+
+
+def every_percent(progress: Callable[[str, int, int], None]) -> Callable[[str, int, int], None]:
+    """`progress` called at most about 100 times a stage (each call may be a database write)."""
+    def report(stage: str, done: int, total: int) -> None:
+        if done == total or done % max(1, total // 100) == 0:
+            progress(stage, done, total)
+    return report
 
 
 class _SparseUseful:
@@ -356,6 +370,7 @@ def sparse_greedy(x: torch.Tensor, kern: RBFKernel, base: torch.Tensor, budget: 
                 _lower_gains(gains, kern(x[rows], x, x_sq[rows], x_sq).double(), cur[rows], col[rows])
             cur[improved] = col[improved]
             density = float((probe_rows > cur[probe, None]).double().mean())
+            progress("greedy", len(order), budget)
         if len(order) >= min(budget, n):
             return order, cur
         # Phase B starts with one more pass keeping the entries that are still useful.
@@ -415,11 +430,12 @@ def herd(features: ArrayLike, budget: int, covered: ArrayLike | None = None, sig
         x, x_sq, cov, cov_sq = x.to(dtype), x_sq.to(dtype), cov.to(dtype), cov_sq.to(dtype)
         prefix = "sketch-"
     kern = RBFKernel(s)
+    progress = every_percent(progress) if progress else None
     base = kern.max_over(x, cov, x_sq=x_sq, y_sq=cov_sq)
     if budget == 0:
         return HerdingResult(np.empty(0, dtype=np.int64), float(base.double().mean()) if n else 0.0, s, prefix + "none")
     if n * n * x.element_size() <= dense_bytes:
-        order, cur = greedy_on_kernel(kern.matrix(x, x_sq=x_sq), base, budget)
+        order, cur = greedy_on_kernel(kern.matrix(x, x_sq=x_sq), base, budget, progress)
         path = "dense"
     else:
         order, cur = sparse_greedy(x, kern, base, budget, progress=progress, x_sq=x_sq)
