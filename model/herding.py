@@ -137,14 +137,20 @@ class RBFKernel:
         return k
 
 
-def coverage(features: ArrayLike, selected: ArrayLike, covered: ArrayLike | None, sigma: float) -> float:
-    """C(S) for the selected rows of `features`, with `covered` points counting as selected."""
-    x = _as_float_tensor(features, dtype=torch.float64)
+def coverage(features: ArrayLike, selected: ArrayLike, covered: ArrayLike | None, sigma: float,
+             block: int = 4096) -> float:
+    """C(S) for the selected rows of `features`, with `covered` points counting as selected; in
+    float64, `block` rows at a time (a float64 copy of a 500,000-point pool would be 3 GB)."""
+    x = torch.as_tensor(features)
     kern = RBFKernel(sigma)
-    best = kern.max_over(x, x[torch.as_tensor(np.asarray(selected, dtype=np.int64), device=x.device)])
-    if covered is not None and len(covered):
-        best = torch.maximum(best, kern.max_over(x, _as_float_tensor(covered, x.device, torch.float64)))
-    return float(best.mean())
+    chosen = _as_float_tensor(x[torch.as_tensor(np.asarray(selected, dtype=np.int64), device=x.device)],
+                              dtype=torch.float64)
+    cov = _as_float_tensor(covered, x.device, torch.float64) if covered is not None else chosen[:0]
+    total = 0.0
+    for a in range(0, len(x), block):
+        rows = _as_float_tensor(x[a:a + block], dtype=torch.float64)
+        total += float(torch.maximum(kern.max_over(rows, chosen), kern.max_over(rows, cov)).sum())
+    return total / len(x)
 
 
 def _pick(gains: torch.Tensor, taken: torch.Tensor) -> int:
