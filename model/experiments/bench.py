@@ -28,7 +28,7 @@ import torch
 
 from model.backbones import BACKBONES, resolve_device
 from model.features import DTYPES, FeatureConfig
-from model.global_herding import GLOBAL_EXACT_MAX
+from model.global_herding import GLOBAL_EXACT_MAX, SHARD_SIZE
 from model.herding import RBFKernel, squared_norms
 
 log = logging.getLogger(__name__)
@@ -182,10 +182,10 @@ def real_pool(data: str, backbone: str, resolution: int, candidates: int, local_
 
 
 def _herding_run(method: str, n: int, dim: int, keep: int, covered: int, seed: int, sketch_dim: int | None = None,
-                 exact_objective: bool = True, exact_max: int = 0, per_image: int = 50,
-                 features_file: str | None = None) -> dict:
+                 exact_objective: bool = True, exact_max: int = GLOBAL_EXACT_MAX, shard_size: int = 0,
+                 per_image: int = 50, features_file: str | None = None) -> dict:
     """One selection on the pool's first n rows (the rest: `covered` labeled points): "ours" the
-    exact greedy, "sharded" `sharded_herding` in shards of `exact_max`, "naive" the reference's
+    exact greedy, "sharded" `sharded_herding` in shards of `shard_size`, "naive" the reference's
     greedy, "apricot" apricot-select's; "bf16" and "sharded-bf16" the first two with the kernel's
     GEMM in bf16 (the benchmark's process only: `Bf16MatmulKernel` replaces the kernel class)."""
     import model.global_herding as global_module
@@ -199,14 +199,14 @@ def _herding_run(method: str, n: int, dim: int, keep: int, covered: int, seed: i
     sigma = auto_sigma(torch.from_numpy(x16), seed)
     if method.endswith("bf16"):
         herding_module.RBFKernel = global_module.RBFKernel = Bf16MatmulKernel
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     if method in ("ours", "bf16"):
         result = herd(x, keep, cov if covered else None, sigma, seed=seed, sketch_dim=sketch_dim)
         order, path, internal = result.order, result.path, result.objective
     elif method in ("sharded", "sharded-bf16"):
         order = global_module.sharded_herding(torch.from_numpy(x), keep, torch.from_numpy(cov16), images, sigma,
-                                              shard_size=exact_max, seed=seed)
-        path, internal = f"sharded-{exact_max}", None
+                                              exact_max=exact_max, shard_size=shard_size, seed=seed)
+        path, internal = f"sharded-{shard_size}", None
     elif method == "naive":
         kern = RBFKernel(sigma)
         xt = torch.from_numpy(x)
@@ -222,10 +222,11 @@ def _herding_run(method: str, n: int, dim: int, keep: int, covered: int, seed: i
         path, internal = "apricot-lazy", None
     else:
         raise ValueError(method)
-    seconds = time.perf_counter() - t
+    seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
     herding_module.RBFKernel = global_module.RBFKernel = RBFKernel
     objective = coverage(x, order, cov if covered else None, sigma) if exact_objective else internal
-    return {"method": method, "path": path, "seconds": round(seconds, 3), "objective": objective,
+    return {"method": method, "path": path, "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
+            "objective": objective,
             "selected": len(order), "order": [int(i) for i in order], **machine("cpu")}
 
 
@@ -256,17 +257,18 @@ def bench_herding(args) -> None:
 def _herding_methods(args, n: int, features_file: str | None) -> None:
     """Each variant in its own process; "sharded" (and "sharded-bf16") once per shard size, named
     "sharded-<size>"; then each variant against its reference: time, picks in common, objective."""
-    common = dict(n=n, dim=args.dim, keep=args.keep, covered=args.covered, seed=args.seed,
+    common = dict(n=n, dim=args.dim, keep=args.keep, covered=args.covered, seed=args.seed, exact_max=args.exact_max,
                   exact_objective=n * args.keep <= 2e9, per_image=args.per_image, features_file=features_file)
     variants = [("ours", "ours", 0)] if args.exact else []
-    variants += [(f"sharded-{size}", "sharded", size) for size in args.exact_max if args.sharded]
+    variants += [(f"sharded-{size}", "sharded", size) for size in args.shard_size if args.sharded]
     variants += [("bf16", "bf16", 0)] if args.bf16 and args.exact else []
-    variants += [(f"sharded-{size}-bf16", "sharded-bf16", size) for size in args.exact_max if args.sharded and args.bf16]
+    variants += [(f"sharded-{size}-bf16", "sharded-bf16", size) for size in args.shard_size
+                 if args.sharded and args.bf16]
     variants += [("naive", "naive", 0)] if args.reference else []
     variants += [("apricot", "apricot", 0)] if args.apricot else []
     results = {}
     for name, method, size in variants:
-        runs = [isolated(_herding_run, timeout=args.timeout, method=method, exact_max=size, **common)
+        runs = [isolated(_herding_run, timeout=args.timeout, method=method, shard_size=size, **common)
                 for _ in range(args.repeats if method in ("ours", "sharded") else 1)]
         if any("error" in r for r in runs):
             emit({"benchmark": "herding", "method": name, "n": n, **next(r for r in runs if "error" in r)})
@@ -834,8 +836,9 @@ def add_parser(sub) -> None:
     p.add_argument("--covered", type=int, default=0, help="labeled points covering the pool")
     p.add_argument("--no-exact", dest="exact", action="store_false", help="skip the exact greedy")
     p.add_argument("--sharded", action="store_true", help="also sharded herding (objective ratio, picks in common)")
-    p.add_argument("--exact-max", type=int, nargs="+", default=[GLOBAL_EXACT_MAX],
-                   help="shard sizes for --sharded, each a run (GLOBAL_EXACT_MAX)")
+    p.add_argument("--exact-max", type=int, default=GLOBAL_EXACT_MAX,
+                   help="--sharded: the merge's kernel at most this squared (GLOBAL_EXACT_MAX)")
+    p.add_argument("--shard-size", type=int, nargs="+", default=[SHARD_SIZE], help="--sharded: shard sizes, a run each")
     p.add_argument("--per-image", type=int, default=50, help="synthetic pool: rows per image (LOCAL_K)")
     p.add_argument("--bf16", action="store_true", help="also each with the kernel's GEMM in bf16 (picks in common)")
     p.add_argument("--limit", action="store_true",

@@ -62,6 +62,20 @@ def test_sharded_keeps_exactly_keep_distinct_points_close_to_the_exact_objective
     assert global_herding(x, keep, cov, images, sigma, seed=1, exact_max=500).tolist() != kept.tolist()
 
 
+def test_the_merge_picks_the_same_with_the_lazy_and_the_incremental_greedy(monkeypatch):
+    """30 shards of 100 propose 3 picks each: 90 candidates for 3 picks take the lazy greedy (on a
+    candidates x points kernel); forced onto the incremental one (points x candidates) the picks
+    must not change."""
+    import model.global_herding as global_module
+
+    x, images, _ = clustered_pool(100)
+    cov = x[:40] + 0.05
+    sigma = auto_sigma(torch.from_numpy(x))
+    lazy = sharded_herding(x, 3, cov, images, sigma, exact_max=500, shard_size=100)
+    monkeypatch.setattr(global_module, "LAZY_BUDGET_SHARE", 10 ** 6)
+    assert sharded_herding(x, 3, cov, images, sigma, exact_max=500, shard_size=100).tolist() == lazy.tolist()
+
+
 def test_labeled_points_are_covered_in_every_shard():
     """A cluster whose points are all labeled already is never picked again, whichever shard holds
     its points (each shard's herding sees every labeled point)."""
@@ -76,32 +90,33 @@ def test_labeled_points_are_covered_in_every_shard():
         assert np.isin(max_herding(x, keep, None, sigma), labeled_cluster).any()  # without labels it would be
 
 
-def test_no_kernel_larger_than_a_shard(monkeypatch):
-    """Memory stays bounded by the shard: every kernel the sharded path builds, block or whole
-    matrix, has at most shard_size^2 entries, however large the pool."""
+def test_no_kernel_larger_than_a_shard_or_the_exact_maximum(monkeypatch):
+    """Memory stays bounded however large the pool: each shard's kernel has at most shard_size^2
+    entries, and the merge's (built block by block) at most exact_max^2."""
     x, images, _ = clustered_pool(100)
     cov = x[:40] + 0.05
     sigma = auto_sigma(torch.from_numpy(x))
-    entries: list[int] = []
+    calls: list[int] = []
+    matrices: list[int] = []
     call, matrix = herding_module.RBFKernel.__call__, herding_module.RBFKernel.matrix
 
     def counted_call(self, a, b, *args, **kwargs):
-        entries.append(len(a) * len(b))
+        calls.append(len(a) * len(b))
         return call(self, a, b, *args, **kwargs)
 
     def counted_matrix(self, a, *args, **kwargs):
-        entries.append(len(a) ** 2)
+        matrices.append(len(a) ** 2)
         return matrix(self, a, *args, **kwargs)
 
     monkeypatch.setattr(herding_module.RBFKernel, "__call__", counted_call)
     monkeypatch.setattr(herding_module.RBFKernel, "matrix", counted_matrix)
     for keep in (10, 150, 1500):
-        entries.clear()
-        global_herding(x, keep, cov, images, sigma, exact_max=400)
-        assert entries and max(entries) <= 400 ** 2
-    entries.clear()
+        calls.clear(), matrices.clear()
+        sharded_herding(x, keep, cov, images, sigma, exact_max=400, shard_size=100)
+        assert len(matrices) >= 30 and max(matrices) <= 100 ** 2 and max(calls) <= 400 ** 2
+    calls.clear(), matrices.clear()
     global_herding(x, 10, cov, images, sigma, exact_max=len(x))  # the exact path: one kernel of the pool
-    assert max(entries) == len(x) ** 2
+    assert matrices == [len(x) ** 2]
 
 
 def test_progress_counts_shards_then_merge_picks():

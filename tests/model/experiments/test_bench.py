@@ -71,7 +71,7 @@ def test_gpu_command_keeps_its_deadline_and_still_sums_up(camvid_root):
 
 def test_herding_benchmark_puts_sharded_and_bf16_beside_the_exact_greedy_and_the_matmul_limit():
     lines = _bench("herding", "--n", "600", "--dim", "32", "--keep", "10", "--covered", "20", "--per-image", "20",
-                   "--sharded", "--exact-max", "200", "--bf16", "--limit")
+                   "--sharded", "--exact-max", "300", "--shard-size", "200", "--bf16", "--limit")
     (limit,) = [x for x in lines if x.get("measure") == "kernel pass"]
     assert limit["kernel_pass_macs"] == 600 * 600 * 32 and limit["symmetric_macs"] == 600 * 600 * 16
     assert limit["kernel_pass_rows_timed"] == 600 and limit["kernel_pass_seconds"] > 0
