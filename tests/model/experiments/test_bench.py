@@ -91,7 +91,7 @@ def test_herding_benchmark_puts_sharded_and_bf16_beside_the_exact_greedy_and_the
             assert x["picks_in_common"] == 10 and x["objective_ratio"] == 1.0, name
     sharded = comparisons["sharded-200 vs ours"]
     assert sharded["objective_ratio"] == pytest.approx(runs["sharded-200"]["objective"] / runs["ours"]["objective"])
-    assert sharded["speedup"] == pytest.approx(runs["ours"]["seconds"] / runs["sharded-200"]["seconds"], rel=0.01)
+    assert sharded["speedup"] == pytest.approx(runs["ours"]["seconds"] / runs["sharded-200"]["seconds"], abs=0.006)
 
 
 def test_features_benchmark_scales_a_share_of_an_image_to_18_forwards():
