@@ -25,7 +25,8 @@ entries above cur(x) in sparse row and column indices and the exact greedy conti
 
 The paper bounds memory differently (appendix C.8): it splits the pool and herds the splits in
 turn, an approximation. The sparse path keeps the greedy exact and fits the paper-scale pool
-(48,200 x 6,144) in about 2.2 GB, so no split is made here.
+(48,200 x 6,144) in about 2.2 GB; the global stage splits pools past GLOBAL_EXACT_MAX points for
+time, not memory (`global_herding.py`).
 
 `sketch_dim` is an approximation for per-image herding, where building the exact kernel of
 10,000 x 6,144 features dominates: inner products are taken in a `sketch_dim`-dimensional
