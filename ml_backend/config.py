@@ -18,6 +18,7 @@ from ml_backend.echo import quote
 from model.acquisition import METHODS
 from model.backbones import BACKBONES
 from model.features import DTYPES
+from model.global_herding import GLOBAL_EXACT_MAX
 from model.selection import COVERAGE_METHODS
 
 
@@ -102,6 +103,7 @@ class Settings:
     local_k: int = 50
     local_sketch_dim: int = 0  # 0: exact local herding
     keep_global: float = 0.5
+    global_exact_max: int = GLOBAL_EXACT_MAX  # pool points up to which global herding is exact; shards past it
     candidates: int = 10_000
     coverage: str = "herding"
     acquisition: str = "edald"
@@ -157,6 +159,7 @@ class Settings:
             local_k=_number("LOCAL_K", 50, int),
             local_sketch_dim=_number("LOCAL_SKETCH_DIM", 0, int),
             keep_global=_number("KEEP_GLOBAL", 0.5, float),
+            global_exact_max=_number("GLOBAL_EXACT_MAX", GLOBAL_EXACT_MAX, int),
             candidates=_number("CANDIDATES", 10_000, int),
             coverage=_env("COVERAGE", "herding"),
             acquisition=_env("ACQUISITION", "edald"),
@@ -220,6 +223,8 @@ class Settings:
             problems.append(f"KEEP_GLOBAL={quote(self.keep_global)} must lie in (0, 1]")
         if self.local_k < 1 or self.candidates < 1 or self.draws < 1 or self.records_batch < 1:
             problems.append("LOCAL_K, CANDIDATES, DRAWS and RECORDS_BATCH must be at least 1")
+        if self.global_exact_max < 1:
+            problems.append(f"GLOBAL_EXACT_MAX={quote(self.global_exact_max)} must be at least 1 (pool points)")
         if self.train_batch_size < 1 or self.train_max_epochs < 1 or self.region_pixel_cap < 0:
             problems.append("TRAIN_BATCH_SIZE and TRAIN_MAX_EPOCHS must be at least 1, REGION_PIXEL_CAP at least 0")
         if not (0 <= self.sam_tau <= 1 and 0 <= self.superpixel_tau <= 1):

@@ -61,7 +61,7 @@ class Engine:
         budget = min(s.budget, num_images * s.resolution ** 2) if s.budget else budget_for(num_images, s.budget_factor)
         return RoundConfig(budget=budget, candidates=s.candidates, local_k=s.local_k,
                            keep_global=s.keep_global, coverage=s.coverage, acquisition=s.acquisition, seed=s.seed,
-                           local_sketch_dim=s.local_sketch_dim or None)
+                           local_sketch_dim=s.local_sketch_dim or None, global_exact_max=s.global_exact_max)
 
     def train_config(self, settings: Settings) -> TrainConfig:
         return TrainConfig(batch_size=settings.train_batch_size, max_epochs=settings.train_max_epochs,

@@ -28,14 +28,17 @@ import torch
 
 from model.backbones import BACKBONES, resolve_device
 from model.features import DTYPES, FeatureConfig
+from model.global_herding import GLOBAL_EXACT_MAX, SHARD_SIZE
+from model.herding import RBFKernel, squared_norms
 
 log = logging.getLogger(__name__)
 
 
-def synthetic_features(n: int, dim: int, clusters: int = 100, seed: int = 0, spread: float = 0.6) -> np.ndarray:
+def synthetic_features(n: int, dim: int, clusters: int = 100, seed: int = 0, spread: float = 0.6,
+                       dtype=np.float32) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((clusters, dim), dtype=np.float32)
-    out = np.empty((n, dim), dtype=np.float32)
+    out = np.empty((n, dim), dtype=dtype)
     for s in range(0, n, 4096):  # in blocks: no float64 temporaries of the whole array
         m = min(4096, n - s)
         block = centers[rng.integers(clusters, size=m)] + spread * rng.standard_normal((m, dim), dtype=np.float32)
@@ -102,17 +105,108 @@ def naive_greedy(kernel: torch.Tensor, base: torch.Tensor, budget: int) -> list[
     return order
 
 
-def _herding_run(method: str, n: int, dim: int, keep: int, covered: int, seed: int, sketch_dim: int | None = None,
-                 exact_objective: bool = True) -> dict:
-    from model.herding import RBFKernel, auto_sigma, coverage, herd
+def matmul_gflops(dtype: torch.dtype, size: int = 4096, repeats: int = 5) -> float:
+    """The machine's matmul rate in `dtype`: a size x size x size product, median of `repeats` after
+    a warm-up (2 flops per multiply-add)."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
 
-    data = synthetic_features(n + covered, dim, seed=seed)
-    x, cov = data[:n], data[n:]
-    sigma = auto_sigma(torch.from_numpy(x), seed)
-    t = time.perf_counter()
-    if method == "ours":
+
+def _kernel_pass_run(n: int, dim: int, seed: int, min_seconds: float = 10.0, block: int = 512) -> dict:
+    """One pass over the n x n kernel in row blocks against all n points (the sparse path's pass),
+    timed over whole blocks until `min_seconds` have passed (or all of it) and scaled to n rows;
+    the fp32 matmul rate measured before and after it (the machine is shared: the higher is the
+    limit), the bf16 rate after."""
+    from model.herding import auto_sigma
+
+    x = torch.from_numpy(synthetic_features(n, dim, seed=seed, dtype=np.float16)).float()
+    kern, x_sq = RBFKernel(auto_sigma(x, seed)), squared_norms(x)
+    before = matmul_gflops(torch.float32)
+    rows, t = 0, time.perf_counter()
+    while rows < n and time.perf_counter() - t < min_seconds:
+        kern(x[rows:rows + block], x, x_sq[rows:rows + block], x_sq)
+        rows = min(rows + block, n)
+    seconds = (time.perf_counter() - t) * n / rows
+    after = matmul_gflops(torch.float32)
+    return {"kernel_pass_seconds": seconds, "kernel_pass_rows_timed": rows,
+            "kernel_pass_gflops": 2 * n * n * dim / seconds / 1e9, "gflops_fp32": max(before, after),
+            "gflops_fp32_before_after": [before, after], "gflops_bf16": matmul_gflops(torch.bfloat16),
+            **machine("cpu")}
+
+
+class Bf16MatmulKernel(RBFKernel):
+    """RBFKernel with its inner products from a bf16 GEMM (the rest in float32): what bf16 would
+    give the kernel's multiply-adds, measured by the `bf16` variants only (see `_herding_run`)."""
+
+    def __call__(self, x, y, x_sq=None, y_sq=None, out=None):
+        x_sq = squared_norms(x) if x_sq is None else x_sq
+        y_sq = squared_norms(y) if y_sq is None else y_sq
+        inv = 1.0 / self.sigma ** 2
+        e = (x.bfloat16() @ y.bfloat16().T).to(x.dtype).mul_(2.0 * inv)
+        e = e.sub_(y_sq[None, :] * inv).sub_(x_sq[:, None] * inv).clamp_(max=0.0).exp_()
+        return out.copy_(e) if out is not None else e
+
+
+def herding_pool(n: int, dim: int, per_image: int, seed: int, features_file: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A merged pool in float16, as a round keeps it, and each row's image: `features_file` (saved by
+    `real_pool`) or the synthetic mixture with rows given to images of `per_image` in order."""
+    if features_file:
+        with np.load(features_file) as z:
+            return z["features"], z["images"]
+    return synthetic_features(n, dim, seed=seed, dtype=np.float16), np.arange(n) // per_image
+
+
+def real_pool(data: str, backbone: str, resolution: int, candidates: int, local_k: int, images: int | None,
+              seed: int, path: str) -> dict:
+    """Round 0's merged pool of a real dataset (every image's local picks, their float16 reference
+    features), saved to `path` for the herding runs."""
+    from model.datasets import load_dataset
+    from model.features import DiffusionFeatureExtractor, ImageFeatureSource
+    from model.selection import RoundConfig, image_record
+
+    ds = load_dataset(data, "train").head(images)
+    extractor = DiffusionFeatureExtractor(timing_unet(backbone, None, "cpu"), FeatureConfig(resolution=resolution))
+    source = ImageFeatureSource(extractor, lambda i: ds.image(i, resolution), [ds.key(i) for i in range(len(ds))])
+    config = RoundConfig(budget=1, candidates=candidates, local_k=local_k, acquisition=None, seed=seed)
+    records = [image_record(source, i, (), config, need_draws=False)[0] for i in range(len(ds))]
+    features = np.concatenate([r.reference for r in records])
+    np.savez(path, features=features, images=np.repeat(np.arange(len(records)), [len(r.picks) for r in records]))
+    return {"images": len(ds), "points": len(features), "dim": features.shape[1]}
+
+
+def _herding_run(method: str, n: int, dim: int, keep: int, covered: int, seed: int, sketch_dim: int | None = None,
+                 exact_objective: bool = True, exact_max: int = GLOBAL_EXACT_MAX, shard_size: int = 0,
+                 per_image: int = 50, features_file: str | None = None) -> dict:
+    """One selection on the pool's first n rows (the rest: `covered` labeled points): "ours" the
+    exact greedy, "sharded" `sharded_herding` in shards of `shard_size`, "naive" the reference's
+    greedy, "apricot" apricot-select's; "bf16" and "sharded-bf16" the first two with the kernel's
+    GEMM in bf16 (the benchmark's process only: `Bf16MatmulKernel` replaces the kernel class)."""
+    import model.global_herding as global_module
+    import model.herding as herding_module
+    from model.herding import auto_sigma, coverage, herd
+
+    pool, images = herding_pool(n + covered, dim, per_image, seed, features_file)
+    x16, cov16, images = pool[:n], pool[n:], images[:n]
+    cov = cov16.astype(np.float32)
+    x = x16 if method.startswith("sharded") else x16.astype(np.float32)  # sharded_herding takes float16 as rounds do
+    sigma = auto_sigma(torch.from_numpy(x16), seed)
+    if method.endswith("bf16"):
+        herding_module.RBFKernel = global_module.RBFKernel = Bf16MatmulKernel
+    t, cpu = time.perf_counter(), time.process_time()
+    if method in ("ours", "bf16"):
         result = herd(x, keep, cov if covered else None, sigma, seed=seed, sketch_dim=sketch_dim)
         order, path, internal = result.order, result.path, result.objective
+    elif method in ("sharded", "sharded-bf16"):
+        order = global_module.sharded_herding(torch.from_numpy(x), keep, torch.from_numpy(cov16), images, sigma,
+                                              exact_max=exact_max, shard_size=shard_size, seed=seed)
+        path, internal = f"sharded-{shard_size}", None
     elif method == "naive":
         kern = RBFKernel(sigma)
         xt = torch.from_numpy(x)
@@ -128,35 +222,77 @@ def _herding_run(method: str, n: int, dim: int, keep: int, covered: int, seed: i
         path, internal = "apricot-lazy", None
     else:
         raise ValueError(method)
-    seconds = time.perf_counter() - t
+    seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
+    herding_module.RBFKernel = global_module.RBFKernel = RBFKernel
     objective = coverage(x, order, cov if covered else None, sigma) if exact_objective else internal
-    return {"method": method, "path": path, "seconds": round(seconds, 3), "objective": objective,
-            "selected": len(order), "order_head": [int(i) for i in list(order)[:5]]}
+    return {"method": method, "path": path, "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
+            "objective": objective,
+            "selected": len(order), "order": [int(i) for i in order], **machine("cpu")}
 
 
 def bench_herding(args) -> None:
-    common = dict(n=args.n, dim=args.dim, keep=args.keep, covered=args.covered, seed=args.seed,
-                  exact_objective=args.n <= 20000)
-    methods = ["ours"] + (["naive"] if args.reference else []) + (["apricot"] if args.apricot else [])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        features_file, n = None, args.n
+        if args.data:
+            features_file = f"{tmp}/pool.npz"
+            built = isolated(real_pool, data=args.data, backbone=args.backbone, resolution=args.resolution,
+                             candidates=args.candidates, local_k=args.local_k, images=args.images, seed=args.seed,
+                             path=features_file)
+            emit({"benchmark": "herding", "pool": "real", "data": args.data, "backbone": args.backbone,
+                  "resolution": args.resolution, "candidates": args.candidates, "local_k": args.local_k, **built})
+            if "error" in built:
+                return
+            n = built["points"] - args.covered
+        if args.limit:
+            limit = isolated(_kernel_pass_run, n=n, dim=args.dim, seed=args.seed)
+            if "error" not in limit:
+                limit["share_of_matmul_limit"] = limit["kernel_pass_gflops"] / limit["gflops_fp32"]
+            emit({"benchmark": "herding", "measure": "kernel pass", "n": n, "dim": args.dim,
+                  "kernel_pass_macs": n * n * args.dim, "symmetric_macs": n * n * args.dim // 2, **limit})
+        _herding_methods(args, n, features_file)
+
+
+def _herding_methods(args, n: int, features_file: str | None) -> None:
+    """Each variant in its own process; "sharded" (and "sharded-bf16") once per shard size, named
+    "sharded-<size>"; then each variant against its reference: time, picks in common, objective."""
+    common = dict(n=n, dim=args.dim, keep=args.keep, covered=args.covered, seed=args.seed, exact_max=args.exact_max,
+                  exact_objective=n * args.keep <= 2e9, per_image=args.per_image, features_file=features_file)
+    variants = [("ours", "ours", 0)] if args.exact else []
+    variants += [(f"sharded-{size}", "sharded", size) for size in args.shard_size if args.sharded]
+    variants += [("bf16", "bf16", 0)] if args.bf16 and args.exact else []
+    variants += [(f"sharded-{size}-bf16", "sharded-bf16", size) for size in args.shard_size
+                 if args.sharded and args.bf16]
+    variants += [("naive", "naive", 0)] if args.reference else []
+    variants += [("apricot", "apricot", 0)] if args.apricot else []
     results = {}
-    for method in methods:
-        runs = [isolated(_herding_run, method=method, **common) for _ in range(args.repeats if method == "ours" else 1)]
+    for name, method, size in variants:
+        runs = [isolated(_herding_run, timeout=args.timeout, method=method, shard_size=size, **common)
+                for _ in range(args.repeats if method in ("ours", "sharded") else 1)]
         if any("error" in r for r in runs):
-            emit({"benchmark": "herding", "method": method, **runs[0]})
+            emit({"benchmark": "herding", "method": name, "n": n, **next(r for r in runs if "error" in r)})
             continue
-        best = dict(runs[0], seconds=statistics.median(r["seconds"] for r in runs), repeats=len(runs))
-        results[method] = best
-        emit({"benchmark": "herding", "n": args.n, "dim": args.dim, "keep": args.keep, "covered": args.covered, **best})
-    if "naive" in results:
-        ours, naive = results["ours"], results["naive"]
-        emit({"benchmark": "herding", "comparison": "ours vs naive", "speedup": round(naive["seconds"] / ours["seconds"], 1),
-              "objective_gap": (naive["objective"] - ours["objective"]) / naive["objective"],
-              "seconds": ours["seconds"], "reference_seconds": naive["seconds"], "objective": ours["objective"],
-              "reference_objective": naive["objective"]})
-    if "apricot" in results:
-        ours, other = results["ours"], results["apricot"]
-        emit({"benchmark": "herding", "comparison": "ours vs apricot", "speedup": round(other["seconds"] / ours["seconds"], 1),
-              "objective_gap": (other["objective"] - ours["objective"]) / other["objective"]})
+        best = dict(runs[0], method=name, seconds=statistics.median(r["seconds"] for r in runs), repeats=len(runs),
+                    peak_rss_gb=max(r["peak_rss_gb"] for r in runs))
+        results[name] = best
+        emit({"benchmark": "herding", "n": n, "dim": args.dim, "keep": args.keep, "covered": args.covered,
+              **{k: v for k, v in best.items() if k != "order"}, "order_head": best["order"][:5]})
+    pairs = [(name, name.removesuffix("-bf16") if name.endswith("-bf16") else "ours") for name in results
+             if name.startswith(("sharded", "bf16"))] + [("ours", name) for name in ("naive", "apricot")]
+    for name, reference in pairs:
+        if name not in results or reference not in results:
+            continue
+        result, reference = results[name], results[reference]
+        line = {"benchmark": "herding", "comparison": f"{name} vs {reference['method']}",
+                "speedup": round(reference["seconds"] / result["seconds"], 2),
+                "picks_in_common": len(set(result["order"]) & set(reference["order"])),
+                "selected": len(reference["order"]), "identical_picks": result["order"] == reference["order"],
+                "seconds": result["seconds"], "reference_seconds": reference["seconds"]}
+        if result["objective"] is not None and reference["objective"] is not None:
+            line.update(objective_ratio=result["objective"] / reference["objective"],
+                        objective_gap=(reference["objective"] - result["objective"]) / reference["objective"])
+        emit(line)
 
 
 def bench_local(args) -> None:
@@ -692,13 +828,30 @@ def add_parser(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks printing one JSON line per measurement")
     which = bench.add_subparsers(dest="benchmark", required=True)
 
-    p = which.add_parser("herding", help="global herding: ours vs the naive greedy (and apricot)")
-    p.add_argument("--n", type=int, default=8000)
+    p = which.add_parser("herding", help="global herding: exact (ours) vs sharded, the naive greedy, apricot; "
+                                          "the kernel pass against the machine's matmul rate")
+    p.add_argument("--n", type=int, default=8000, help="pool points (synthetic; with --data: the real pool's)")
     p.add_argument("--dim", type=int, default=6144)
     p.add_argument("--keep", type=int, default=4000)
-    p.add_argument("--covered", type=int, default=0)
+    p.add_argument("--covered", type=int, default=0, help="labeled points covering the pool")
+    p.add_argument("--no-exact", dest="exact", action="store_false", help="skip the exact greedy")
+    p.add_argument("--sharded", action="store_true", help="also sharded herding (objective ratio, picks in common)")
+    p.add_argument("--exact-max", type=int, default=GLOBAL_EXACT_MAX,
+                   help="--sharded: the merge's kernel at most this squared (GLOBAL_EXACT_MAX)")
+    p.add_argument("--shard-size", type=int, nargs="+", default=[SHARD_SIZE], help="--sharded: shard sizes, a run each")
+    p.add_argument("--per-image", type=int, default=50, help="synthetic pool: rows per image (LOCAL_K)")
+    p.add_argument("--bf16", action="store_true", help="also each with the kernel's GEMM in bf16 (picks in common)")
+    p.add_argument("--limit", action="store_true",
+                   help="fp32 and bf16 matmul GFLOP/s and one kernel pass over the pool's n x n kernel against them")
     p.add_argument("--reference", action="store_true", help="also run the naive greedy (objective_gap, speedup)")
     p.add_argument("--apricot", action="store_true", help="also run apricot-select's lazy facility location")
+    p.add_argument("--data", default=None, help="a dataset root: round 0's real pool instead of synthetic features")
+    p.add_argument("--backbone", default="tiny", choices=sorted(BACKBONES), help="with --data")
+    p.add_argument("--resolution", type=int, default=32, help="with --data")
+    p.add_argument("--candidates", type=int, default=200, help="with --data")
+    p.add_argument("--local-k", type=int, default=50, help="with --data")
+    p.add_argument("--images", type=int, default=None, help="with --data: first N training images (default: all)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds a measurement may take")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=bench_herding)

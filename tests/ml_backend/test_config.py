@@ -37,6 +37,7 @@ def test_the_database_url_is_read_and_never_shown(monkeypatch):
     ("BASIC_AUTH_USER", "only-user", "BASIC_AUTH"), ("LOCAL_SKETCH_DIM", "-1", "LOCAL_SKETCH_DIM"),
     ("BUDGET", "-2", "BUDGET"), ("BUDGET", "3.5", "int"), ("DOWNLOAD_TIMEOUT", "0", "DOWNLOAD_TIMEOUT"),
     ("MAX_DOWNLOADS", "0", "MAX_DOWNLOADS"), ("MAX_REQUEST_MB", "lots", "int"), ("FEATURE_DTYPE", "int8", "FEATURE_DTYPE"),
+    ("GLOBAL_EXACT_MAX", "0", "GLOBAL_EXACT_MAX"),
 ])
 def test_bad_values_are_named(monkeypatch, name, value, fragment):
     monkeypatch.setenv(name, value)
@@ -52,6 +53,7 @@ def test_an_absolute_budget_overrides_the_factor(tmp_path):
     assert engine.round_config(settings, 20).budget == 2  # 0.1 x 20
     assert engine.round_config(replace(settings, budget=7), 20).budget == 7
     assert engine.round_config(replace(settings, budget=7, resolution=32), 0).budget == 0
+    assert engine.round_config(replace(settings, global_exact_max=5_000), 20).global_exact_max == 5_000
 
 
 @pytest.mark.parametrize("value", ["fp32", "BF16", "fp16", "auto", ""])

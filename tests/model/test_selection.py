@@ -139,6 +139,24 @@ def test_sketched_local_herding_is_a_round_option(camvid4, extractor):
     assert len(set(picks_sketch.picks)) == 8 and set(picks_sketch.picks) != set(picks_exact.picks)
 
 
+def test_a_pool_past_global_exact_max_is_herded_in_shards_with_progress(camvid4, extractor):
+    """Four images of 10 local picks, shards of at most 15 points: one image a shard; progress
+    counts the shards, then the merge's picks. Below the threshold the exact greedy counts picks."""
+    source = _source(camvid4, extractor)
+    picks = [("global greedy", k, 4) for k in range(1, 5)]
+    for exact_max, expected in ((15, [("global shards", k, 4) for k in range(5)] + picks), (40, picks)):
+        calls = []
+        cfg = RoundConfig(budget=4, candidates=500, local_k=10, acquisition=None, global_exact_max=exact_max)
+        r0 = run_round(source, {}, None, cfg, progress=lambda *a: calls.append(a))
+        _check(r0.queries, {}, 4)
+        assert [c for c in calls if c[0].startswith("global")] == [("global", 0, 1), *expected, ("global", 1, 1)]
+    labeled = {i: np.array([p]) for i, p in r0.queries}
+    cfg = RoundConfig(budget=4, candidates=500, local_k=10, global_exact_max=15)
+    r1 = run_round(source, labeled, _head_for(camvid4, source, labeled), cfg, round_index=1)
+    _check(r1.queries, labeled, 4)
+    assert r1.kept_size == round(0.5 * r1.pool_size)
+
+
 @pytest.mark.parametrize("coverage,acquisition", [("herding", None), (None, "random"), ("herding", "edald"),
                                                   (None, "margin")])
 def test_a_pixel_queried_once_never_comes_back_even_without_a_label(camvid4, extractor, coverage, acquisition):

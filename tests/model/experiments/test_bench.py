@@ -69,6 +69,31 @@ def test_gpu_command_keeps_its_deadline_and_still_sums_up(camvid_root):
                                       "peak_gpu_memory_gb": None}
 
 
+def test_herding_benchmark_puts_sharded_and_bf16_beside_the_exact_greedy_and_the_matmul_limit():
+    lines = _bench("herding", "--n", "600", "--dim", "32", "--keep", "10", "--covered", "20", "--per-image", "20",
+                   "--sharded", "--exact-max", "300", "--shard-size", "200", "--bf16", "--limit")
+    (limit,) = [x for x in lines if x.get("measure") == "kernel pass"]
+    assert limit["kernel_pass_macs"] == 600 * 600 * 32 and limit["symmetric_macs"] == 600 * 600 * 16
+    assert limit["kernel_pass_rows_timed"] == 600 and limit["kernel_pass_seconds"] > 0
+    assert limit["gflops_fp32"] == max(limit["gflops_fp32_before_after"]) and limit["gflops_bf16"] > 0
+    assert limit["share_of_matmul_limit"] == pytest.approx(limit["kernel_pass_gflops"] / limit["gflops_fp32"])
+    runs = {x["method"]: x for x in lines if "method" in x}
+    assert set(runs) == {"ours", "sharded-200", "bf16", "sharded-200-bf16"}
+    for x in runs.values():
+        assert "error" not in x, x
+        assert x["selected"] == 10 and x["seconds"] > 0 and x["peak_rss_gb"] > 0 and 0 < x["objective"] < 1
+    assert runs["ours"]["path"] == "dense" and runs["sharded-200"]["path"] == "sharded-200"
+    comparisons = {x["comparison"]: x for x in lines if "comparison" in x}
+    assert set(comparisons) == {"sharded-200 vs ours", "bf16 vs ours", "sharded-200-bf16 vs sharded-200"}
+    for name, x in comparisons.items():
+        assert 0 < x["objective_ratio"] <= 1.0001 and 0 <= x["picks_in_common"] <= x["selected"] == 10, name
+        if x["identical_picks"]:
+            assert x["picks_in_common"] == 10 and x["objective_ratio"] == 1.0, name
+    sharded = comparisons["sharded-200 vs ours"]
+    assert sharded["objective_ratio"] == pytest.approx(runs["sharded-200"]["objective"] / runs["ours"]["objective"])
+    assert sharded["speedup"] == pytest.approx(runs["ours"]["seconds"] / runs["sharded-200"]["seconds"], abs=0.006)
+
+
 def test_features_benchmark_scales_a_share_of_an_image_to_18_forwards():
     (line,) = _bench("features", "--backbone", "tiny", "--resolution", "32", "--noises", "1", "--iterations", "1",
                      "--warmup", "0", "--device", "cpu")
