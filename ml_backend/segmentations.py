@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -71,10 +73,11 @@ def _compute(services: Services, project: int, task: int, head_row: dict,
                   "score": float(seg.confidence.mean()), "model_version": version}
     path = _cached(services, project, version, task)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{task}.tmp.npy")
+    mine = f".{task}.{os.getpid()}.{threading.get_ident()}"  # concurrent /predict calls on one task each write their own
+    tmp = path.with_name(f"{mine}.tmp.npy")
     np.save(tmp, seg.classes.astype(np.uint8))
     tmp.replace(path.with_suffix(".npy"))
-    tmp = path.with_name(f".{task}.tmp.json")
+    tmp = path.with_name(f"{mine}.tmp.json")
     tmp.write_text(json.dumps(prediction))
     tmp.replace(path.with_suffix(".json"))
     return prediction, seg.classes.astype(np.uint8)
