@@ -64,6 +64,14 @@ def storage_full(exc: BaseException) -> bool:
         (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
 
 
+def explained(status: int, message: str, level: int):
+    """An error answer whose message is also its reason phrase (what Label Studio's dialogs show), logged."""
+    log.log(level, "%s %s: %d %s", request.method, request.path, status, message)
+    response = jsonify({"error": message})
+    response.status = f"{status} {reason_phrase(message)}"
+    return response
+
+
 def credentials_match(auth, user: str, password: str) -> bool:
     """Basic-auth check on bytes (any characters), user and password compared together so that the
     time taken does not tell which of them was wrong."""
@@ -137,10 +145,7 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
     @app.errorhandler(RequestError)
     @app.errorhandler(LabelConfigError)
     def bad_request(exc):
-        log.warning("%s %s: 400 %s", request.method, request.path, exc)
-        response = jsonify({"error": str(exc)})
-        response.status = f"400 {reason_phrase(str(exc))}"
-        return response
+        return explained(400, str(exc), logging.WARNING)
 
     @app.errorhandler(ImageUnavailable)
     def no_image(exc):
@@ -158,10 +163,7 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
 
     @app.errorhandler(QueueUnavailable)
     def queue_down(exc):
-        log.warning("%s %s: 503 %s", request.method, request.path, exc)
-        response = jsonify({"error": str(exc)})
-        response.status = f"503 {reason_phrase(str(exc))}"
-        return response
+        return explained(503, str(exc), logging.WARNING)
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
@@ -170,10 +172,7 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
     @app.errorhandler(Exception)
     def crash(exc):
         if storage_full(exc):
-            log.error("%s %s: 503 %s", request.method, request.path, STORAGE_FULL)
-            response = jsonify({"error": STORAGE_FULL})
-            response.status = f"503 {reason_phrase(STORAGE_FULL)}"
-            return response
+            return explained(503, STORAGE_FULL, logging.ERROR)
         # the message may quote another server's answer: it goes to the log, not to the caller
         log.exception("%s %s failed", request.method, request.path)
         return jsonify({"error": f"internal error ({type(exc).__name__}); the backend's log has the details"}), 500
