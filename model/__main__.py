@@ -1,4 +1,4 @@
-"""Command line: `python -m model info|pretrain|expansion|simulate|bench|segment ...`."""
+"""Command line: `python -m model info|pretrain|expansion|simulate|probe|compare|bench|segment ...`."""
 
 from __future__ import annotations
 
@@ -171,13 +171,28 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the paper's choice for the dataset; see README, Datasets)")
 
 
-def add_simulate(sub) -> None:
-    p = sub.add_parser("simulate", help="replay active learning with the ground truth as the annotator")
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The data, backbone and feature settings `simulate` and `probe` share (the same settings share a cache)."""
     add_dataset_arguments(p)
     p.add_argument("--train-split", default="train")
     p.add_argument("--eval-split", default="val")
     p.add_argument("--backbone", default="imagenet256", choices=sorted(BACKBONES))
     p.add_argument("--checkpoint", default=None, help="diffusion checkpoint (required for pretrained backbones)")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--draws", type=int, default=5)
+    p.add_argument("--feature-seed", type=int, default=0, help="seed of the feature noises (shared by all runs)")
+    p.add_argument("--max-train-images", type=int, default=None)
+    p.add_argument("--max-eval-images", type=int, default=None)
+    p.add_argument("--map-cache-gb", type=float, default=8.0, help="disk budget for cached feature maps (0: off)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="UNet precision: auto is fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
+    p.add_argument("--out", required=True)
+
+
+def add_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="replay active learning with the ground truth as the annotator")
+    add_run_arguments(p)
     p.add_argument("--strategy", nargs="+", default=["two-stage-edald"],
                    help="one or more: random, herding, coreset, <acquisition>, two-stage-<acq>, coreset-<acq>")
     p.add_argument("--rounds", type=int, default=10)
@@ -188,40 +203,52 @@ def add_simulate(sub) -> None:
     p.add_argument("--sam-checkpoint", default=None)
     p.add_argument("--sam-model-type", default="vit_b")
     p.add_argument("--region-cap", type=int, default=256)
-    p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--candidates", type=int, default=10_000)
     p.add_argument("--local-k", type=int, default=50)
     p.add_argument("--keep-global", type=float, default=0.5)
     p.add_argument("--local-sketch-dim", type=int, default=None,
                    help="dimension of the subspace sketch for per-image herding, e.g. 128 (default: exact; see README, Performance)")
-    p.add_argument("--draws", type=int, default=5)
-    p.add_argument("--feature-seed", type=int, default=0, help="seed of the feature noises (shared by all runs)")
     p.add_argument("--switch-after", type=int, default=None,
                    help="late switch: after this many rounds use --switch-to alone (the paper's schedule)")
     p.add_argument("--switch-to", default="margin")
     p.add_argument("--train-batch-size", type=int, default=8)
     p.add_argument("--train-epochs", type=int, default=50)
-    p.add_argument("--max-train-images", type=int, default=None)
-    p.add_argument("--max-eval-images", type=int, default=None)
-    p.add_argument("--map-cache-gb", type=float, default=8.0, help="disk budget for cached feature maps (0: off)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                   help="UNet precision: auto is fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
-    p.add_argument("--out", required=True)
     p.set_defaults(run=simulate)
 
+    p = sub.add_parser("probe", help="the head trained on every labeled pixel of a few training images: what the "
+                                     "features alone are worth (compare backbones)")
+    add_run_arguments(p)
+    p.add_argument("--images", type=int, default=10, help="training images whose labeled pixels all train the head")
+    p.add_argument("--image-seed", type=int, default=0, help="seed of the draw of those images")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="head seeds (one head each)")
+    p.add_argument("--train-batch-size", type=int, default=256)
+    p.add_argument("--train-epochs", type=int, default=10)
+    p.set_defaults(run=probe)
 
-def simulate(args: argparse.Namespace) -> None:
+    p = sub.add_parser("compare", help="simulate and probe runs of variants side by side: a table and the curves")
+    p.add_argument("--run", dest="variants", action="append", required=True, metavar="LABEL=FOLDER",
+                   help="a variant's folder (written by simulate and/or probe), e.g. 'pretrained=runs/camvid-pre'; "
+                        "repeat for each")
+    p.add_argument("--out", required=True, help="writes comparison.md and comparison.png")
+    p.set_defaults(run=compare)
+
+
+def compare(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from model.experiments.comparison import compare as write_comparison, parse_variant
+
+    print(write_comparison([parse_variant(v) for v in args.variants], args.out))
+    print("wrote " + ", ".join(str(p) for p in sorted(Path(args.out).glob("comparison.*"))))
+
+
+def prepare_run(args: argparse.Namespace):
+    """The checked splits, the feature extractor and the backbone's fingerprint of a simulate or probe run."""
     from pathlib import Path
 
     from model.datasets import load_dataset
-    from model.expansion import build_expander
     from model.features import DiffusionFeatureExtractor, resolve_dtype
-    from model.head import TrainConfig
-    from model.experiments.simulate import Simulation, SimulationConfig, parse_strategy
 
-    for name in args.strategy:
-        parse_strategy(name)
     device = resolve_device(args.device)
     backbone = get_backbone(args.backbone)
     train_set = load_dataset(args.data, args.train_split, args.dataset, args.preprocess).head(args.max_train_images)
@@ -229,14 +256,29 @@ def simulate(args: argparse.Namespace) -> None:
     for dataset in (train_set, eval_set):
         check_labels(dataset)
     unet = load_unet(backbone, args.checkpoint, device=device)
-    if not describe_weights(backbone, args.checkpoint).pretrained:
+    weights = describe_weights(backbone, args.checkpoint)
+    if not weights.pretrained:
         print(f"WARNING: {NOT_PRETRAINED_WARNING}", file=sys.stderr)
     features = FeatureConfig(resolution=args.resolution, draws=args.draws, seed=args.feature_seed,
                              dtype=resolve_dtype(args.dtype, device))
-    extractor = DiffusionFeatureExtractor(unet, features)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    fingerprint = {"name": backbone.name, "checkpoint": str(checkpoint) if checkpoint else None,
+                   "size": checkpoint.stat().st_size if checkpoint else None}
+    return train_set, eval_set, DiffusionFeatureExtractor(unet, features), fingerprint, device, weights
+
+
+def simulate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from model.expansion import build_expander
+    from model.head import TrainConfig
+    from model.experiments.simulate import Simulation, SimulationConfig, parse_strategy
+
+    for name in args.strategy:
+        parse_strategy(name)
+    train_set, eval_set, extractor, fingerprint, device, _ = prepare_run(args)
     expander = None if args.expand == "none" else build_expander(
         args.expand, tau=args.tau, sam_checkpoint=args.sam_checkpoint, sam_model_type=args.sam_model_type, device=device)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else None
     config = SimulationConfig(
         strategies=args.strategy, seeds=args.seeds, rounds=args.rounds, budget_factor=args.budget_factor,
         candidates=args.candidates, local_k=args.local_k,
@@ -244,12 +286,25 @@ def simulate(args: argparse.Namespace) -> None:
         switch_after=args.switch_after, switch_to=args.switch_to, region_cap=args.region_cap,
         train=TrainConfig(batch_size=args.train_batch_size, max_epochs=args.train_epochs),
         map_cache_gb=args.map_cache_gb)
-    fingerprint = {"name": backbone.name, "checkpoint": str(checkpoint) if checkpoint else None,
-                   "size": checkpoint.stat().st_size if checkpoint else None}
     sim = Simulation(config, train_set, eval_set, extractor, Path(args.out), expander, fingerprint)
     sim.run()
     print((Path(args.out) / "summary.md").read_text())
     print(f"wrote {args.out}/metrics.csv, summary.md, curves.png, selections.png, predictions.png")
+
+
+def probe(args: argparse.Namespace) -> None:
+    from model.head import TrainConfig
+    from model.experiments.probe import PROBE_FILE, ProbeConfig, run_probe
+
+    train_set, eval_set, extractor, fingerprint, _, weights = prepare_run(args)
+    config = ProbeConfig(images=args.images, image_seed=args.image_seed, seeds=tuple(args.seeds),
+                         train=TrainConfig(batch_size=args.train_batch_size, max_epochs=args.train_epochs),
+                         map_cache_gb=args.map_cache_gb)
+    result = run_probe(extractor, train_set, eval_set, config, args.out, fingerprint, weights.description)
+    print(f"probe, {weights.description}: {len(result['images'])} images, {result['labeled_pixels']} labeled pixels, "
+          f"{len(config.seeds)} heads: mIoU {result['miou_mean']:.2f} ± {result['miou_std']:.2f}, pixel accuracy "
+          f"{result['pixel_accuracy_mean']:.1f}%")
+    print(f"wrote {args.out}/{PROBE_FILE}")
 
 
 def check_labels(dataset) -> None:

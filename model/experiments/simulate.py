@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -116,6 +116,19 @@ def oracle_label(labeled: dict[int, dict[int, int]], queries: list[tuple[int, in
     return answered
 
 
+def cached_sources(extractor: DiffusionFeatureExtractor, datasets: Sequence[SegmentationDataset], out: Path,
+                   backbone_fingerprint: dict | None, cache_gb: float) -> list[ImageFeatureSource]:
+    """One feature source per dataset, sharing the map cache in `out`/cache/maps (a budget of 0: none).
+    The cache is keyed by the backbone's file and the feature settings, so the runs written to one
+    folder (the simulation's strategies and seeds, the probe) compute each image's maps once."""
+    fingerprint = {"backbone": backbone_fingerprint, "features": asdict(extractor.config)}
+    budget = int(cache_gb * 2**30)
+    cache = FeatureMapCache(Path(out) / "cache" / "maps", fingerprint, budget) if budget > 0 else None
+    r = extractor.config.resolution
+    return [ImageFeatureSource(extractor, lambda i, d=d: d.image(i, r), [d.key(i) for i in range(len(d))], cache)
+            for d in datasets]
+
+
 class Simulation:
     def __init__(self, config: SimulationConfig, train_set: SegmentationDataset, eval_set: SegmentationDataset,
                  extractor: DiffusionFeatureExtractor, out: Path, expander: Expander | None = None,
@@ -126,18 +139,12 @@ class Simulation:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "state").mkdir(exist_ok=True)
         self.strategies = [parse_strategy(s) for s in config.strategies]
-        fingerprint = {"backbone": backbone_fingerprint, "features": asdict(extractor.config)}
-        self.fingerprint = fingerprint
-        budget = int(config.map_cache_gb * 2**30)
-        self.map_cache = FeatureMapCache(self.out / "cache" / "maps", fingerprint, budget) if budget > 0 else None
-        r = self.resolution
-        self.train_source = ImageFeatureSource(extractor, lambda i: train_set.image(i, r),
-                                               [train_set.key(i) for i in range(len(train_set))], self.map_cache)
-        self.eval_source = ImageFeatureSource(extractor, lambda i: eval_set.image(i, r),
-                                              [eval_set.key(i) for i in range(len(eval_set))], self.map_cache)
+        self.fingerprint = {"backbone": backbone_fingerprint, "features": asdict(extractor.config)}
+        self.train_source, self.eval_source = cached_sources(extractor, (train_set, eval_set), self.out,
+                                                             backbone_fingerprint, config.map_cache_gb)
         self._truth: dict[int, np.ndarray] = {}
         self.budget = budget_for(len(train_set), config.budget_factor)
-        self.total_pixels = len(train_set) * r * r
+        self.total_pixels = len(train_set) * self.resolution ** 2
 
     # pieces ---------------------------------------------------------------------------------------
     def truth(self, i: int) -> np.ndarray:

@@ -47,12 +47,11 @@ def summary_markdown(rows: list[dict]) -> str:
           f"{r['labeled_mean']:.0f}", f"{r['share_mean']:.5%}"] for r in rows])
 
 
-def plot_curves(rows: list[dict], path: Path, title: str) -> None:
-    plt = pyplot()
+def draw_curves(ax, rows: list[dict], title: str) -> None:
+    """mIoU per round, mean over seeds with a +-1 std band, one line per strategy, on `ax`."""
     curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         curves[row["strategy"]][int(row["round"])].append(float(row["miou"]) * 100)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     for strategy, by_round in curves.items():
         rounds = sorted(by_round)
         mean = np.array([np.mean(by_round[r]) for r in rounds])
@@ -64,6 +63,12 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def plot_curves(rows: list[dict], path: Path, title: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    draw_curves(ax, rows, title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

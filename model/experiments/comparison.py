@@ -1,0 +1,58 @@
+"""Runs side by side: the same experiment under variants (pretrained or random weights, two
+resolutions, ...), each a folder written by `simulate` and, optionally, `probe`.
+
+comparison.md: the probe's mIoU per variant, then every strategy's last-round mean +- std per
+variant. comparison.png: the learning curves, one panel per variant on a shared mIoU axis.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from model.experiments.probe import PROBE_FILE
+from model.experiments.report_output import markdown_table, pyplot
+from model.experiments.simulation_report import draw_curves, read_metrics, summary_rows
+
+
+def parse_variant(text: str) -> tuple[str, Path]:
+    """`label=folder`, as the command line takes it."""
+    label, sep, folder = text.partition("=")
+    if not sep or not label or not folder:
+        raise ValueError(f"--run {text!r}: write it as label=folder, e.g. 'random weights=runs/camvid-random'")
+    path = Path(folder)
+    if not (path / "metrics.csv").is_file() and not (path / PROBE_FILE).is_file():
+        raise FileNotFoundError(f"--run {text!r}: {path} holds neither metrics.csv (simulate) nor {PROBE_FILE} (probe)")
+    return label, path
+
+
+def compare(variants: list[tuple[str, Path]], out: str | Path) -> str:
+    """Write comparison.md and comparison.png to `out`; returns the Markdown."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = []
+    probes = [(label, json.loads((path / PROBE_FILE).read_text())) for label, path in variants
+              if (path / PROBE_FILE).is_file()]
+    if probes:
+        parts.append(markdown_table(
+            ["weights", "probe mIoU (%)", "pixel acc. (%)", "heads", "training images", "labeled pixels"],
+            [[label, f"{p['miou_mean']:.2f} ± {p['miou_std']:.2f}", f"{p['pixel_accuracy_mean']:.1f}", len(p["runs"]),
+              len(p["images"]), p["labeled_pixels"]] for label, p in probes]))
+    simulated = [(label, read_metrics(path / "metrics.csv")) for label, path in variants
+                 if (path / "metrics.csv").is_file()]
+    if simulated:
+        parts.append(markdown_table(
+            ["weights", "strategy", "seeds", "round", "mIoU (%)", "pixel acc. (%)", "labeled pixels"],
+            [[label, r["strategy"], r["seeds"], r["round"], f"{r['miou_mean']:.2f} ± {r['miou_std']:.2f}",
+              f"{r['acc_mean']:.1f}", f"{r['labeled_mean']:.0f}"]
+             for label, rows in simulated for r in summary_rows(rows)]))
+        plt = pyplot()
+        fig, axes = plt.subplots(1, len(simulated), figsize=(6 * len(simulated), 4.5), sharey=True, squeeze=False)
+        for ax, (label, rows) in zip(axes[0], simulated):
+            draw_curves(ax, rows, label)
+        fig.tight_layout()
+        fig.savefig(out / "comparison.png", dpi=120)
+        plt.close(fig)
+    text = "\n\n".join(parts) + "\n"
+    (out / "comparison.md").write_text(text)
+    return text
