@@ -133,12 +133,14 @@ class PeriodicReconcile:
     def _loop(self) -> None:
         while True:
             time.sleep(self.seconds)
-            store = self.services.store
-            for project in store.projects():
-                current = store.current_round(project)
-                if current is None or current["status"] != "open" or not self.services.has_credentials(project):
-                    continue
-                try:
-                    self.runner.submit(project, "sync")
-                except Exception as exc:  # a full disk or an absent queue: the next tick tries again
-                    log.warning("project %s: reconciliation with Label Studio not queued: %s", project, exc)
+            try:
+                self._tick()
+            except Exception as exc:  # a full disk, the store's database or the queue away: the next tick tries
+                log.warning("reconciliation with Label Studio not queued: %s", exc)
+
+    def _tick(self) -> None:
+        store = self.services.store
+        for project in store.projects():
+            current = store.current_round(project)
+            if current is not None and current["status"] == "open" and self.services.has_credentials(project):
+                self.runner.submit(project, "sync")

@@ -19,6 +19,7 @@ from ml_backend.annotations import take_in
 from ml_backend.click_prompt import ContextError, click_session
 from ml_backend.config import SettingsError
 from ml_backend.images import original_image
+from ml_backend.database import StoreUnavailable
 from ml_backend.jobs import InProcessRunner, QueueUnavailable, rerun_for_credentials
 from ml_backend.label_config import LabelConfigError, LabelSchema, parse_label_config
 from ml_backend.label_studio import LabelStudioRefused
@@ -238,7 +239,7 @@ class ActiveLearningBackend:
         backend can work and, if not, the one thing to do; per project its progress (that of every
         process: it is in the store), its effective settings with the stopping hint, the tasks whose
         image failed (with the reason), why credentials from /setup were refused and, while it is, that
-        the job queue is unreachable ("job_queue"). Always a 200,
+        the job queue ("job_queue") or the store's database ("store") is unreachable. Always a 200,
         which Label Studio needs to connect. Backend settings, paths and jobs are in /metrics. Per
         project, "round" is where the loop stands (its latest round and its queries) and "progress"
         the work toward the next round, with the background jobs beside it."""
@@ -250,10 +251,15 @@ class ActiveLearningBackend:
             "model_class": type(self).__name__,
             "model": {"backbone": engine.backbone.name, "pretrained": weights.pretrained and problem is None,
                       "weights": weights.description},
-            "progress": self.services.progress.snapshot(), "failed_tasks": self.failed_tasks(),
-            "projects": {str(p): {**self._settings_view(p, learning_curve(self.services.store, p)),
-                                  "round": self._round_state(p)} for p in self.services.store.projects()},
         }
+        try:
+            out.update({
+                "progress": self.services.progress.snapshot(), "failed_tasks": self.failed_tasks(),
+                "projects": {str(p): {**self._settings_view(p, learning_curve(self.services.store, p)),
+                                      "round": self._round_state(p)} for p in self.services.store.projects()},
+            })
+        except StoreUnavailable as exc:  # what the store holds cannot be shown; that it cannot, can
+            out["store"] = f"{exc}; requests that need it get a 503 until it answers"
         if problem is not None:
             out["todo"] = problem
         if self.services.refused_credentials:

@@ -19,6 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+class StoreUnavailable(RuntimeError):
+    """The store's database cannot be reached (PostgreSQL down, restarting or out of connections):
+    a request that needs it gets a 503 with this message, and a job waits and runs again."""
+
+
 def open_database(location: str | Path) -> SQLite | PostgreSQL:
     """A `postgresql://` (or `postgres://`) URL, else the path of a SQLite file."""
     if str(location).startswith(("postgresql://", "postgres://")):
@@ -102,32 +107,67 @@ def _placeholders(sql: str) -> str:
 class PostgreSQL:
     """A pool of connections in autocommit mode, at most MAX_CONNECTIONS per process: the web server's
     threads and the job threads each take one for a statement or a transaction. A connection that
-    broke (the server restarted) is replaced when it is next taken."""
+    broke (the server restarted) is replaced when it is next taken. While the server cannot be
+    reached, taking a connection gives up after CONNECT_SECONDS with StoreUnavailable (the pool's own
+    default, 30 s, outlasts the callers' timeouts: Label Studio's webhook gives up at 10 s). The pool
+    retries a lost connection with a doubling delay; its default of trying so for 300 s meant waits of
+    a minute and more after the server was back, so it gives up after 2 x CONNECT_SECONDS and the next
+    request that finds no connection starts a new attempt at once."""
 
     dialect = "postgresql"
     MAX_CONNECTIONS = 16
+    CONNECT_SECONDS = 5.0
 
     def __init__(self, url: str):
         import psycopg
+        from psycopg.conninfo import conninfo_to_dict
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
-        psycopg.connect(url, connect_timeout=10).close()  # an unreachable server fails here, with its own reason
+        info = conninfo_to_dict(url)
+        self.address = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+        try:  # an unreachable server fails here, with its own reason
+            psycopg.connect(url, connect_timeout=10).close()
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the store's PostgreSQL database ({self.address}) cannot be reached: "
+                                   f"{str(exc).strip()}") from exc
         self.pool = ConnectionPool(url, min_size=1, max_size=self.MAX_CONNECTIONS, open=True,
-                                   kwargs={"autocommit": True, "row_factory": dict_row},
+                                   timeout=self.CONNECT_SECONDS, reconnect_timeout=2 * self.CONNECT_SECONDS,
+                                   kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 5},
                                    check=ConnectionPool.check_connection)
+
+    @contextmanager
+    def _connection(self):
+        """A pooled connection; an unreachable server (no connection in time, or the one taken broke
+        under a statement) as StoreUnavailable. An error of the statement itself passes unchanged."""
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self.pool.connection() as connection:
+                try:
+                    yield connection
+                except psycopg.OperationalError as exc:
+                    if not connection.broken:
+                        raise
+                    raise StoreUnavailable(f"the store's PostgreSQL database ({self.address}) closed the "
+                                           f"connection: {str(exc).strip()}") from exc
+        except PoolTimeout as exc:
+            raise StoreUnavailable(f"the store's PostgreSQL database ({self.address}) gave no connection within "
+                                   f"{self.CONNECT_SECONDS:g} s: it is down, restarting, or all "
+                                   f"{self.MAX_CONNECTIONS} connections are busy") from exc
 
     @contextmanager
     def transaction(self, key: int | None = None) -> Iterator[Session]:
         """A write transaction that first waits for the advisory lock on `key` (held to its end); without
         a key, one that writes without reading first (a single statement on a row of its own)."""
-        with self.pool.connection() as connection, connection.transaction():
+        with self._connection() as connection, connection.transaction():
             if key is not None:
                 connection.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
             yield Session(connection, _placeholders)
 
     def all(self, sql: str, args: Iterable = ()) -> list[dict]:
-        with self.pool.connection() as connection:
+        with self._connection() as connection:
             return connection.execute(_placeholders(sql), tuple(args)).fetchall()
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from ml_backend.database import StoreUnavailable
 from ml_backend.progress import forget_finished, job_scope
 from ml_backend.store import Store
 
@@ -92,6 +93,8 @@ def run_job(store: Store, handler: Handler, job_id: int, owner=None) -> None:
     try:
         with job_scope(job_id):
             handler(job["project"], job["kind"], job["payload"])
+    except StoreUnavailable:  # not the job's fault: it stays unfinished, for the runner to run again
+        raise
     except Exception as exc:  # a failed job is recorded and logged; the next trigger retries the work
         log.error("job %s (%s, project %s) failed: %s\n%s", job_id, job["kind"], job["project"], exc,
                   traceback.format_exc())
@@ -158,12 +161,19 @@ class InProcessRunner:
             try:
                 job_id = self._queue.get(timeout=self.ADOPT_INTERVAL)
             except queue.Empty:
-                self._adopt()
+                try:
+                    self._adopt()
+                except Exception as exc:  # the store unreachable: the thread lives on and looks again
+                    log.warning("cannot look for jobs recorded by other processes: %s", exc)
                 continue
             try:
                 run_job(self.store, self.handler, job_id, self)
-            except Exception:  # the store itself failed (a full disk): the job stays unfinished, try again
-                log.exception("job %s could not be recorded; trying it again in %.0f s", job_id, self.RETRY_SECONDS)
+            except Exception as exc:  # the store failed (a full disk, its database down): the job stays unfinished
+                if isinstance(exc, StoreUnavailable):
+                    log.warning("job %s stopped: %s; trying it again in %.0f s", job_id, exc, self.RETRY_SECONDS)
+                else:
+                    log.exception("job %s could not be recorded; trying it again in %.0f s", job_id,
+                                  self.RETRY_SECONDS)
                 self.current = None
                 time.sleep(self.RETRY_SECONDS)
                 self._queue.put(job_id)

@@ -27,6 +27,7 @@ from ml_backend.annotations import PeriodicReconcile
 from ml_backend.backend import ActiveLearningBackend
 from ml_backend.config import Settings
 from ml_backend.echo import quote
+from ml_backend.database import StoreUnavailable
 from ml_backend.jobs import InProcessRunner, QueueUnavailable
 from ml_backend.label_config import LabelConfigError
 from ml_backend.label_studio import LabelStudioUnavailable
@@ -56,6 +57,10 @@ def _json_body() -> dict:
 
 STORAGE_FULL = ("the backend cannot write to MODEL_DIR: its disk is full. Nothing is lost: Label Studio keeps what "
                 "was sent, and the backend reads it back once it can write again (RECONCILE_SECONDS)")
+
+
+STORE_DOWN = ("Nothing is lost: Label Studio keeps what was sent, and the backend reads it back once its database "
+              "answers again (RECONCILE_SECONDS)")
 
 
 def storage_full(exc: BaseException) -> bool:
@@ -164,6 +169,10 @@ def create_app(settings: Settings | None = None, backend: ActiveLearningBackend 
     @app.errorhandler(QueueUnavailable)
     def queue_down(exc):
         return explained(503, str(exc), logging.WARNING)
+
+    @app.errorhandler(StoreUnavailable)
+    def store_down(exc):
+        return explained(503, f"{exc}. {STORE_DOWN}", logging.ERROR)
 
     @app.errorhandler(HTTPException)
     def http_error(exc):

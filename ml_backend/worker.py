@@ -8,11 +8,13 @@ project, so two workers never run two of them at once; `records` batches run in 
 from __future__ import annotations
 
 import logging
+import time
 
 from redis import Redis
 
 from ml_backend.config import Settings
-from ml_backend.jobs import run_job
+from ml_backend.database import StoreUnavailable
+from ml_backend.jobs import InProcessRunner, run_job
 from ml_backend.services import Services
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,17 @@ def _context():
 
 
 def perform(job_id: int) -> None:
+    """Run the store's job `job_id`; while the store's database is unreachable, wait and try again
+    (the job stays unfinished in the store, and Redis would otherwise file it as failed for good)."""
+    while True:
+        try:
+            return _perform(job_id)
+        except StoreUnavailable as exc:
+            log.warning("job %s: %s; trying it again in %.0f s", job_id, exc, InProcessRunner.RETRY_SECONDS)
+            time.sleep(InProcessRunner.RETRY_SECONDS)
+
+
+def _perform(job_id: int) -> None:
     from ml_backend.loop import handle_job
 
     services, runner = _context()

@@ -129,8 +129,16 @@ class PostgresServer:
     def start(self) -> None:
         self._run(str(self.binaries / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                   "--no-sync")
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server on its cluster (again, after `halt`: same port, same databases)."""
         self._run(str(self.binaries / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log),
                   "-o", f"-p {self.port} -h 127.0.0.1 -k {self.directory} -c fsync=off")
+
+    def halt(self) -> None:
+        """Stop the server at once (as a crash would), keeping its cluster for `resume`."""
+        self._run(str(self.binaries / "pg_ctl"), "stop", "-w", "-m", "immediate", "-D", str(self.data))
 
     def create_database(self) -> str:
         """A new, empty database; its URL."""
@@ -143,18 +151,24 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
-        self._run(str(self.binaries / "pg_ctl"), "stop", "-w", "-m", "immediate", "-D", str(self.data))
+        if (self.data / "postmaster.pid").exists():  # not halted
+            self.halt()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
+def started_postgres() -> PostgresServer:
     binaries = postgres_binaries()
     if binaries is None:
         missing("PostgreSQL's server is not installed (initdb and pg_ctl were found neither on the PATH nor in "
                 "/usr/lib/postgresql/<version>/bin): install Debian's `postgresql` package (apt-get install postgresql)")
     server = PostgresServer(binaries)
     server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    server = started_postgres()
     yield server
     server.stop()
 
