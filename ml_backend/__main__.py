@@ -122,11 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, [settings.label_studio_api_key, settings.basic_auth_pass])
-    if args.command == "heads":
-        return heads_command(settings, args)
+    from ml_backend.database import StoreUnavailable
     from ml_backend.server import create_app
 
-    app = create_app(settings)
+    try:
+        if args.command == "heads":
+            return heads_command(settings, args)
+        app = create_app(settings)
+    except StoreUnavailable as exc:
+        print(f"error: {exc}\n(start the database, or correct DATABASE_URL)", file=sys.stderr)
+        return 2
     log = logging.getLogger("ml_backend")
     log.info("settings: %s", settings.public())
     problem = app.config["backend"].services.engine.checkpoint_problem()

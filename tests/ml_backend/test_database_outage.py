@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from ml_backend.__main__ import main
 from ml_backend.config import Settings
 from ml_backend.database import PostgreSQL, StoreUnavailable
 from ml_backend.jobs import InProcessRunner, run_job
@@ -86,7 +87,7 @@ def test_while_the_database_is_down_requests_get_a_503_and_the_threads_live_on(t
     assert runner._thread.is_alive() and store.recent_jobs(20)
 
 
-def test_a_job_the_database_interrupted_stays_unfinished_and_runs_again(tmp_path):
+def test_a_job_the_database_interrupted_stays_unfinished_and_runs_again(tmp_path, monkeypatch, capsys):
     store = Store(tmp_path / "state.sqlite3")
     job = store.add_job(7, "train", {})
     calls = []
@@ -101,5 +102,14 @@ def test_a_job_the_database_interrupted_stays_unfinished_and_runs_again(tmp_path
     assert store.job(job)["status"] == "running"  # not failed: no trigger would ever run it again
     run_job(store, handler, job)
     assert store.job(job)["status"] == "done" and calls == ["train", "train"]
+    port = free_port()
     with pytest.raises(StoreUnavailable, match="cannot be reached"):
-        PostgreSQL(f"postgresql://postgres@127.0.0.1:{free_port()}/none")
+        PostgreSQL(f"postgresql://postgres@127.0.0.1:{port}/none")
+    # the backend and its command line, started without their database, stop with its reason
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{port}/none")
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "model"))
+    monkeypatch.setenv("BACKBONE", "tiny")
+    for argv in ([], ["heads", "list", "--project", "7"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"database (127.0.0.1:{port}/none) cannot be reached" in err and "Connection refused" in err
