@@ -61,7 +61,8 @@ class Engine:
         budget = min(s.budget, num_images * s.resolution ** 2) if s.budget else budget_for(num_images, s.budget_factor)
         return RoundConfig(budget=budget, candidates=s.candidates, local_k=s.local_k,
                            keep_global=s.keep_global, coverage=s.coverage, acquisition=s.acquisition, seed=s.seed,
-                           local_sketch_dim=s.local_sketch_dim or None, global_exact_max=s.global_exact_max)
+                           local_sketch_dim=s.local_sketch_dim or None, global_exact_max=s.global_exact_max,
+                           device=str(self.device))
 
     def train_config(self, settings: Settings) -> TrainConfig:
         return TrainConfig(batch_size=settings.train_batch_size, max_epochs=settings.train_max_epochs,
@@ -152,11 +153,13 @@ class Engine:
         head = self._heads.get(key)
         if head is None:
             head = SegmentationHead.from_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
-            self._heads.put(key, head)
+            self._heads.put(key, head.to(self.device))
         return head
 
     def remember_head(self, project: int, version: str, head: SegmentationHead) -> None:
-        self._heads.put((project, version), head)
+        """Heads segment on the backend's device, where the feature maps are (a CPU head would pull a
+        256 px image's 65,536 x 6,144 features across to the host)."""
+        self._heads.put((project, version), head.to(self.device))
 
     def segment(self, head: SegmentationHead, image: np.ndarray) -> ImageSegmentation:
         """The head's segmentation of an image at its original size (model.prediction.segment_image,

@@ -15,9 +15,9 @@ def k_center_greedy(features: np.ndarray | torch.Tensor, budget: int,
     budget = max(0, min(int(budget), n))
     if budget == 0:
         return np.empty(0, dtype=np.int64)
-    nearest = torch.full((n,), float("inf"))
+    nearest = torch.full((n,), float("inf"), device=x.device)
     if covered is not None and len(covered):
-        c = torch.as_tensor(covered).float()
+        c = torch.as_tensor(covered).to(x.device).float()
         for s in range(0, len(c), 2048):
             nearest = torch.minimum(nearest, torch.cdist(x, c[s:s + 2048]).min(1).values)
     order = []

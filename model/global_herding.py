@@ -125,10 +125,10 @@ def merge(x: torch.Tensor, candidates: np.ndarray, keep: int, covered, sigma: fl
     kern = RBFKernel(sigma)
     cx = x[torch.as_tensor(candidates)].float()
     cx_sq = squared_norms(cx)
-    cov = torch.as_tensor(covered).float() if covered is not None else cx[:0]
+    cov = torch.as_tensor(covered).to(x.device).float() if covered is not None else cx[:0]
     lazy = keep * LAZY_BUDGET_SHARE <= len(candidates)
-    kernel = torch.empty(len(candidates), points) if lazy else torch.empty(points, len(candidates))
-    base = torch.empty(points)
+    shape = (len(candidates), points) if lazy else (points, len(candidates))
+    kernel, base = torch.empty(shape, device=x.device), torch.empty(points, device=x.device)
     for a in range(0, points, block):
         xb = x[rows[a:a + block]].float()
         xb_sq = squared_norms(xb)

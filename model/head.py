@@ -40,13 +40,18 @@ class SegmentationHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
+    def _device(self) -> torch.device:
+        return self.layers[0].weight.device
+
     @torch.no_grad()
     def log_probs(self, features: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-        """Deterministic log-softmax [P, C] (BatchNorm and dropout in eval mode)."""
+        """Deterministic log-softmax [P, C] (BatchNorm and dropout in eval mode), on the features'
+        device whatever the head's (features from GPU maps, a head loaded on the CPU, or back)."""
         was_training = self.training
         self.eval()
-        out = torch.cat([F.log_softmax(self(f), dim=1) for f in features.split(chunk)]) \
-            if len(features) else features.new_empty(0, self.num_classes)
+        device = self._device()
+        out = torch.cat([F.log_softmax(self(f.to(device)), dim=1).to(features.device)
+                         for f in features.split(chunk)]) if len(features) else features.new_empty(0, self.num_classes)
         self.train(was_training)
         return out
 
@@ -65,7 +70,7 @@ class SegmentationHead(nn.Module):
                 if isinstance(m, nn.Dropout):
                     m.train()
             for _ in range(samples):
-                out.append(F.log_softmax(self(features), dim=1))
+                out.append(F.log_softmax(self(features.to(self._device())), dim=1).to(features.device))
         self.eval()
         return torch.stack(out, dim=1)
 

@@ -67,6 +67,7 @@ class RoundConfig:
     local_sketch_dim: int | None = None  # subspace sketch for per-image herding (None: exact; see herding.py)
     global_exact_max: int = GLOBAL_EXACT_MAX  # pool size up to which global herding is exact (global_herding.py)
     seed: int = 0
+    device: str = "cpu"  # where local and global coverage run (the backend's device); the records stay in memory
 
     def __post_init__(self):
         if self.coverage not in (*COVERAGE_METHODS, None):
@@ -226,7 +227,8 @@ def image_record(source: FeatureSource, image: int, labeled_pixels, config: Roun
         cands = _unasked(candidate_pixels(key, source.resolution, config.candidates, config.seed), lab, queried_pixels)
         maps = source.maps(image, (REFERENCE_NOISE, *draw_noises) if need_draws else (REFERENCE_NOISE,))
         ref = torch.from_numpy(_half(maps[0].at(np.concatenate([cands, lab])))).float()
-        local = _select(coverage, ref[: len(cands)], config.local_k, ref[len(cands):], config.sigma,
+        on = ref.to(config.device)
+        local = _select(coverage, on[: len(cands)], config.local_k, on[len(cands):], config.sigma,
                         config.seed, config.local_sketch_dim)
         picks = cands[local]
         draws = np.stack([_half(m.at(picks)) for m in maps[1:]], axis=1) if need_draws else None
@@ -308,10 +310,11 @@ def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: Se
     cov_all = torch.from_numpy(np.concatenate(covered))
     keep = config.budget if method is None else max(config.budget, round(config.keep_global * len(pixels)))
     progress("global", 0, 1)
+    on, cov_on = ref_all.to(config.device), cov_all.to(config.device)
     if coverage == "coreset":
-        kept = k_center_greedy(ref_all, keep, cov_all, seed=config.seed)
+        kept = k_center_greedy(on, keep, cov_on, seed=config.seed)
     else:
-        kept = global_herding(ref_all, keep, cov_all, images, config.sigma, seed=config.seed,
+        kept = global_herding(on, keep, cov_on, images, config.sigma, seed=config.seed,
                               exact_max=config.global_exact_max,
                               progress=lambda stage, done, total: progress(f"global {stage}", done, total))
     progress("global", 1, 1)

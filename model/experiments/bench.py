@@ -406,7 +406,7 @@ def _round_run(data: str, backbone: str, checkpoint: str | None, resolution: int
                                             [ds.key(i) for i in range(len(ds))]))
     cache = RecordCache({"bench": "round", "resolution": resolution, "backbone": backbone}, Path(cache_dir))
     config = RoundConfig(budget=budget or budget_for(len(ds), budget_factor), candidates=candidates, local_k=local_k,
-                         acquisition=acquisition, seed=seed)
+                         acquisition=acquisition, seed=seed, device=str(device))
     expander = None if expand == "none" else build_expander(expand)
     out = {"images": len(ds), "budget": config.budget, "dtype": features.dtype, "batch": batch, "expand": expand}
 
@@ -434,6 +434,7 @@ def _round_run(data: str, backbone: str, checkpoint: str | None, resolution: int
     feats, classes = labeled_features(source, labeled, config, cache, queried=queried)
     training_set = time.perf_counter()
     head, report = train_head(feats, classes, ds.num_classes, TrainConfig(seed=seed))
+    head = head.to(device)  # as the backend's engine keeps its heads: beside the feature maps
     trained = time.perf_counter()
     r1 = run_round(source, {i: px for i, (px, _) in labeled.items()}, head, config, cache, round_index=1,
                    queried=queried)

@@ -163,7 +163,7 @@ class Simulation:
         c = self.config
         return RoundConfig(budget=self.budget, candidates=c.candidates, local_k=c.local_k, keep_global=c.keep_global,
                            coverage=strategy.coverage, acquisition=strategy.acquisition, seed=seed,
-                           local_sketch_dim=c.local_sketch_dim)
+                           local_sketch_dim=c.local_sketch_dim, device=str(self.extractor.device))
 
     def train(self, labeled: dict[int, dict[int, int]], strategy: Strategy, seed: int) -> SegmentationHead:
         feats, classes = [], []

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from model.datasets import IGNORE_INDEX, load_camvid
-from model.features import DiffusionFeatureExtractor, FeatureConfig, ImageFeatureSource
-from model.head import TrainConfig, train_head
+from model.features import DiffusionFeatureExtractor, FeatureConfig, FeatureMaps, ImageFeatureSource
+from model.head import SegmentationHead, TrainConfig, train_head
 from model.selection import RecordCache, RoundConfig, budget_for, candidate_pixels, record_digest, run_round
 
 R = 64
@@ -177,3 +177,45 @@ def test_a_pixel_queried_once_never_comes_back_even_without_a_label(camvid4, ext
     # the record of an image depends on what was asked there: unchanged labels, new digest
     assert record_digest([], [3]) != record_digest([]) == record_digest([], [])
     assert record_digest([3], [3]) == record_digest([3])
+
+
+class FixedSource:
+    """Feature maps drawn once from a seeded generator, the same numbers on every machine (the UNet's
+    would depend on the CPU's bf16 support)."""
+
+    resolution, draws = 16, 5
+
+    def __len__(self):
+        return 6
+
+    def key(self, image):
+        return f"image-{image}"
+
+    def maps(self, image, noises):
+        return [FeatureMaps([torch.from_numpy(np.random.default_rng([image, n]).standard_normal((24, 8, 8))
+                                              .astype(np.float32))], 16, True) for n in noises]
+
+
+# Round 0 and round 1 (eDALD with a seeded head) as the code picked them before local and
+# global coverage could run on the backend's device (issue 26): the device path changes nothing on the CPU.
+BEFORE_DEVICES = {
+    "exact": ([(1, 53), (5, 102), (4, 145), (1, 77)], [(1, 34), (4, 3), (5, 51), (5, 1)]),
+    "sharded": ([(0, 236), (4, 70), (1, 160), (5, 124)], [(5, 9), (2, 90), (2, 5), (1, 99)]),
+    "coreset": ([(3, 198), (2, 208), (2, 176), (2, 4)], [(0, 136), (3, 83), (2, 135), (5, 246)]),
+}
+
+
+@pytest.mark.parametrize("variant, options", [("exact", {}), ("sharded", {"global_exact_max": 12}),
+                                              ("coreset", {"coverage": "coreset"})])
+def test_on_the_cpu_device_the_picks_are_those_from_before_the_device_option(variant, options):
+    source = FixedSource()
+    config = RoundConfig(budget=4, candidates=60, local_k=6, seed=3, device="cpu", **options)
+    first = run_round(source, {}, None, config).queries
+    labeled: dict[int, list[int]] = {}
+    for i, p in first:
+        labeled.setdefault(i, []).append(p)
+    torch.manual_seed(0)
+    head = SegmentationHead(24, 3).eval()  # untrained: training's float sums vary with the thread count
+    asked = {i: np.array(px) for i, px in labeled.items()}
+    second = run_round(source, asked, head, config, round_index=1, queried=asked).queries
+    assert (first, second) == BEFORE_DEVICES[variant]
