@@ -239,7 +239,8 @@ def compare(args: argparse.Namespace) -> None:
     from model.experiments.comparison import compare as write_comparison, parse_variant
 
     print(write_comparison([parse_variant(v) for v in args.variants], args.out))
-    print("wrote " + ", ".join(str(p) for p in sorted(Path(args.out).glob("comparison.*"))))
+    print("wrote " + ", ".join(str(p) for p in sorted([*Path(args.out).glob("comparison.*"),
+                                                        *Path(args.out).glob("probes.png")])))
 
 
 def prepare_run(args: argparse.Namespace):

@@ -3,6 +3,8 @@ resolutions, ...), each a folder written by `simulate` and, optionally, `probe`.
 
 comparison.md: the probe's mIoU per variant, then every strategy's last-round mean +- std per
 variant. comparison.png: the learning curves, one panel per variant on a shared mIoU axis.
+probes.png: each variant's probe mIoU (mean +- std over heads, every head a dot), in the given order
+(checkpoints of one training run, say, from the first steps to the last).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def compare(variants: list[tuple[str, Path]], out: str | Path) -> str:
             ["weights", "probe mIoU (%)", "pixel acc. (%)", "heads", "training images", "labeled pixels"],
             [[label, f"{p['miou_mean']:.2f} ± {p['miou_std']:.2f}", f"{p['pixel_accuracy_mean']:.1f}", len(p["runs"]),
               len(p["images"]), p["labeled_pixels"]] for label, p in probes]))
+        plot_probes(probes, out / "probes.png")
     simulated = [(label, read_metrics(path / "metrics.csv")) for label, path in variants
                  if (path / "metrics.csv").is_file()]
     if simulated:
@@ -56,3 +59,23 @@ def compare(variants: list[tuple[str, Path]], out: str | Path) -> str:
     text = "\n\n".join(parts) + "\n"
     (out / "comparison.md").write_text(text)
     return text
+
+
+def plot_probes(probes: list[tuple[str, dict]], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(probes) + 1.5), 4))
+    for x, (_, p) in enumerate(probes):
+        heads = [100 * run["miou"] for run in p["runs"]]
+        ax.errorbar([x], [p["miou_mean"]], yerr=[p["miou_std"]], fmt="o", color="tab:blue", capsize=4)
+        ax.scatter([x] * len(heads), heads, s=10, color="tab:gray", zorder=3)
+        ax.annotate(f"{p['miou_mean']:.1f}", (x, p["miou_mean"]), textcoords="offset points", xytext=(8, -3),
+                    fontsize=8)
+    ax.set_xticks(range(len(probes)), [label for label, _ in probes], fontsize=8)
+    ax.set_ylabel("probe mIoU (%)")
+    first = probes[0][1]
+    ax.set_title(f"head on every labeled pixel of {len(first['images'])} training images, mIoU on "
+                 f"{first.get('eval_split', 'eval')}", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -21,7 +21,8 @@ def write_run(folder, miou_by_seed: dict[int, list[float]], probe_miou: list[flo
     if probe_miou is not None:
         (folder / "probe.json").write_text(json.dumps({
             "miou_mean": sum(probe_miou) / len(probe_miou), "miou_std": 0.5, "pixel_accuracy_mean": 61.0,
-            "runs": [{"miou": m / 100} for m in probe_miou], "images": ["a.png", "b.png"], "labeled_pixels": 7000}))
+            "runs": [{"miou": m / 100} for m in probe_miou], "images": ["a.png", "b.png"], "labeled_pixels": 7000,
+            "eval_split": "val"}))
     return folder
 
 
@@ -38,6 +39,11 @@ def test_two_variants_side_by_side_in_the_table_and_one_panel_each(tmp_path, cap
     with Image.open(tmp_path / "out" / "comparison.png") as im:
         assert im.format == "PNG" and im.width > 1.8 * im.height  # two panels side by side
     assert "comparison.png" in capsys.readouterr().out
+    with Image.open(tmp_path / "out" / "probes.png") as im:
+        assert im.format == "PNG"
+    (a / "metrics.csv").unlink()  # a probe alone: no curves to draw
+    assert main(["compare", "--run", f"only={a}", "--out", str(tmp_path / "probes-only")]) == 0
+    assert sorted(p.name for p in (tmp_path / "probes-only").iterdir()) == ["comparison.md", "probes.png"]
 
 
 def test_a_variant_is_a_label_and_a_folder_of_results(tmp_path):
