@@ -151,7 +151,16 @@ def pretrain(args: argparse.Namespace) -> None:
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{loss:.4f}")
 
-        path = run.run(on_step)
+        try:
+            path = run.run(on_step)
+        except KeyboardInterrupt:
+            path = None
+    if path is None:  # after the bar's last line
+        saved = run.step // config.save_every * config.save_every
+        kept = f"the state of step {saved} is in {run.state_path}" if saved else \
+            f"no state was saved yet (every --save-every {config.save_every} steps)"
+        print(f"interrupted at step {run.step}: {kept}; the same command continues from there", file=sys.stderr)
+        raise SystemExit(130)
     weights = describe_weights(backbone, path)
     seconds = f", median {statistics.median(run.step_seconds):.3f} s per step" if run.step_seconds else ""
     print(f"wrote {path} ({weights.description}; final loss {run.loss:.4f}{seconds}) and its training record "

@@ -1,8 +1,10 @@
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -180,3 +182,23 @@ def test_the_cli_trains_with_a_progress_bar_and_info_describes_the_file(data, tm
     assert main(["info", "--backbone", "tiny", "--resolution", "32"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert not info["pretrained"] and "NOT PRETRAINED" in info["warning"]
+
+
+def test_ctrl_c_says_which_step_is_kept_and_the_same_command_continues(data, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "model", "pretrain", "--data", str(data), "--backbone", "tiny", "--resolution",
+               "32", "--batch-size", "1", "--steps", "100000", "--save-every", "2", "--ema", "0.5", "--out", str(out)]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 240
+    while not (out / STATE_FILE).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    interrupted = err.strip().splitlines()[-1]
+    step = int(interrupted.split("interrupted at step ")[1].split(":")[0])
+    kept = torch.load(out / STATE_FILE, weights_only=True)["step"]
+    assert interrupted == (f"interrupted at step {step}: the state of step {kept} is in {out / STATE_FILE}; "
+                           f"the same command continues from there") and kept == step // 2 * 2
+    assert not list(out.glob("*.pt.json")) and not (out / "tiny-pretrained-generated.pt").exists()
