@@ -49,11 +49,13 @@ def _work(row: dict) -> str:
 
 def summarize(rows: list[dict], now: float) -> dict:
     """One piece of work from the rows of its jobs (newest first): their shares added up, of the
-    work's size (a row outside any work: its own counts), with the newest stage and message."""
+    work's size (a row outside any work: its own counts), with the newest stage and message. The
+    ETA runs from the first job's start: a work done by a chain of jobs (the segmentation's batches)
+    is paced over all of them, not over the newest one's few seconds."""
     newest = rows[0]
-    if newest["work"]:
+    if newest["work"]:  # jobs that report no share count the whole work themselves (the segmentation's)
         shares = [r["work_done"] for r in rows if r["work_done"] is not None]
-        done, total = (sum(shares) if shares else None), newest["work_total"]
+        done, total = (sum(shares) if shares else newest["done"]), newest["work_total"]
     else:
         done, total = newest["done"], newest["total"]
     started = min((r["started"] for r in rows if r["started"] is not None), default=None)
@@ -88,7 +90,7 @@ def forget_finished(store: Store, project: int) -> None:
 class Progress:
     def __init__(self, store: Store):
         self.store = store
-        self._logged: dict[tuple[int, int], str] = {}  # (project, job) -> the last stage this process logged
+        self._logged: dict[tuple[int, int], tuple[str, int | None]] = {}  # (project, job) -> last (stage, count) seen
         self._lock = threading.Lock()
 
     def update(self, project: int, stage: str, done: int | None = None, total: int | None = None,
@@ -102,11 +104,13 @@ class Progress:
         rows = self.store.progress(project)
         mine = next(r for r in rows if r["job"] == job)
         summary = summarize([r for r in rows if _work(r) == _work(mine)], time.time())
-        with self._lock:
-            changed = self._logged.get((project, job)) != stage
-            self._logged[(project, job)] = stage
         done, total = summary["done"], summary["total"]
-        tenth = total and done is not None and (done == total or (total >= 10 and done % max(1, total // 10) == 0))
+        with self._lock:  # a stage that repeats a count (a job's own steps in a work others count) logs it once
+            last = self._logged.get((project, job))
+            changed, moved = last is None or last[0] != stage, last is None or last[1] != done
+            self._logged[(project, job)] = (stage, done)
+        tenth = moved and total and done is not None and \
+            (done == total or (total >= 10 and done % max(1, total // 10) == 0))
         if changed or tenth or message:
             count = f" {done}/{total}" if total else ""
             eta = f", ETA {summary['eta_s']:.0f} s" if summary["eta_s"] is not None else ""

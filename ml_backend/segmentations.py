@@ -107,7 +107,7 @@ def push_segmentations(services: Services, project: int, runner=None) -> int:
             log.warning("project %s task %s: no segmentation: %s", project, task, exc)
             store.mark_segmentation(project, task, version, -1)  # never tried again for this head
         services.progress.update(project, f"segmenting tasks with {version}", len(tasks) - len(todo) + n + 1,
-                                 len(tasks))
+                                 len(tasks), work=(f"segmentation by {version}", len(tasks)))
     current = store.current_head(project)
     if current is None or current["version"] != version:
         log.info("project %s: %s is no longer the current head; its segmentations stop", project, version)

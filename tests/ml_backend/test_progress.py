@@ -149,3 +149,43 @@ def test_one_count_for_the_whole_round_and_the_segmentation_beside_it(open_store
     forget_finished(store, 7)  # the newest of each side stays shown
     snapshot = progress.snapshot()["7"]
     assert snapshot["stage"] == "round 2 open" and snapshot["background"]["segment"]["done"] == 30
+
+
+def test_a_segmentation_in_batches_is_paced_from_its_first_batch(open_store):
+    """The segmentation runs as a chain of jobs of 50 tasks each: its ETA is the pace since the first
+    (10,000 tasks at N = 10,000 showed "2901/10000, ETA 0 s", the newest batch's few seconds)."""
+    progress = Progress(open_store())
+    store = progress.store
+    work = ("segmentation by p7-head-1", 100)
+    first = store.add_job(7, "segment")
+    store.start_job(first)
+    with job_scope(first):
+        progress.update(7, "segmenting tasks with p7-head-1", 50, 100, work=work)
+    store.finish_job(first)
+    time.sleep(1.0)
+    second = store.add_job(7, "segment")
+    store.start_job(second)
+    with job_scope(second):
+        progress.update(7, "segmenting tasks with p7-head-1", 60, 100, work=work)
+    seen = progress.snapshot()["7"]["background"]["segment"]
+    assert (seen["done"], seen["total"]) == (60, 100)
+    assert seen["eta_s"] >= 1.0 * 40 / 60  # paced over both jobs: at least 1 s for 60, so 40 more take 0.67 s+
+
+
+def test_a_count_that_does_not_move_is_logged_once(open_store, caplog):
+    """A select job steps through 10,000 cached records while the round's count stays where the
+    records jobs left it: it logged "round 0: local 10000/10001" 10,000 times."""
+    caplog.set_level(logging.INFO, "ml_backend.progress")
+    progress = Progress(open_store())
+    store = progress.store
+    work = ("round 0", 11)
+    records, select = store.add_job(7, "records"), store.add_job(7, "select")
+    store.start_job(records)
+    with job_scope(records):
+        progress.update(7, "round 0: features and local herding", 10, 10, work=work, work_done=10)
+    store.start_job(select)
+    with job_scope(select):
+        for n in range(1, 101):
+            progress.update(7, "round 0: local", n, 100, work=work)
+    logged = [r.getMessage() for r in caplog.records if "round 0: local " in r.getMessage()]
+    assert len(logged) == 1 and logged[0].startswith("project 7: round 0: local 10/11")
