@@ -324,6 +324,7 @@ def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: Se
     if method is None:
         order = kept[: config.budget]
     else:
+        progress("uncertainty", 0, 1)
         draws_kept = torch.from_numpy(np.concatenate(pool_draws)[kept]).float() if method.needs_noise_draws else None
         ref, samples = _uncertainty_inputs(head, method, ref_all[kept].float(), draws_kept, config.mc_samples,
                                            generator)
