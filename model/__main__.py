@@ -306,10 +306,10 @@ def probe(args: argparse.Namespace) -> None:
     from model.head import TrainConfig
     from model.experiments.probe import PROBE_FILE, ProbeConfig, run_probe
 
-    train_set, eval_set, extractor, fingerprint, _, weights = prepare_run(args)
     config = ProbeConfig(images=args.images, image_seed=args.image_seed, seeds=tuple(args.seeds),
                          train=TrainConfig(batch_size=args.train_batch_size, max_epochs=args.train_epochs),
-                         map_cache_gb=args.map_cache_gb)
+                         map_cache_gb=args.map_cache_gb)  # checked before the data and the backbone load
+    train_set, eval_set, extractor, fingerprint, _, weights = prepare_run(args)
     result = run_probe(extractor, train_set, eval_set, config, args.out, fingerprint, weights.description)
     print(f"probe, {weights.description}: {len(result['images'])} images, {result['labeled_pixels']} labeled pixels, "
           f"{len(config.seeds)} heads: mIoU {result['miou_mean']:.2f} ± {result['miou_std']:.2f}, pixel accuracy "

@@ -255,6 +255,10 @@ class Pretraining:
                              f"--out, or the same settings to resume it")
         self.model, self.ema = self._build(saved["model"]), self._build(saved["ema"])
         self.step, self.losses, self.rng = int(saved["step"]), list(saved["losses"]), saved["rng"]
+        if self.step > self.config.steps:
+            raise ValueError(f"{self.state_path} is already at step {self.step}, past --steps {self.config.steps}: "
+                             f"--steps {self.step} writes its checkpoint, a larger --steps trains on")
+        self.step_seconds = list(saved.get("step_seconds", []))  # a run that only writes its checkpoint keeps them
         self.optimizer_state = saved["optimizer"]
         log.info("resuming %s at step %d of %d", self.out_dir, self.step, self.config.steps)
 
@@ -268,7 +272,8 @@ class Pretraining:
     def _save_state(self, optimizer: torch.optim.Optimizer) -> None:
         _atomic_save({"config": self.config.resumable(), "data": self.data, "step": self.step,
                       "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                      "optimizer": optimizer.state_dict(), "losses": self.losses, "rng": _rng_states()},
+                      "optimizer": optimizer.state_dict(), "losses": self.losses, "rng": _rng_states(),
+                      "step_seconds": self.step_seconds[-LOSS_WINDOW:]},
                      self.state_path)
 
     @property
@@ -308,9 +313,9 @@ class Pretraining:
                 update_ema(self.ema, self.model, c.ema)
                 self.losses = (self.losses + [loss.item()])[-LOSS_WINDOW:]
                 self.step += 1
+                self.step_seconds.append(time.perf_counter() - started)  # the step's work, not the state's save
                 if self.step % c.save_every == 0 or self.step == c.steps:
                     self._save_state(optimizer)
-                self.step_seconds.append(time.perf_counter() - started)
                 if on_step:
                     on_step(self.step, self.loss)
         return self._write_checkpoint()

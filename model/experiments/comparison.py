@@ -23,6 +23,8 @@ def parse_variant(text: str) -> tuple[str, Path]:
     if not sep or not label or not folder:
         raise ValueError(f"--run {text!r}: write it as label=folder, e.g. 'random weights=runs/camvid-random'")
     path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--run {text!r}: {path} does not exist")
     if not (path / "metrics.csv").is_file() and not (path / PROBE_FILE).is_file():
         raise FileNotFoundError(f"--run {text!r}: {path} holds neither metrics.csv (simulate) nor {PROBE_FILE} (probe)")
     return label, path

@@ -37,6 +37,11 @@ class ProbeConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=256, max_epochs=10))
     map_cache_gb: float = 8.0
 
+    def __post_init__(self):
+        if self.images < 1 or not self.seeds:
+            raise ValueError(f"--images must be at least 1 and --seeds name at least one seed, got {self.images} "
+                             f"and {list(self.seeds)}")
+
 
 def probe_images(available: int, images: int, seed: int) -> list[int]:
     """`images` distinct training images drawn with `seed`, in index order (all when fewer exist)."""

@@ -202,3 +202,15 @@ def test_ctrl_c_says_which_step_is_kept_and_the_same_command_continues(data, tmp
     assert interrupted == (f"interrupted at step {step}: the state of step {kept} is in {out / STATE_FILE}; "
                            f"the same command continues from there") and kept == step // 2 * 2
     assert not list(out.glob("*.pt.json")) and not (out / "tiny-pretrained-generated.pt").exists()
+
+
+def test_a_finished_run_rewrites_its_checkpoint_and_a_smaller_steps_is_refused(images, tmp_path):
+    out = tmp_path / "run"
+    Pretraining(CONFIG, images, "generated", out).run()
+    record = training_record_path(out / "tiny-pretrained-generated.pt")
+    first = json.loads(record.read_text())
+    again = Pretraining(CONFIG, images, "generated", out)  # the same --steps: the checkpoint written again
+    again.run()
+    assert json.loads(record.read_text())["median_step_seconds"] == first["median_step_seconds"] is not None
+    with pytest.raises(ValueError, match=r"already at step 5, past --steps 3: --steps 5 writes its checkpoint"):
+        Pretraining(replace(CONFIG, steps=3), images, "generated", out)

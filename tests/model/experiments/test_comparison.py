@@ -51,4 +51,6 @@ def test_a_variant_is_a_label_and_a_folder_of_results(tmp_path):
         parse_variant(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="neither metrics.csv"):
         parse_variant(f"x={tmp_path}")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        parse_variant(f"x={tmp_path / 'missing'}")
     assert main(["compare", "--run", f"x={tmp_path}", "--out", str(tmp_path / "o")]) == 2

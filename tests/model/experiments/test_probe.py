@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from model.__main__ import main
-from model.experiments.probe import PROBE_FILE, probe_images
+from model.experiments.probe import PROBE_FILE, ProbeConfig, probe_images
 
 ARGS = ["--backbone", "tiny", "--resolution", "32", "--images", "3", "--seeds", "0", "1", "--train-epochs", "3",
         "--train-batch-size", "64"]
@@ -81,3 +81,7 @@ def test_the_drawn_images_are_fixed_by_the_seed():
     assert probe_images(1, 1, 5) == [0]
     with pytest.raises(ValueError, match="--images must be at least 1"):
         probe_images(4, 0, 0)
+    with pytest.raises(ValueError, match="--seeds name at least one seed"):
+        ProbeConfig(seeds=())
+    # the command refuses before it reads a dataset or loads a backbone
+    assert main(["probe", "--data", "/nonexistent", "--backbone", "tiny", "--images", "0", "--out", "/tmp/x"]) == 2
