@@ -29,6 +29,7 @@ from ml_backend.payloads import Annotation, RequestError
 from ml_backend.regions import labels_from_result
 from ml_backend.segmentations import image_task
 from ml_backend.services import Services
+from ml_backend.outage_log import OutageLog
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class PeriodicReconcile:
 
     def __init__(self, services: Services, runner, seconds: float):
         self.services, self.runner, self.seconds = services, runner, seconds
+        self.outage = OutageLog(log, "reconciliation with Label Studio not queued", "reconciliation queued again")
         if seconds > 0:
             threading.Thread(target=self._loop, name="reconcile", daemon=True).start()
 
@@ -136,7 +138,9 @@ class PeriodicReconcile:
             try:
                 self._tick()
             except Exception as exc:  # a full disk, the store's database or the queue away: the next tick tries
-                log.warning("reconciliation with Label Studio not queued: %s", exc)
+                self.outage.failed(exc)
+            else:
+                self.outage.succeeded()
 
     def _tick(self) -> None:
         store = self.services.store

@@ -44,6 +44,7 @@ class ActiveLearningBackend:
         self._last_sync: dict[int, float] = {}
         self._lock = threading.Lock()
         self.started = time.time()
+        self.reconcile = None  # the PeriodicReconcile that create_backend starts beside it
 
     # setup ---------------------------------------------------------------------------------------
     def setup(self, project_uid, label_config: str | None, hostname: str | None = None,

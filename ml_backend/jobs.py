@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ml_backend.database import StoreUnavailable
+from ml_backend.outage_log import OutageLog
 from ml_backend.progress import forget_finished, job_scope
 from ml_backend.store import Store
 
@@ -125,6 +126,8 @@ class InProcessRunner:
         self._lock = threading.Lock()
         self._known: set[int] = set()  # every job this runner has queued
         self.current: dict | None = None
+        self._adopt_log = OutageLog(log, "cannot look for jobs recorded by other processes",
+                                    "the store answers again: looking for other processes' jobs")
         self._thread = threading.Thread(target=self._work, name="jobs", daemon=True)
         self._thread.start()
 
@@ -164,7 +167,9 @@ class InProcessRunner:
                 try:
                     self._adopt()
                 except Exception as exc:  # the store unreachable: the thread lives on and looks again
-                    log.warning("cannot look for jobs recorded by other processes: %s", exc)
+                    self._adopt_log.failed(exc)
+                else:
+                    self._adopt_log.succeeded()
                 continue
             try:
                 run_job(self.store, self.handler, job_id, self)

@@ -113,8 +113,9 @@ def create_backend(settings: Settings) -> ActiveLearningBackend:
                 runner.submit(project, "sync")
             except QueueUnavailable as exc:  # recorded in the store: queued when Redis is back
                 log.warning("project %s: %s", project, exc)
-    PeriodicReconcile(services, runner, settings.reconcile_seconds)  # a thread for the life of the process
-    return ActiveLearningBackend(services, runner)
+    backend = ActiveLearningBackend(services, runner)
+    backend.reconcile = PeriodicReconcile(services, runner, settings.reconcile_seconds)  # a thread for the process's life
+    return backend
 
 
 def create_app(settings: Settings | None = None, backend: ActiveLearningBackend | None = None) -> Flask:
