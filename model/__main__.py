@@ -238,18 +238,17 @@ def add_simulate(sub) -> None:
     p.add_argument("--run", dest="variants", action="append", required=True, metavar="LABEL=FOLDER",
                    help="a variant's folder (written by simulate and/or probe), e.g. 'pretrained=runs/camvid-pre'; "
                         "repeat for each")
-    p.add_argument("--out", required=True, help="writes comparison.md and comparison.png")
+    p.add_argument("--out", required=True, help="writes comparison.md, comparison.png (simulations) and probes.png "
+                                               "(probes)")
     p.set_defaults(run=compare)
 
 
 def compare(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from model.experiments.comparison import compare as write_comparison, parse_variant
 
-    print(write_comparison([parse_variant(v) for v in args.variants], args.out))
-    print("wrote " + ", ".join(str(p) for p in sorted([*Path(args.out).glob("comparison.*"),
-                                                        *Path(args.out).glob("probes.png")])))
+    text, written = write_comparison([parse_variant(v) for v in args.variants], args.out)
+    print(text)
+    print("wrote " + ", ".join(str(p) for p in written))
 
 
 def prepare_run(args: argparse.Namespace):

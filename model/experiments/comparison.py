@@ -30,11 +30,12 @@ def parse_variant(text: str) -> tuple[str, Path]:
     return label, path
 
 
-def compare(variants: list[tuple[str, Path]], out: str | Path) -> str:
-    """Write comparison.md and comparison.png to `out`; returns the Markdown."""
+def compare(variants: list[tuple[str, Path]], out: str | Path) -> tuple[str, list[Path]]:
+    """Write comparison.md, and comparison.png and probes.png where there is something to draw, to
+    `out`; returns the Markdown and the files written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    parts = []
+    parts, written = [], []
     probes = [(label, json.loads((path / PROBE_FILE).read_text())) for label, path in variants
               if (path / PROBE_FILE).is_file()]
     if probes:
@@ -43,6 +44,7 @@ def compare(variants: list[tuple[str, Path]], out: str | Path) -> str:
             [[label, f"{p['miou_mean']:.2f} ± {p['miou_std']:.2f}", f"{p['pixel_accuracy_mean']:.1f}", len(p["runs"]),
               len(p["images"]), p["labeled_pixels"]] for label, p in probes]))
         plot_probes(probes, out / "probes.png")
+        written.append(out / "probes.png")
     simulated = [(label, read_metrics(path / "metrics.csv")) for label, path in variants
                  if (path / "metrics.csv").is_file()]
     if simulated:
@@ -58,9 +60,10 @@ def compare(variants: list[tuple[str, Path]], out: str | Path) -> str:
         fig.tight_layout()
         fig.savefig(out / "comparison.png", dpi=120)
         plt.close(fig)
+        written.append(out / "comparison.png")
     text = "\n\n".join(parts) + "\n"
     (out / "comparison.md").write_text(text)
-    return text
+    return text, [out / "comparison.md", *written]
 
 
 def plot_probes(probes: list[tuple[str, dict]], path: Path) -> None:
