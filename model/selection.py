@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -39,10 +39,10 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 COVERAGE_METHODS = ("herding", "coreset")
-# Kept points scored at a time: the draws of a later round's kept half at 10,000 images are 250,000 x
-# 5 x 768 (3.8 GB in float32; 8 times that with imagenet256's 6,144 features); a pool up to here is
-# scored in one pass, as before the chunks.
-SCORE_CHUNK = 65_536
+# Kept points whose draws go through the head at a time: a later round's kept half at 10,000 images
+# is 250,000 x 5 draws x 768 features; 16,384 of them hold 0.25 GB in float32 (65,536: round 1's
+# peak at 10,000 synthetic images 3.84 GB against 2.38 GB, as fast).
+SCORE_CHUNK = 16_384
 
 
 class FeatureSource(Protocol):
@@ -71,7 +71,7 @@ class RoundConfig:
     local_sketch_dim: int | None = None  # subspace sketch for per-image herding (None: exact; see herding.py)
     global_exact_max: int = GLOBAL_EXACT_MAX  # pool size up to which global herding is exact (global_herding.py)
     seed: int = 0
-    device: str = "cpu"  # where local and global coverage run (the backend's device); the records stay in memory
+    device: str = "cpu"  # where local and global coverage run (the backend's device); the records stay on the CPU
 
     def __post_init__(self):
         if self.coverage not in (*COVERAGE_METHODS, None):
@@ -129,12 +129,32 @@ class ImageRecord:
     reference: np.ndarray  # [K, D] float16 features (reference noise)
     labeled: np.ndarray  # [L] the labeled pixels, sorted
     labeled_reference: np.ndarray  # [L, D] float16 features of the labeled pixels
-    draws: np.ndarray | None = None  # [K, M, D] float16 features under the noise draws
+    draws: np.ndarray | StoredDraws | None = None  # [K, M, D] float16 features under the noise draws
+
+
+class StoredDraws:
+    """A record's noise-draw features left in its file until the uncertainty stage reads them:
+    at 10,000 images they are 4.6 GB, most of what a round would otherwise hold in memory. Only
+    the reading is deferred; the file is checked to still hold the same record (digest)."""
+
+    def __init__(self, path: Path, digest: str):
+        self.path, self.digest = path, digest
+
+    def read(self) -> np.ndarray:
+        with np.load(self.path) as z:
+            if str(z["digest"]) != self.digest:
+                raise ValueError(f"record {self.path} was rewritten for other labels while a round read it")
+            return z["draws"]
+
+
+def read_draws(draws: np.ndarray | StoredDraws) -> np.ndarray:
+    return draws.read() if isinstance(draws, StoredDraws) else draws
 
 
 class RecordCache:
-    """ImageRecords by image key, in memory and optionally in a directory that survives restarts.
-    A fingerprint of everything the records depend on guards against reusing stale ones."""
+    """ImageRecords by image key, in memory and optionally in a directory that survives restarts
+    (then the noise draws stay in the files, read when scored). A fingerprint of everything the
+    records depend on guards against reusing stale ones."""
 
     def __init__(self, fingerprint: Mapping, directory: str | Path | None = None):
         self.fingerprint = json.dumps(fingerprint, sort_keys=True, default=str)
@@ -157,8 +177,9 @@ class RecordCache:
         if rec is None and self.directory and self._path(key).exists():
             try:
                 with np.load(self._path(key)) as z:
-                    rec = ImageRecord(str(z["digest"]), z["picks"], z["reference"], z["labeled"],
-                                      z["labeled_reference"], z["draws"] if "draws" in z else None)
+                    stored = str(z["digest"])
+                    rec = ImageRecord(stored, z["picks"], z["reference"], z["labeled"], z["labeled_reference"],
+                                      StoredDraws(self._path(key), stored) if "draws" in z else None)
             except (OSError, ValueError, KeyError) as exc:  # a torn write: recompute
                 log.warning("ignoring unreadable cache entry for %s: %s", key, exc)
                 rec = None
@@ -166,13 +187,19 @@ class RecordCache:
                 self._memory[key] = rec
         return rec if rec is not None and rec.digest == digest else None
 
-    def put(self, key: str, rec: ImageRecord) -> None:
-        self._memory[key] = rec
+    def put(self, key: str, rec: ImageRecord) -> ImageRecord:
+        """Keep the record; returns it as kept (with a directory, its draws left in the file)."""
         if self.directory:
-            arrays = {k: v for k, v in asdict(rec).items() if v is not None}
+            arrays = {k: getattr(rec, k) for k in ("digest", "picks", "reference", "labeled", "labeled_reference")}
+            if rec.draws is not None:
+                arrays["draws"] = read_draws(rec.draws)
             tmp = self._path(key).with_suffix(".tmp.npz")
             np.savez(tmp, **arrays)
             tmp.replace(self._path(key))
+            if rec.draws is not None:
+                rec = replace(rec, draws=StoredDraws(self._path(key), rec.digest))
+        self._memory[key] = rec
+        return rec
 
 
 @dataclass
@@ -201,15 +228,42 @@ def _select(method: str, features: torch.Tensor, budget: int, covered: torch.Ten
     return max_herding(features, budget, covered, sigma=sigma, seed=seed, sketch_dim=sketch_dim)
 
 
+def _draw_log_probs(head: SegmentationHead, draws: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities [P, M, C] of features [P, M, D] under the M noise draws."""
+    p, m, d = draws.shape
+    return head.log_probs(draws.reshape(p * m, d)).reshape(p, m, -1)
+
+
+def _kept_draw_log_probs(head: SegmentationHead, kept: np.ndarray, pool_draws: list, starts: np.ndarray) -> torch.Tensor:
+    """`_draw_log_probs` of the kept pool points, whose draws lie in their images' records: each
+    image's draws are read once, and the head takes them about SCORE_CHUNK points at a time."""
+    owner = np.searchsorted(starts, kept, side="right") - 1
+    order = np.argsort(owner, kind="stable")  # positions in `kept`, image by image
+    images, first = np.unique(owner[order], return_index=True)
+    parts, positions, pending, size = [], [], [], 0  # pending: (draws, positions) not yet through the head
+    for n, (o, group) in enumerate(zip(images, np.split(order, first[1:]))):
+        pending.append((read_draws(pool_draws[o])[kept[group] - starts[o]], group))
+        size += len(group)
+        if size >= SCORE_CHUNK or n == len(images) - 1:
+            parts.append(_draw_log_probs(head, torch.from_numpy(np.concatenate([d for d, _ in pending])).float()))
+            positions.append(np.concatenate([g for _, g in pending]))
+            pending, size = [], 0
+    if not parts:
+        return torch.empty(0, 0, 0)
+    log_probs = torch.cat(parts)
+    out = torch.empty_like(log_probs)
+    out[torch.from_numpy(np.concatenate(positions))] = log_probs
+    return out
+
+
 def _uncertainty_inputs(head: SegmentationHead, method: Acquisition, reference: torch.Tensor,
-                        draws: torch.Tensor | None, mc_samples: int, generator: torch.Generator):
-    """Log-probabilities of the reference pass and of the stochastic samples the method needs."""
+                        draw_log_probs: torch.Tensor | None, mc_samples: int, generator: torch.Generator):
+    """Log-probabilities of the reference pass and of the stochastic samples the method needs
+    (`draw_log_probs` for the DALD family, MC dropout for the BALD family)."""
     ref = head.log_probs(reference)
-    samples = None
+    samples = draw_log_probs
     if method.needs_noise_draws:
-        assert draws is not None
-        p, m, d = draws.shape
-        samples = head.log_probs(draws.reshape(p * m, d)).reshape(p, m, -1)
+        assert draw_log_probs is not None
     elif method.samples == "dropout":
         samples = head.mc_dropout_log_probs(reference, mc_samples, generator)
     return ref, samples
@@ -244,7 +298,7 @@ def image_record(source: FeatureSource, image: int, labeled_pixels, config: Roun
         rec.draws = np.stack([_half(m.at(rec.picks)) for m in maps], axis=1)
         fresh = True
     if cache and fresh:
-        cache.put(key, rec)
+        rec = cache.put(key, rec)
     return rec, fresh
 
 
@@ -329,16 +383,15 @@ def run_round(source: FeatureSource, labeled: Mapping[int, np.ndarray], head: Se
         order = kept[: config.budget]
     else:
         progress("uncertainty", 0, 1)
-        starts = np.cumsum([0] + [len(p) for p in pool_pixels])
+        draw_lp = None
+        if method.needs_noise_draws:
+            draw_lp = _kept_draw_log_probs(head, kept, pool_draws, np.cumsum([0] + [len(p) for p in pool_pixels]))
         parts = []
         for a in range(0, len(kept), SCORE_CHUNK):
             chunk = kept[a:a + SCORE_CHUNK]
-            draws = None
-            if method.needs_noise_draws:  # gathered from the images' records: no copy of the whole pool's
-                owner = np.searchsorted(starts, chunk, side="right") - 1
-                draws = torch.from_numpy(np.stack([pool_draws[o][j - starts[o]] for o, j in zip(owner, chunk)])).float()
-            ref, samples = _uncertainty_inputs(head, method, ref_all[chunk].float(), draws, config.mc_samples,
-                                               generator)
+            ref, samples = _uncertainty_inputs(head, method, ref_all[chunk].float(),
+                                               None if draw_lp is None else draw_lp[a:a + SCORE_CHUNK],
+                                               config.mc_samples, generator)
             parts.append(method.scores(ref, samples, generator))
         s = torch.cat(parts)
         rank = torch.argsort(s, descending=True, stable=True)[: config.budget].numpy()
@@ -369,8 +422,8 @@ def _one_stage_round(source: FeatureSource, labeled: Mapping[int, np.ndarray],
         maps = source.maps(i, (REFERENCE_NOISE, *draw_noises))
         for part in np.array_split(cands, max(1, len(cands) // 4096)):
             ref = maps[0].at(part)
-            draws = torch.stack([m.at(part) for m in maps[1:]], dim=1) if draw_noises else None
-            ref_lp, samples = _uncertainty_inputs(head, method, ref, draws, config.mc_samples, generator)
+            draw_lp = _draw_log_probs(head, torch.stack([m.at(part) for m in maps[1:]], dim=1)) if draw_noises else None
+            ref_lp, samples = _uncertainty_inputs(head, method, ref, draw_lp, config.mc_samples, generator)
             all_scores.append(method.scores(ref_lp, samples, generator))
             all_images.append(np.full(len(part), i, dtype=np.int64))
             all_pixels.append(part)

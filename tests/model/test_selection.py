@@ -5,7 +5,8 @@ import torch
 from model.datasets import IGNORE_INDEX, load_camvid
 from model.features import DiffusionFeatureExtractor, FeatureConfig, FeatureMaps, ImageFeatureSource
 from model.head import SegmentationHead, TrainConfig, train_head
-from model.selection import RecordCache, RoundConfig, budget_for, candidate_pixels, record_digest, run_round
+from model.selection import (RecordCache, RoundConfig, StoredDraws, budget_for, candidate_pixels, image_record,
+                             record_digest, run_round)
 
 R = 64
 
@@ -230,3 +231,32 @@ def test_the_uncertainty_stage_is_announced_before_it_runs():
               progress=lambda stage, done, total: calls.append((stage, done, total)))
     stages = [c for c in calls if not c[0].startswith("local")]
     assert stages[-3:] == [("global", 1, 1), ("uncertainty", 0, 1), ("uncertainty", 1, 1)]
+
+
+def test_records_in_a_directory_leave_their_draws_in_the_files_and_score_alike(tmp_path):
+    """At 10,000 images the draws held in memory were most of a round's 7.2 GB peak (3.8 GB after)."""
+    torch.manual_seed(0)
+    head = SegmentationHead(24, 3).eval()
+    config = RoundConfig(budget=5, candidates=60, local_k=6, seed=1)
+    labeled = {0: np.array([5]), 3: np.array([17, 40])}
+    in_memory = run_round(FixedSource(), labeled, head, config, RecordCache({"t": 1}), round_index=1)
+    on_disk = RecordCache({"t": 1}, tmp_path)
+    computed = run_round(FixedSource(), labeled, head, config, on_disk, round_index=1)
+    reread = RecordCache({"t": 1}, tmp_path)
+    from_files = run_round(FixedSource(), labeled, head, config, reread, round_index=1)
+    assert from_files.images_recomputed == 0
+    assert in_memory.queries == computed.queries == from_files.queries
+    assert in_memory.scores == pytest.approx(from_files.scores, abs=1e-6)
+    for cache in (on_disk, reread):
+        kept = [cache.get(f"image-{i}", record_digest(labeled.get(i, ()))) for i in range(6)]
+        assert all(isinstance(rec.draws, StoredDraws) for rec in kept)
+        assert kept[0].draws.read().shape == (6, 5, 24)
+
+
+def test_draws_of_a_record_rewritten_for_other_labels_are_not_read_as_its_own(tmp_path):
+    config = RoundConfig(budget=2, candidates=60, local_k=6)
+    cache = RecordCache({"t": 1}, tmp_path)
+    first, _ = image_record(FixedSource(), 0, (), config, True, cache)
+    image_record(FixedSource(), 0, [7], config, True, RecordCache({"t": 1}, tmp_path))  # another process
+    with pytest.raises(ValueError, match="rewritten for other labels"):
+        first.draws.read()
