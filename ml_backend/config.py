@@ -1,4 +1,4 @@
-"""Backend settings: environment variables (documented in the README with their defaults), and per
+"""Backend settings: environment variables (documented in docs/configuration.md with their defaults), and per
 project the overrides Label Studio sends as the model's "Extra params".
 
 A project may set only what leaves the shared backbone, its features and the deployment alone

@@ -177,7 +177,7 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
                    help="layout of --data (default: found from what the directory holds)")
     p.add_argument("--preprocess", default=None, choices=list(PREPROCESSING),
                    help="resize: squash to the square; center-crop: shorter side to the size, central square "
-                        "(default: the paper's choice for the dataset; see README, Datasets)")
+                        "(default: the paper's choice for the dataset; see docs/simulation.md, Datasets)")
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -216,7 +216,7 @@ def add_simulate(sub) -> None:
     p.add_argument("--local-k", type=int, default=50)
     p.add_argument("--keep-global", type=float, default=0.5)
     p.add_argument("--local-sketch-dim", type=int, default=None,
-                   help="dimension of the subspace sketch for per-image herding, e.g. 128 (default: exact; see README, Performance)")
+                   help="dimension of the subspace sketch for per-image herding, e.g. 128 (default: exact; see docs/performance.md)")
     p.add_argument("--switch-after", type=int, default=None,
                    help="late switch: after this many rounds use --switch-to alone (the paper's schedule)")
     p.add_argument("--switch-to", default="margin")

@@ -14,7 +14,7 @@ expanders:
   session's next click costs one decoder pass there and a replay elsewhere, with the same answer:
   it depends only on the prompt, never on which process saw the earlier clicks.
 - `superpixel`: the segment under the click (Felzenszwalb's graph segmentation by default, chosen
-  over SLIC and quickshift on CamVid: see the README), segmented at about 256 x 256 pixels whatever
+  over SLIC and quickshift on CamVid: see docs/expansion.md), segmented at about 256 x 256 pixels whatever
   the image's size, so that time and segment scale do not grow with it; its confidence is the
   share of the segment's pixels whose CIELAB colour lies close to the click's, which falls when a
   segment straddles an object boundary. Needs no weights. Several points: the union of the

@@ -16,7 +16,7 @@ them with exactly the arithmetic of `F.interpolate(mode="bilinear", align_corner
 The UNet runs in float32 or under fp16 / bf16 autocast (`FeatureConfig.dtype`); the maps keep the
 autocast dtype (half the memory) and pixels are interpolated in float32 from them. `auto` picks
 fp16 on CUDA, as the reference runs the UNet, and bf16 on CPUs with native bf16 instructions
-(README, Performance: its speed and how its selections agree with float32).
+(docs/performance.md: its speed and how its selections agree with float32).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ a shard's picks cover its points about as well as the exact picks do; other shar
 them too, so the union covers the pool at least as well as each shard covers itself (weighted by
 size). With M below `exact_max`, each shard proposes up to M candidates and step 3 chooses among
 them against the pool: RandGreeDi (Barbosa et al., 2015), whose worst case is half the greedy's
-guarantee in expectation. Measured against the exact greedy at 50,000 points (README, Performance)
+guarantee in expectation. Measured against the exact greedy at 50,000 points (docs/performance.md)
 it kept 99.936% of the objective in round 0 and 99.965% keeping half; on a real CamVid pool of
 18,350 points, 99.915% and 99.693%. Cost: n / S shards of S^2 d / 2 multiply-adds (n S d / 2 in all, linear in n) and
 step 3's kernel; memory: one S x S kernel at a time, step 3's at most exact_max^2 entries.

@@ -1,5 +1,5 @@
 """No Docker engine runs here: the Dockerfile and the compose file are checked statically against
-the code and the README (services, ports, variables, volumes, download addresses)."""
+the code and the documentation (services, ports, variables, volumes, download addresses)."""
 
 import re
 
@@ -39,7 +39,7 @@ def test_compose_services_ports_and_volumes():
                             service["environment"]["DATABASE_URL"])
         assert service["depends_on"]["postgres"] == {"condition": "service_healthy"}
     assert worker["command"][:2] == ["rq", "worker"] and worker["command"][-1] == QUEUE_NAME
-    # a worker busy when Redis went away exits (README, Reliability): it and Redis come back by themselves
+    # a worker busy when Redis went away exits (docs/reliability.md): it and Redis come back by themselves
     assert worker["restart"] == c["services"]["redis"]["restart"] == "unless-stopped"
     assert worker["image"] == backend["image"] and backend["build"]["dockerfile"] == "docker/Dockerfile"
     assert set(c["volumes"]) == {"label-studio-data", "model-dir", "redis-data", "postgres-data"}
@@ -55,11 +55,11 @@ def test_compose_services_ports_and_volumes():
 
 def test_every_variable_the_compose_sets_is_read_by_the_code_and_documented():
     known = settings_variables()
-    readme = (REPO / "README.md").read_text()
+    documented = (REPO / "docs" / "configuration.md").read_text()
     env = compose()["services"]["backend"]["environment"]
     assert set(env) <= known, set(env) - known
     for name in known:
-        assert f"`{name}`" in readme, f"{name} is not documented in the README"
+        assert f"`{name}`" in documented, f"{name} is not documented in docs/configuration.md"
 
 
 def test_dockerfile_downloads_the_official_checkpoints_and_starts_gunicorn():

@@ -139,12 +139,12 @@ def test_a_project_may_choose_sam_only_where_the_backend_has_its_checkpoint(tmp_
     assert sam.for_project({}) == sam and sam.for_project({"EXPANDER": "none"}).expander == "none"
 
 
-def test_the_readme_lists_the_keys_a_project_may_set():
+def test_the_configuration_page_lists_the_keys_a_project_may_set():
     from ml_backend.config import PROJECT_SETTINGS
     from tests.conftest import REPO
 
-    readme = (REPO / "README.md").read_text()
-    paragraph = readme[readme.index("The accepted keys"):].split("\n\n")[0]
+    page = (REPO / "docs" / "configuration.md").read_text()
+    paragraph = page[page.index("The accepted keys"):].split("\n\n")[0]
     listed = set(re.findall(r"`([A-Z_]+)`", paragraph)) - {"SAM_CHECKPOINT"}
     assert listed == set(PROJECT_SETTINGS)
 

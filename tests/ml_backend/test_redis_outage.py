@@ -169,7 +169,7 @@ def test_an_idle_rq_worker_outlives_the_outage_and_runs_what_the_server_queued_a
                                                                                      monkeypatch):
     """rq 3.0's worker retries its blocking dequeue while Redis is away (waiting 1, 2, 4 ... s, at
     most 60 s), so an idle worker needs no restart. (One that was running a job when Redis went away
-    exits at the job's end: docker-compose.yml restarts it, see the README.)"""
+    exits at the job's end: docker-compose.yml restarts it, see docs/reliability.md.)"""
     monkeypatch.setattr(RedisRunner, "CHECK_INTERVAL", 0.5)
     c, backend = redis_app(tmp_path, redis_server.url)
     env = {**os.environ, "MODEL_DIR": str(tmp_path / "model"), "BACKBONE": "tiny", "RESOLUTION": "64",

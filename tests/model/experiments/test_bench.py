@@ -1,5 +1,5 @@
 """The benchmark commands run end to end on a CPU with small configurations and print the fields
-the README's tables and the GPU session read. Times are printed, never asserted."""
+the documentation's tables and the GPU session read. Times are printed, never asserted."""
 
 import json
 import os
