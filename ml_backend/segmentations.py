@@ -2,8 +2,9 @@
 
 After each new head a background job segments every image task and imports the results into Label
 Studio as predictions of the head's version, SEGMENT_BATCH tasks a call and a job, so that opening a
-task and "Retrieve Predictions" are instant and a round's jobs never wait for all of it. `/predict` answers from the same files (a query task gets its image's segmentation)
-and computes only what is missing. A segmentation is Label Studio's BrushLabels RLE at the
+task and "Retrieve Predictions" are instant and a round's jobs never wait for all of it. `/predict`
+answers from the same files (a query task gets its image's segmentation) and computes only what is
+missing. A segmentation is Label Studio's BrushLabels RLE at the
 image's original size, one region per class, scored by the head's mean confidence; beside it the
 class map at the model's resolution is kept, which the learning curve compares with the answers.
 Images are segmented by `model.prediction.segment_image`, as `python -m model segment` does with

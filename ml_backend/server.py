@@ -6,10 +6,10 @@ label-studio-sdk 2.x and are past their security support. The routes and payload
 Label Studio 1.23 sends (ml/api_connector.py) and the model class keeps label-studio-ml's shape.
 
 Routes: GET /health (and /), POST /setup, POST /predict, POST /webhook, POST /train (older Label
-Studio), GET|POST /versions, POST /versions/pin, GET /metrics, GET /metrics/<project>/curve.png. Bodies are read and checked by ml_backend.payloads; bad
-requests get a 4xx with a JSON message, bodies over MAX_REQUEST_MB a 413 (chunked ones too),
-compressed bodies a 415, and while the job queue (Redis) is down whatever needs it a 503 that
-says so. With BASIC_AUTH every route but /health needs the credentials.
+Studio), GET|POST /versions, POST /versions/pin, GET /metrics, GET /metrics/<project>/curve.png.
+Bodies are read and checked by ml_backend.payloads; bad requests get a 4xx with a JSON message,
+bodies over MAX_REQUEST_MB a 413 (chunked ones too), compressed bodies a 415, and while the job
+queue (Redis) is down whatever needs it a 503 that says so. With BASIC_AUTH every route but /health needs the credentials.
 """
 
 from __future__ import annotations

@@ -216,7 +216,8 @@ def add_simulate(sub) -> None:
     p.add_argument("--local-k", type=int, default=50)
     p.add_argument("--keep-global", type=float, default=0.5)
     p.add_argument("--local-sketch-dim", type=int, default=None,
-                   help="dimension of the subspace sketch for per-image herding, e.g. 128 (default: exact; see docs/performance.md)")
+                   help="dimension of the subspace sketch for per-image herding, e.g. 128 "
+                        "(default: exact; see docs/performance.md)")
     p.add_argument("--switch-after", type=int, default=None,
                    help="late switch: after this many rounds use --switch-to alone (the paper's schedule)")
     p.add_argument("--switch-to", default="margin")

@@ -71,7 +71,8 @@ def test_feature_dtype_reaches_the_extractor(monkeypatch, tmp_path, value):
     extractor = engine.extractor()
     assert extractor.config.dtype == expected
     assert extractor.amp_dtype == {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[expected]
-    assert engine.record_fingerprint(engine.settings)["features"]["dtype"] == expected  # records of one precision not reused by another
+    # records of one precision are not reused by another
+    assert engine.record_fingerprint(engine.settings)["features"]["dtype"] == expected
 
 
 def test_a_project_overrides_only_its_own_settings_with_the_environments_checks():

@@ -284,7 +284,8 @@ def test_kill_9_during_a_round_and_during_training_loses_nothing(ls, camvid_root
     backend = start_backend(model_dir, env)
     port = int(backend.url.rsplit(":", 1)[1])
     try:
-        project = ls.api("POST", "/api/projects", json={"title": "crash test", "label_config": SHIPPED_CONFIG.read_text()}).json()["id"]
+        project = ls.api("POST", "/api/projects",
+                         json={"title": "crash test", "label_config": SHIPPED_CONFIG.read_text()}).json()["id"]
         names = import_camvid(ls, project, camvid_root, N_IMAGES)
         ls.api("POST", "/api/ml", json={"project": project, "url": backend.url, "title": "m", "is_interactive": False})
 
@@ -298,7 +299,8 @@ def test_kill_9_during_a_round_and_during_training_loses_nothing(ls, camvid_root
                             300, "round 0 after the restart")
         client = LabelStudio(base_url=ls.url, api_key=ls.token)
         answered = answer_with_ground_truth(client, ls, round0, names, camvid_root)
-        wait_until(lambda: (p := query_predictions(ls, project, f"p{project}-head-1")) and len(keypoints(p)) == B and p, 300, "round 1")
+        wait_until(lambda: (p := query_predictions(ls, project, f"p{project}-head-1")) and len(keypoints(p)) == B and p,
+                   300, "round 1")
         labeled_before = len(read_store(model_dir).labels(project))
         assert labeled_before == answered and read_store(model_dir).current_head(project)["version"] == f"p{project}-head-1"
 

@@ -129,7 +129,8 @@ def test_the_curve_png_is_drawn_from_the_numbers_metrics_serves(tmp_path):
     assert draw_curve(series, threshold, title) == r.data
     # the picture depends on each number: one changed value gives another PNG
     for field, values in [("point", [None, 0.5, None]), ("region", [None, 0.5, None]), ("answered", [2, 4, 0]),
-                          ("final_loss", [0.5, 0.3, None]), ("labeled_pixels", [2, 6, None]), ("seconds", [series.seconds[0], 99.0, None])]:
+                          ("final_loss", [0.5, 0.3, None]), ("labeled_pixels", [2, 6, None]),
+                          ("seconds", [series.seconds[0], 99.0, None])]:
         assert draw_curve(CurveSeries(**{**series.__dict__, field: values}), threshold, title) != r.data, field
     assert c.get("/metrics/9/curve.png").status_code == 404
     assert c.get("/metrics/abc/curve.png").status_code == 400

@@ -1,4 +1,5 @@
-"""tools/scale.py run small against the real Label Studio (here, beside the session's Label Studio): every field, and what it counts."""
+"""tools/scale.py run small against the real Label Studio (here, beside the session's Label Studio):
+every field, and what it counts."""
 
 from __future__ import annotations
 

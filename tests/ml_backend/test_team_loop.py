@@ -184,7 +184,8 @@ def test_pin_roll_back_and_forward_export_and_the_learning_curve(ls, camvid_root
             head[1], head[2], None, None, head[3], None]
         assert all(r["seconds_to_next_round"] > 0 for r in (rounds[0], rounds[1], rounds[4]))
         png = requests.get(f"{backend.url}/metrics/{project}/curve.png", timeout=30)
-        assert png.content == draw_curve(series_from_metrics(rounds), 0.9, f"project {project}: learning curve without ground truth")
+        assert png.content == draw_curve(series_from_metrics(rounds), 0.9,
+                                         f"project {project}: learning curve without ground truth")
         (tmp_path / "curve.png").write_bytes(png.content)
         print("learning curve PNG:", tmp_path / "curve.png")
         assert read_store(tmp_path / "model").current_head(project)["version"] == head[3]

@@ -1,0 +1,23 @@
+"""pyproject.toml is kept: the linter's rules hold on every file, and each console script names a
+function that exists."""
+
+import importlib
+import subprocess
+import sys
+import tomllib
+
+from tests.conftest import REPO
+
+
+def test_ruff_finds_nothing_under_the_projects_settings():
+    run = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(REPO)], cwd=REPO,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_every_console_script_names_a_function():
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts
+    for name, target in scripts.items():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), name
