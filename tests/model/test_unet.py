@@ -5,8 +5,10 @@ import torch
 
 from model.unet import (AttentionBlock, GuidedDiffusionUNet, UNetConfig, decoder_block_channels,
                         decoder_block_shapes, timestep_embedding)
+from tests.fixtures import unet_golden
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "guided_diffusion_256_keys.txt"
+GOLDEN_TOLERANCE = 1e-5  # of the largest magnitude: float32 sums taken in another order
 
 TABLE_4 = {0: [1024, 8, 8], 1: [1024, 8, 8], 2: [1024, 16, 16], 3: [1024, 16, 16], 4: [1024, 16, 16],
            5: [1024, 32, 32], 6: [512, 32, 32], 7: [512, 32, 32], 8: [512, 64, 64], 9: [512, 64, 64],
@@ -69,3 +71,24 @@ def test_timestep_embedding_is_cos_then_sin():
     freqs = torch.exp(-math.log(10000) * torch.arange(4) / 4)
     assert torch.allclose(emb[1, :4], torch.cos(10 * freqs)) and torch.allclose(emb[1, 4:], torch.sin(10 * freqs))
     assert torch.allclose(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+
+
+def test_outputs_match_guided_diffusions_own_code():
+    """Against outputs that openai/guided-diffusion's UNetModel computed for the same small
+    configuration, weights and inputs (tests/fixtures/unet_golden.py says how they were made)."""
+    golden = torch.load(unet_golden.FILE, weights_only=True)
+    config = UNetConfig(image_size=unet_golden.IMAGE_SIZE, model_channels=unet_golden.MODEL_CHANNELS,
+                        channel_mult=unet_golden.CHANNEL_MULT, num_res_blocks=unet_golden.NUM_RES_BLOCKS,
+                        attention_resolutions=unet_golden.ATTENTION_RESOLUTIONS,
+                        num_head_channels=unet_golden.HEAD_CHANNELS)
+    model = GuidedDiffusionUNet(config)
+    assert list(model.state_dict()) == golden["keys"]
+    unet_golden.fill(model).eval()
+    x, t = unet_golden.inputs()
+    with torch.no_grad():
+        blocks = model.decoder_features(x, t, tuple(range(config.num_decoder_blocks)))
+        out = model(x, t)
+    assert len(blocks) == len(golden["decoder_blocks"])
+    for ours, theirs in zip([*blocks, out], [*golden["decoder_blocks"], golden["output"]]):
+        assert ours.shape == theirs.shape
+        assert (ours - theirs).abs().max() <= GOLDEN_TOLERANCE * theirs.abs().max()
