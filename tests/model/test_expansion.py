@@ -1,5 +1,4 @@
 import multiprocessing as mp
-from functools import partial
 
 import numpy as np
 import pytest
@@ -12,24 +11,16 @@ from model.embedding_cache import EmbeddingCache
 from model.expansion import (SAM_DOWNLOADS, SEGMENTATIONS, WORKING_PIXELS, Prompt, SamExpander, SinglePixelExpander,
                              SuperpixelExpander, build_expander, import_segment_anything)
 from model.experiments.expansion_report import boundary_recall
+from tests.fixtures import sam_golden
 
 
 def tiny_sam(seed=0):
-    """A SAM built from segment-anything's own modules, small enough for a CPU test."""
+    """The small SAM of the golden test (segment-anything's own modules) with seeded random weights."""
     import_segment_anything()
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything import modeling
 
     torch.manual_seed(seed)
-    return Sam(
-        image_encoder=ImageEncoderViT(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2,
-                                      out_chans=16, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                                      use_rel_pos=True, global_attn_indexes=[0], window_size=4),
-        prompt_encoder=PromptEncoder(embed_dim=16, image_embedding_size=(4, 4), input_image_size=(64, 64),
-                                     mask_in_chans=4),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
-            depth=1, embedding_dim=16, mlp_dim=32, num_heads=2), transformer_dim=16, iou_head_depth=2,
-            iou_head_hidden_dim=16),
-    ).eval()
+    return sam_golden.architecture(modeling)
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +304,22 @@ def test_embedding_cache_recomputes_an_unreadable_file(tmp_path):
     fresh = EmbeddingCache(1, tmp_path)
     assert fresh.fetch(image, lambda im: {"x": np.full(3, 2.0)})["x"][0] == 2.0 and fresh.computed == 1
     assert np.load(path)["x"][0] == 2.0
+
+
+def test_sam_prompts_give_what_segment_anythings_own_predictor_gave():
+    """Against SamPredictor's masks and IoUs for the same small SAM, image and prompts (computed with
+    torchvision, which cannot load here: tests/fixtures/sam_golden.py says how)."""
+    import_segment_anything()
+    from segment_anything import modeling
+
+    golden = torch.load(sam_golden.FILE, weights_only=True)
+    expander = SamExpander(sam_golden.build(modeling), tau=0.0)
+    image = sam_golden.image()
+    for (row, col), theirs in zip(sam_golden.CLICKS, golden["clicks"]):
+        ours = expander.expand(image, row, col)
+        best = int(theirs["iou"].argmax())
+        assert ours.confidence == pytest.approx(float(theirs["iou"][best]), abs=1e-6)
+        assert np.array_equal(ours.mask, theirs["masks"][best].numpy()) and 0 < ours.mask.sum() < ours.mask.size
+    session = expander.expand_prompt(image, Prompt(sam_golden.SESSION, sam_golden.BOX))
+    assert session.confidence == pytest.approx(float(golden["session"]["iou"][0]), abs=1e-6)
+    assert np.array_equal(session.mask, golden["session"]["masks"][0].numpy())
