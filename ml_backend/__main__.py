@@ -9,33 +9,7 @@ import logging
 import sys
 import time
 
-
-class _RedactingFilter(logging.Filter):
-    """Keeps secrets out of every log line, whatever library writes it."""
-
-    def __init__(self, secrets: list[str]):
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(s in message for s in self.secrets):
-            for s in self.secrets:
-                message = message.replace(s, "***")
-            record.msg, record.args = message, ()
-        return True
-
-
-def configure_logging(level: str = "INFO", secrets: list[str] | None = None) -> None:
-    import os
-
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_RedactingFilter(secrets if secrets is not None else [
-        os.environ.get(name, "") for name in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN", "BASIC_AUTH_PASS")]))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+from ml_backend.logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +67,7 @@ def heads_command(settings, args: argparse.Namespace) -> int:
     try:
         if args.action == "pin":
             if settings.redis_url:
-                from ml_backend.queue import RedisRunner
+                from ml_backend.rq_runner import RedisRunner
 
                 runner = RedisRunner(services.store, settings.redis_url)
             else:

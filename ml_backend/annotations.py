@@ -27,7 +27,7 @@ from ml_backend.jobs import QueueUnavailable
 from ml_backend.label_config import LabelSchema
 from ml_backend.payloads import Annotation, RequestError
 from ml_backend.regions import labels_from_result
-from ml_backend.segmentations import image_task
+from ml_backend.query_tasks import image_task
 from ml_backend.services import Services
 from ml_backend.outage_log import OutageLog
 

@@ -27,7 +27,8 @@ from ml_backend.learning_curve import curve_series, draw_curve, learning_curve, 
 from ml_backend.loop import advance_when_answered
 from ml_backend.payloads import RequestError
 from ml_backend.regions import brush_region
-from ml_backend.segmentations import image_task, segmentation
+from ml_backend.query_tasks import image_task
+from ml_backend.segmentations import segmentation
 from ml_backend.services import Services
 
 log = logging.getLogger(__name__)

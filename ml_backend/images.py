@@ -52,11 +52,9 @@ def fetch_image(services: Services, project: int, task: int, url: str) -> None:
         log.warning("project %s task %s: image unusable, skipped: %s", project, task, exc)
         services.store.set_task_image(project, task, None, None, "failed", str(exc))
         return
-    originals = files.root / "originals"
-    originals.mkdir(exist_ok=True)
-    tmp = originals / f".{task}.tmp.png"
+    tmp = files.originals / f".{task}.tmp.png"
     image.save(tmp)
-    tmp.replace(originals / f"{task}.png")
+    tmp.replace(files.original_path(task))
     resized = resize_image(image, services.settings.resolution)
     files.save_image(task, resized)
     services.store.set_task_image(project, task, image.width, image.height, "ready",
@@ -69,7 +67,7 @@ def original_image(services: Services, project: int, task: int, url: str | None 
     into memory, from the stored URL when there is one, else from `url`, under the same limits as
     every download. Errors name the task; a download's reason is only logged for a URL the caller
     chose, so that /predict cannot be used to probe other hosts."""
-    path = services.files(project).root / "originals" / f"{task}.png"
+    path = services.files(project).original_path(task)
     row = services.store.task(project, task)
     if row is not None and row["status"] == "ready" and path.exists():
         with Image.open(path) as im:

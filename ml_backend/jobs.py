@@ -15,7 +15,7 @@ returns it), and a `train` with nothing labeled since the last head ends at once
 training requests give one head.
 
 Without REDIS_URL one thread in the server process runs the jobs in submission order (the
-embedded default); with it, jobs go to an RQ queue (ml_backend.queue) and `rq worker` processes on
+embedded default); with it, jobs go to an RQ queue (ml_backend.rq_runner) and `rq worker` processes on
 any machine sharing MODEL_DIR run them, `records` batches in parallel.
 """
 

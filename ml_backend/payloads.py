@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 
 from ml_backend.echo import quote
-from ml_backend.store import parse_timestamp
+from ml_backend.timestamps import parse_timestamp
 
 MAX_ID = 2 ** 63 - 1  # SQLite INTEGER; Label Studio's ids are positive
 MAX_ID_DIGITS = len(str(MAX_ID))

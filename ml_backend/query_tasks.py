@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 RETIRE_THREADS = 4  # PATCHes in flight at once when many new tasks leave the queue
 
 
+def image_task(services: Services, project: int, task: int) -> int:
+    """The image task behind a Label Studio task id: a query task's image, else the task itself."""
+    row = services.store.query_task(project, task)
+    return row["task"] if row else task
+
+
 def queue_version(project: int, round_row: dict) -> str:
     """The Label Studio model version of a round's query predictions: the head that chose them, or
     for round 0, which has no head, the round itself."""

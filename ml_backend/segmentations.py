@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 
@@ -28,20 +27,10 @@ from ml_backend.services import Services
 log = logging.getLogger(__name__)
 
 
-def image_task(services: Services, project: int, task: int) -> int:
-    """The image task behind a Label Studio task id: a query task's image, else the task itself."""
-    row = services.store.query_task(project, task)
-    return row["task"] if row else task
-
-
-def _cached(services: Services, project: int, version: str, task: int) -> Path:
-    return services.files(project).root / "segmentations" / version / str(task)
-
-
 def segmentation(services: Services, project: int, task: int, head_row: dict, url: str | None = None) -> dict:
     """{"result", "score", "model_version"} of `head_row` on image task `task`, from the cache when it
     is there."""
-    path = _cached(services, project, head_row["version"], task).with_suffix(".json")
+    path = services.files(project).segmentation_path(head_row["version"], task).with_suffix(".json")
     if path.exists():
         try:
             return json.loads(path.read_text())
@@ -53,7 +42,7 @@ def segmentation(services: Services, project: int, task: int, head_row: dict, ur
 def class_map(services: Services, project: int, task: int, head_row: dict) -> np.ndarray:
     """The head's class of every pixel of the task's image at the model's resolution [R, R], from the
     cache when it is there (the learning curve compares it with the annotators' regions)."""
-    path = _cached(services, project, head_row["version"], task).with_suffix(".npy")
+    path = services.files(project).segmentation_path(head_row["version"], task).with_suffix(".npy")
     if path.exists():
         try:
             return np.load(path)
@@ -72,7 +61,7 @@ def _compute(services: Services, project: int, task: int, head_row: dict,
     full = seg.full_size()
     prediction = {"result": [brush_region(f"seg-{c}", full == c, int(c), schema) for c in np.unique(full)],
                   "score": float(seg.confidence.mean()), "model_version": version}
-    path = _cached(services, project, version, task)
+    path = services.files(project).segmentation_path(version, task)
     path.parent.mkdir(parents=True, exist_ok=True)
     mine = f".{task}.{os.getpid()}.{threading.get_ident()}"  # concurrent /predict calls on one task each write their own
     tmp = path.with_name(f"{mine}.tmp.npy")

@@ -98,7 +98,7 @@ def reason_phrase(message: str, limit: int = 600) -> str:
 def create_backend(settings: Settings) -> ActiveLearningBackend:
     services = Services.create(settings)
     if settings.redis_url:
-        from ml_backend.queue import RedisRunner  # imported only when scaling out
+        from ml_backend.rq_runner import RedisRunner  # imported only when scaling out
 
         runner = RedisRunner(services.store, settings.redis_url)
         runner.watch()  # requeues the store's unfinished jobs now and whenever Redis comes back

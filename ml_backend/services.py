@@ -130,7 +130,7 @@ class Services:
     def expansions(self, project: int, settings: Settings) -> ExpansionCache:
         """The project's cache of click expansions by `settings`' expander, shared by training, the
         learning curve and the regions shown for review."""
-        return ExpansionCache(self.files(project).root / "expansions", self.engine.expander(settings))
+        return ExpansionCache(self.files(project).expansions, self.engine.expander(settings))
 
     def schema(self, project: int) -> LabelSchema:
         row = self.store.project(project)

@@ -13,11 +13,11 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ml_backend.database import Session, open_database
 from ml_backend.schema import migrate
+from ml_backend.timestamps import parse_timestamp
 
 
 @dataclass(frozen=True)
@@ -27,20 +27,6 @@ class Label:
     pixel: int  # flat index at the model resolution
     cls: int
     source: str  # "keypoint" or "brush" (expansions are derived at training time, not stored)
-
-
-def parse_timestamp(value: str | None) -> str:
-    """Label Studio's ISO timestamps normalised to sortable UTC text; "" when absent, which sorts
-    before every timestamp (a version Label Studio did not date never replaces one it did)."""
-    if value is None or value == "":
-        return ""
-    try:
-        stamp = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=timezone.utc)
-        return stamp.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    except OverflowError:  # a date near year 1 or 9999 that leaves the range once moved to UTC
-        raise ValueError(f"timestamp {value!r} is out of range") from None
 
 
 class Store:

@@ -25,8 +25,8 @@ _runner = None
 def _context():
     global _services, _runner
     if _services is None:
-        from ml_backend.__main__ import configure_logging
-        from ml_backend.queue import RedisRunner
+        from ml_backend.logs import configure_logging
+        from ml_backend.rq_runner import RedisRunner
 
         settings = Settings.from_env()
         configure_logging(settings.log_level, [settings.label_studio_api_key, settings.basic_auth_pass])

@@ -6,7 +6,7 @@ With the in-process job runner (no REDIS_URL) run one worker process: jobs live 
 can serve requests and `rq worker` processes run the jobs.
 """
 
-from ml_backend.__main__ import configure_logging
+from ml_backend.logs import configure_logging
 from ml_backend.config import Settings
 from ml_backend.server import create_app
 

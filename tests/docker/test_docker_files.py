@@ -6,7 +6,7 @@ import re
 import yaml
 
 from ml_backend.config import Settings
-from ml_backend.queue import QUEUE_NAME
+from ml_backend.rq_runner import QUEUE_NAME
 from model.backbones import BACKBONES
 from model.expansion import SAM_DOWNLOADS
 from tests.conftest import REPO

@@ -48,7 +48,7 @@ def project_with_two_rounds(tmp_path, **settings):
     store.complete_round(7, 0)
     store.add_head(7, "p7-head-1", 1, "/nowhere.pt", 2, {"labeled_pixels": 2, "epochs": 7, "final_loss": 0.5})
     # the head's segmentations at the model's resolution, as the segment job caches them
-    maps = services.files(7).root / "segmentations" / "p7-head-1"
+    maps = services.files(7).segmentations / "p7-head-1"
     maps.mkdir(parents=True)
     np.save(maps / "1.npy", np.full((64, 64), ROAD, dtype=np.uint8))
     np.save(maps / "2.npy", np.full((64, 64), SKY, dtype=np.uint8))

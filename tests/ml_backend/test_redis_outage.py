@@ -22,7 +22,7 @@ from rq.job import Job
 from ml_backend.config import Settings
 from ml_backend.jobs import QueueUnavailable
 from ml_backend.label_config import SHIPPED_CONFIG
-from ml_backend.queue import HELD, QUEUE_NAME, RedisRunner, rq_id
+from ml_backend.rq_runner import HELD, QUEUE_NAME, RedisRunner, rq_id
 from ml_backend.server import create_app
 from ml_backend.store import Store
 from tests.conftest import REPO

@@ -603,7 +603,7 @@ def test_a_click_on_a_task_outside_the_store_leaves_the_store_unchanged(tmp_path
         assert r.status_code == 422 and "task 7777" in r.json["error"]
         assert "404" not in r.json["error"] and host.url not in r.json["error"]  # no probing through errors
         assert (store.tasks(7), store.task(7, 7777)) == before == ([], None)
-        assert not (backend.services.files(7).root / "originals" / "7777.png").exists()
+        assert not backend.services.files(7).original_path(7777).exists()
 
 
 def test_health_gives_a_failed_images_reason_without_object_reprs(client):
@@ -627,8 +627,7 @@ def test_interactive_click_returns_the_expanded_region_in_the_clicks_class(tmp_p
     c.post("/setup", json={"project": "7.1", "schema": CONFIG})
     store, files = backend.services.store, backend.services.files(7)
     original = Image.open(sorted((camvid_root / "val").glob("*.png"))[0]).convert("RGB")
-    (files.root / "originals").mkdir(exist_ok=True)
-    original.save(files.root / "originals" / "1.png")
+    original.save(files.original_path(1))
     store.upsert_tasks(7, [(1, "/data/upload/7/a.png")])
     store.set_task_image(7, 1, 480, 360, "ready")
     body = {"tasks": [{"id": 1, "data": {"image": "/data/upload/7/a.png"}}], "project": "7.1", "label_config": CONFIG,
@@ -656,8 +655,7 @@ def camvid_click_project(tmp_path, camvid_root, **overrides):
     c, backend, runner = make_client(tmp_path, **overrides)
     c.post("/setup", json={"project": "7.1", "schema": CONFIG})
     store, files = backend.services.store, backend.services.files(7)
-    (files.root / "originals").mkdir(exist_ok=True)
-    Image.open(sorted((camvid_root / "val").glob("*.png"))[0]).convert("RGB").save(files.root / "originals" / "1.png")
+    Image.open(sorted((camvid_root / "val").glob("*.png"))[0]).convert("RGB").save(files.original_path(1))
     store.upsert_tasks(7, [(1, "/data/upload/7/a.png")])
     store.set_task_image(7, 1, 480, 360, "ready")
     return c, backend

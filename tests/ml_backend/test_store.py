@@ -5,7 +5,8 @@ from contextlib import closing
 
 import pytest
 
-from ml_backend.store import Label, Store, parse_timestamp
+from ml_backend.store import Label, Store
+from ml_backend.timestamps import parse_timestamp
 
 
 @pytest.fixture
