@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 def heads_command(settings, args: argparse.Namespace) -> int:
     """Pinning here works like POST /versions/pin: the store changes at once and a `pin` job goes to
     the RQ queue (REDIS_URL), or into the store, where the running server's job thread finds it."""
-    from ml_backend import versions
-    from ml_backend.echo import quote
+    from ml_backend.state import versions
+    from ml_backend.web.echo import quote
     from ml_backend.services import Services
 
     services = Services.create(settings)
@@ -67,11 +67,11 @@ def heads_command(settings, args: argparse.Namespace) -> int:
     try:
         if args.action == "pin":
             if settings.redis_url:
-                from ml_backend.rq_runner import RedisRunner
+                from ml_backend.jobs.rq_runner import RedisRunner
 
                 runner = RedisRunner(services.store, settings.redis_url)
             else:
-                from ml_backend.jobs import StoreRunner
+                from ml_backend.jobs.runners import StoreRunner
 
                 runner = StoreRunner(services.store)
             result = versions.pin(services, runner, project, args.version)
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, [settings.label_studio_api_key, settings.basic_auth_pass])
-    from ml_backend.database import StoreUnavailable
-    from ml_backend.server import create_app
+    from ml_backend.state.database import StoreUnavailable
+    from ml_backend.web.server import create_app
 
     try:
         if args.command == "heads":

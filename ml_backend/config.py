@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from ml_backend.echo import quote
+from ml_backend.web.echo import quote
 from model.acquisition import METHODS
 from model.backbones import BACKBONES
 from model.features import DTYPES

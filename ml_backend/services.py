@@ -10,13 +10,13 @@ from urllib.parse import urlparse
 
 from ml_backend.config import Settings, SettingsError
 from ml_backend.engine import Engine
-from ml_backend.label_config import LabelConfigError, LabelSchema
-from ml_backend.labeled_set import ExpansionCache
-from ml_backend.label_studio import (DownloadLimits, LabelStudioClient, LabelStudioRefused, LabelStudioUnavailable,
+from ml_backend.label_studio.label_config import LabelConfigError, LabelSchema
+from ml_backend.state.labeled_set import ExpansionCache
+from ml_backend.label_studio.client import (DownloadLimits, LabelStudioClient, LabelStudioRefused, LabelStudioUnavailable,
                                      NoCredentials)
-from ml_backend.progress import Progress
-from ml_backend.store import Store
-from ml_backend.workspace import ProjectFiles
+from ml_backend.jobs.progress import Progress
+from ml_backend.state.store import Store
+from ml_backend.state.workspace import ProjectFiles
 
 log = logging.getLogger(__name__)
 

@@ -192,7 +192,7 @@ def store_location(request, tmp_path):
 def open_store(store_location):
     """Opens the store at `store_location` as often as the test asks (once per process it plays);
     each is closed when the test ends."""
-    from ml_backend.store import Store
+    from ml_backend.state.store import Store
 
     opened = []
     yield lambda: opened.append(Store(store_location)) or opened[-1]

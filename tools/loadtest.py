@@ -40,9 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 def prepare(model_dir: Path, data: Path, images: int, resolution: int, count: int = 0) -> tuple[list[dict], str]:
     """A project whose tasks are CamVid val images and whose current head exists: what /predict needs.
     `count` tasks (at least `images`) cycle through the `images` distinct images."""
-    from ml_backend.label_config import SHIPPED_CONFIG, parse_label_config
-    from ml_backend.store import Store
-    from ml_backend.workspace import ProjectFiles
+    from ml_backend.label_studio.label_config import SHIPPED_CONFIG, parse_label_config
+    from ml_backend.state.store import Store
+    from ml_backend.state.workspace import ProjectFiles
     from model.backbones import load_unet
     from model.datasets import load_camvid
     from model.features import DiffusionFeatureExtractor, FeatureConfig
@@ -88,7 +88,7 @@ def prepare(model_dir: Path, data: Path, images: int, resolution: int, count: in
 def selection(url: str, tasks: list[dict], config: str, model_dir: Path, args) -> int:
     """One /predict for a selection of tasks: cold (segmenting each), then after the segmentation job."""
     from ml_backend.config import Settings
-    from ml_backend.segmentations import segmentation
+    from ml_backend.label_studio.segmentations import segmentation
     from ml_backend.services import Services
 
     def predict(chosen: list[dict]) -> float:
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                "LABEL_STUDIO_API_KEY": "", "LOG_LEVEL": "WARNING"}
         log = open(Path(tmp) / "gunicorn.log", "w")
         server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", str(args.threads),
-                                   "--timeout", "300", "--bind", f"127.0.0.1:{port}", "ml_backend.wsgi:app"],
+                                   "--timeout", "300", "--bind", f"127.0.0.1:{port}", "ml_backend.web.wsgi:app"],
                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:

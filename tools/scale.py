@@ -122,7 +122,7 @@ class Run:
         self.ls, self.headers = args.label_studio_url.rstrip("/"), {"Authorization": f"Token {args.api_key}"}
         self.n, self.rng = n, np.random.default_rng(args.seed)
         self.model_dir = workdir / f"model-{n}"
-        from ml_backend.label_config import SHIPPED_CONFIG
+        from ml_backend.label_studio.label_config import SHIPPED_CONFIG
 
         config = SHIPPED_CONFIG.read_text()
         self.project = self.api("POST", "/api/projects", json={"title": f"scale {n}", "label_config": config})["id"]
@@ -176,7 +176,7 @@ class Run:
 
     def answer(self) -> float:
         """Every round-0 query point gets a class drawn from the seed; returns when the last was sent."""
-        from ml_backend.label_config import SHIPPED_CONFIG, parse_label_config
+        from ml_backend.label_studio.label_config import SHIPPED_CONFIG, parse_label_config
 
         version = f"p{self.project}-round-0"
         classes = parse_label_config(SHIPPED_CONFIG.read_text()).classes
@@ -188,7 +188,7 @@ class Run:
         return time.time()
 
     def segmented(self) -> bool:
-        from ml_backend.store import Store
+        from ml_backend.state.store import Store
 
         store = Store(self.model_dir / "state.sqlite3")
         head = store.current_head(self.project)

@@ -34,7 +34,7 @@ def prepare(store) -> None:
 
 
 def time_writes(location: str | Path, writes: int) -> dict:
-    from ml_backend.store import Label, Store
+    from ml_backend.state.store import Label, Store
 
     with closing(Store(location)) as store:
         prepare(store)

@@ -388,7 +388,7 @@ def _round_run(data: str, backbone: str, checkpoint: str | None, resolution: int
                device: str | torch.device, expand: str, region_cap: int, segment_all: bool, cache_dir: str, seed: int,
                stream: bool) -> dict:
     """Round 0, the annotator's answers, head training, round 1 and (optionally) the segmentation of
-    every image, through the functions the backend's jobs call (ml_backend/loop.py)."""
+    every image, through the functions the backend's jobs call (ml_backend/jobs/loop.py)."""
     from pathlib import Path
 
     from model.datasets import load_dataset

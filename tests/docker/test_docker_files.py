@@ -6,7 +6,7 @@ import re
 import yaml
 
 from ml_backend.config import Settings
-from ml_backend.rq_runner import QUEUE_NAME
+from ml_backend.jobs.rq_runner import QUEUE_NAME
 from model.backbones import BACKBONES
 from model.expansion import SAM_DOWNLOADS
 from tests.conftest import REPO
@@ -72,7 +72,7 @@ def test_dockerfile_downloads_the_official_checkpoints_and_starts_gunicorn():
         assert url in text
     assert re.search(r"^EXPOSE 9090$", text, re.M)
     cmd = re.search(r"^CMD (\[.*\])$", text, re.M).group(1)
-    assert "ml_backend.wsgi:app" in cmd and "--bind ${HOST}:${PORT}" in cmd
+    assert "ml_backend.web.wsgi:app" in cmd and "--bind ${HOST}:${PORT}" in cmd
     # gunicorn's processes and threads come from WORKERS and THREADS, with the backend's defaults
     assert "--workers ${WORKERS}" in cmd and "--threads ${THREADS}" in cmd and "--preload" not in cmd
     assert re.search(rf"^\s+WORKERS={Settings().workers} \\$", text, re.M)

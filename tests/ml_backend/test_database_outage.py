@@ -14,14 +14,14 @@ import pytest
 
 from ml_backend.__main__ import main
 from ml_backend.config import Settings
-from ml_backend.database import PostgreSQL, StoreUnavailable
-from ml_backend.jobs import InProcessRunner, run_job
-from ml_backend.label_config import SHIPPED_CONFIG
-from ml_backend.server import create_app
-from ml_backend.store import Store
+from ml_backend.state.database import PostgreSQL, StoreUnavailable
+from ml_backend.jobs.runners import InProcessRunner, run_job
+from ml_backend.label_studio.label_config import SHIPPED_CONFIG
+from ml_backend.web.server import create_app
+from ml_backend.state.store import Store
 from tests.conftest import started_postgres
 from tests.ml_backend.servers import free_port, wait_until
-from tests.ml_backend.test_server import annotation_event, keypoint
+from tests.ml_backend.web.test_server import annotation_event, keypoint
 
 CONFIG = SHIPPED_CONFIG.read_text()
 

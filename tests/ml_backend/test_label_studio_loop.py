@@ -12,8 +12,8 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
-from ml_backend.label_config import SHIPPED_CONFIG
-from ml_backend.label_studio import QUERY_VIEW_TITLE, LabelStudioClient
+from ml_backend.label_studio.label_config import SHIPPED_CONFIG
+from ml_backend.label_studio.client import QUERY_VIEW_TITLE, LabelStudioClient
 from model.datasets import CAMVID_CLASSES
 from tests.ml_backend.sdk_checks import assert_valid_result
 from tests.ml_backend.servers import ImageHost, drip, redirect_to, send_bytes, start_backend, stop, wait_until
@@ -268,7 +268,7 @@ def health_stage(backend) -> str:
 
 
 def read_store(model_dir):
-    from ml_backend.store import Store
+    from ml_backend.state.store import Store
 
     return Store(model_dir / "state.sqlite3")
 
@@ -365,7 +365,7 @@ def test_two_rq_workers_select_the_same_round_as_the_in_process_runner(ls, camvi
     import subprocess
     from contextlib import closing
 
-    from ml_backend.store import Store
+    from ml_backend.state.store import Store
     from tests.conftest import REPO
 
     config = SHIPPED_CONFIG.read_text()

@@ -20,9 +20,9 @@ import pytest
 import requests
 from PIL import Image
 
-from ml_backend.answered_regions import ANSWERED_VERSION
-from ml_backend.label_config import SHIPPED_CONFIG
-from ml_backend.label_studio import QUERY_VIEW_TITLE
+from ml_backend.label_studio.answered_regions import ANSWERED_VERSION
+from ml_backend.label_studio.label_config import SHIPPED_CONFIG
+from ml_backend.label_studio.client import QUERY_VIEW_TITLE
 from model.datasets import CAMVID_CLASSES
 from tests.conftest import REPO, missing
 from tests.ml_backend.servers import label_studio_server, start_backend, stop, wait_until

@@ -20,14 +20,14 @@ from rq import Queue
 from rq.job import Job
 
 from ml_backend.config import Settings
-from ml_backend.jobs import QueueUnavailable
-from ml_backend.label_config import SHIPPED_CONFIG
-from ml_backend.rq_runner import HELD, QUEUE_NAME, RedisRunner, rq_id
-from ml_backend.server import create_app
-from ml_backend.store import Store
+from ml_backend.jobs.runners import QueueUnavailable
+from ml_backend.label_studio.label_config import SHIPPED_CONFIG
+from ml_backend.jobs.rq_runner import HELD, QUEUE_NAME, RedisRunner, rq_id
+from ml_backend.web.server import create_app
+from ml_backend.state.store import Store
 from tests.conftest import REPO
 from tests.ml_backend.servers import free_port, wait_until
-from tests.ml_backend.test_server import keypoint
+from tests.ml_backend.web.test_server import keypoint
 
 CONFIG = SHIPPED_CONFIG.read_text()
 

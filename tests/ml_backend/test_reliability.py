@@ -15,15 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ml_backend.backend import ActiveLearningBackend
+from ml_backend.web.backend import ActiveLearningBackend
 from ml_backend.config import Settings
-from ml_backend.label_config import SHIPPED_CONFIG
-from ml_backend.label_studio import DownloadError, DownloadLimits, LabelStudioClient, LabelStudioUnavailable
-from ml_backend.images import decode_image
-from ml_backend.regions import RegionError
+from ml_backend.label_studio.label_config import SHIPPED_CONFIG
+from ml_backend.label_studio.client import DownloadError, DownloadLimits, LabelStudioClient, LabelStudioUnavailable
+from ml_backend.label_studio.images import decode_image
+from ml_backend.label_studio.regions import RegionError
 from ml_backend.services import Services
 from tests.ml_backend.servers import ImageHost, drip, free_port, redirect_to, send_bytes
-from tests.ml_backend.test_server import RecordingRunner, annotation_event, keypoint
+from tests.ml_backend.web.test_server import RecordingRunner, annotation_event, keypoint
 
 CONFIG = SHIPPED_CONFIG.read_text()
 CLASSES = ["Sky", "Building", "Road", "Car"]
@@ -190,7 +190,7 @@ def _chunked(data: bytes):
 
 # sizes ------------------------------------------------------------------------------------------
 def test_a_brush_mask_larger_than_its_image_is_not_decoded(tmp_path):
-    from ml_backend.regions import brush_region, mask_from_brush
+    from ml_backend.label_studio.regions import brush_region, mask_from_brush
 
     backend = new_backend(tmp_path)
     store = backend.services.store
@@ -212,8 +212,8 @@ def test_a_brush_mask_larger_than_its_image_is_not_decoded(tmp_path):
 
 # jobs -------------------------------------------------------------------------------------------
 def test_a_project_has_at_most_one_queued_job_of_a_kind(tmp_path):
-    from ml_backend.jobs import record_job
-    from ml_backend.store import Store
+    from ml_backend.jobs.runners import record_job
+    from ml_backend.state.store import Store
 
     store = Store(tmp_path / "s.sqlite3")
     running, _ = record_job(store, 1, "train", None)
@@ -226,8 +226,8 @@ def test_a_project_has_at_most_one_queued_job_of_a_kind(tmp_path):
 
 
 def test_a_training_request_with_nothing_labeled_since_the_last_head_ends_at_once(tmp_path):
-    from ml_backend.labeled_set import labels_digest
-    from ml_backend.loop import advance_project, labeled_since_last_head
+    from ml_backend.state.labeled_set import labels_digest
+    from ml_backend.jobs.loop import advance_project, labeled_since_last_head
 
     backend = new_backend(tmp_path)
     services, store, runner = backend.services, backend.services.store, backend.runner

@@ -15,14 +15,14 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
-from ml_backend.label_config import SHIPPED_CONFIG
-from ml_backend.learning_curve import draw_curve
+from ml_backend.label_studio.label_config import SHIPPED_CONFIG
+from ml_backend.state.learning_curve import draw_curve
 from model.head_export import ExportedHead
 from tests.conftest import REPO
 from tests.ml_backend.servers import start_backend, stop, wait_until
 from tests.ml_backend.test_label_studio_loop import (answer_with_ground_truth, import_camvid, keypoints,
                                                      metrics, model_version, next_task, predictions, read_store)
-from tests.ml_backend.test_learning_curve import series_from_metrics
+from tests.ml_backend.state.test_learning_curve import series_from_metrics
 
 CONFIG = SHIPPED_CONFIG.read_text()
 

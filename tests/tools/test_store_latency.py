@@ -6,7 +6,7 @@ from tools import store_latency
 
 
 def test_it_times_applied_writes_on_sqlite_and_postgresql(postgres_url, capsys, monkeypatch):
-    from ml_backend.store import Store
+    from ml_backend.state.store import Store
 
     applied = []
     original = Store.apply_annotation
