@@ -173,7 +173,9 @@ class LabelStudioClient:
         self.attempts = attempts
         self.backoff = backoff
         self.downloads = downloads or DownloadLimits()
-        self.sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=60)
+        # the retries are `_call`'s (attempts, backoff, logged); the SDK's own two per call would
+        # multiply them (5 attempts were 15 requests of up to 60 s each)
+        self.sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=60, max_retries=0)
         self.calls: Counter[str] = Counter()  # calls by kind (ids as N), for /metrics and the scale benchmark
         self._count_lock = threading.Lock()
 

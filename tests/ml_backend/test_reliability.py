@@ -80,6 +80,14 @@ def test_unreachable_label_studio_is_retried_with_backoff_and_reported(caplog):
     assert caplog.text.count("retry") == 2 and "not-a-real-key-0123" not in caplog.text
 
 
+def test_a_busy_label_studio_is_asked_as_often_as_the_client_says_not_more():
+    """The SDK retries a 5xx twice by itself: inside the client's own 5 attempts that was 15 requests."""
+    with ImageHost({"/api/projects/7/": send_bytes(b"busy", 503)}) as ls:
+        with pytest.raises(LabelStudioUnavailable, match="3 attempts"):
+            LabelStudioClient(ls.url, "key-0123456789", attempts=3, backoff=0.01).post_notice(7, "round 1 is open")
+        assert [path for path, _ in ls.requests] == ["/api/projects/7/"] * 3
+
+
 def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
