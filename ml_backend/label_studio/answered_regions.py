@@ -45,7 +45,7 @@ def show_answered_regions(services: Services, project: int, holder: int, skipped
     resolution = image.shape[0]
     regions = []
     for label in store.held_labels(project, holder):
-        pixels = cache.region(task, image, label["pixel"])
+        pixels = cache.region(task, label["pixel"], lambda: image)
         training = 1 + len(pixels_beyond_click(pixels, label["pixel"], settings.region_pixel_cap,
                                                f"{task}:{label['pixel']}"))
         mask = np.zeros(resolution * resolution, dtype=np.uint8)

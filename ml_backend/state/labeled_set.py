@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +33,18 @@ class ExpansionCache:
         self.tag = hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:12]
         self.expander = expander
 
-    def region(self, task: int, image: np.ndarray, pixel: int) -> np.ndarray:
-        """Flat pixel indices of the click's region (the pixel alone when not confident)."""
+    def region(self, task: int, pixel: int, image: Callable[[], np.ndarray]) -> np.ndarray:
+        """Flat pixel indices of the click's region (the pixel alone when not confident). `image`
+        gives the task's image, decoded only when the region is not cached yet."""
         path = self.directory / f"{task}_{pixel}_{self.tag}.npy"
         if path.exists():
             try:
                 return np.load(path)
             except (OSError, ValueError):
                 log.warning("recomputing unreadable expansion %s", path.name)
-        r = image.shape[1]
-        mask, _, _ = self.expander.region(image, pixel // r, pixel % r)
+        picture = image()
+        r = picture.shape[1]
+        mask, _, _ = self.expander.region(picture, pixel // r, pixel % r)
         pixels = np.flatnonzero(mask).astype(np.int64)
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, pixels)
@@ -71,7 +74,7 @@ def build_labeled_set(rows: list[dict], load_image, expansions: ExpansionCache |
             if row["source"] != "keypoint":
                 continue
             task, pixel, cls = row["task"], row["pixel"], row["class"]
-            region = expansions.region(task, load_image(task), pixel)
+            region = expansions.region(task, pixel, lambda: load_image(task))
             for p in pixels_beyond_click(region, pixel, region_cap, f"{task}:{pixel}"):
                 expanded[task][int(p)].add(cls)
     out = {}

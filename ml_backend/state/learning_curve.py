@@ -84,7 +84,7 @@ def _region_agreement(services: Services, project: int, head_row: dict, answers:
             continue
         for answer in group:
             pixel = answer["label_pixel"]
-            region = expansions.region(task, image, pixel) if expansions else np.array([pixel])
+            region = expansions.region(task, pixel, lambda: image) if expansions else np.array([pixel])
             hits += int((classes[region] == answer["class"]).sum())
             total += len(region)
     return (hits / total if total else None), total

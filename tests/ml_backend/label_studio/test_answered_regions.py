@@ -73,7 +73,7 @@ def test_a_query_tasks_answers_show_their_regions_and_a_reviewers_brush_corrects
     assert region["value"]["brushlabels"] == ["Road"] and region["id"] == "expanded-q0-10-x"
     shown = resize_mask(mask_from_brush(region["value"], 128, 96), R)
     expected = services.expansions(7, services.settings_for(7)).region(
-        IMAGE_TASK, services.files(7).load_image(IMAGE_TASK), pixel)
+        IMAGE_TASK, pixel, lambda: services.files(7).load_image(IMAGE_TASK))
     assert set(np.flatnonzero(shown)) == set(expected.tolist()) | {pixel}
     assert shown[:R // 2].sum() == 0 and shown[R // 2:].sum() > 200  # the lower half only: the road, not the sky
     assert region["meta"]["text"] == [f"Grown from the click on Road: {min(256, len(expected))} training pixels"]

@@ -46,9 +46,10 @@ def test_low_confidence_keeps_the_single_pixel_and_expansions_are_cached(tmp_pat
     assert labeled[2][0].tolist() == [18]
     expander = BlockExpander()
     cache = ExpansionCache(tmp_path / "c", expander)
+    decoded = []
     for _ in range(2):
-        build_labeled_set(rows((2, 18, 1, "keypoint")), lambda t: IMAGE, cache, 100)
-    assert expander.calls == 1
+        build_labeled_set(rows((2, 18, 1, "keypoint")), lambda t: decoded.append(t) or IMAGE, cache, 100)
+    assert expander.calls == 1 and decoded == [2]  # a cached region needs no image
     newest = build_labeled_set(rows((3, 4, 1, "keypoint"), (3, 4, 2, "keypoint")), lambda t: IMAGE, None, 100)
     assert newest[3][1].tolist() == [2]  # the later row (newer annotation) wins
     single = build_labeled_set(rows((3, 4, 1, "keypoint")), lambda t: IMAGE,
