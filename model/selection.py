@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -134,16 +134,13 @@ class ImageRecord:
 
 class StoredDraws:
     """A record's noise-draw features left in its file until the uncertainty stage reads them:
-    at 10,000 images they are 4.6 GB, most of what a round would otherwise hold in memory. Only
-    the reading is deferred; the file is checked to still hold the same record (digest)."""
+    at 10,000 images they are 4.6 GB, most of what a round would otherwise hold in memory."""
 
-    def __init__(self, path: Path, digest: str):
-        self.path, self.digest = path, digest
+    def __init__(self, path: Path):
+        self.path = path
 
     def read(self) -> np.ndarray:
         with np.load(self.path) as z:
-            if str(z["digest"]) != self.digest:
-                raise ValueError(f"record {self.path} was rewritten for other labels while a round read it")
             return z["draws"]
 
 
@@ -152,14 +149,17 @@ def read_draws(draws: np.ndarray | StoredDraws) -> np.ndarray:
 
 
 class RecordCache:
-    """ImageRecords by image key, in memory and optionally in a directory that survives restarts
-    (then the noise draws stay in the files, read when scored). A fingerprint of everything the
-    records depend on guards against reusing stale ones."""
+    """ImageRecords by image key and record digest (the labeled set), in memory and optionally in a
+    directory that survives restarts; there the noise draws stay in the files until scored. One
+    file per image and labeled set, written once: two tasks of one image labeled differently, or a
+    round that reads an image's draws while another process records its next labeled set, never
+    share a file. `retain` deletes the files no round needs any more. A fingerprint of everything
+    the records depend on guards against reusing stale ones."""
 
     def __init__(self, fingerprint: Mapping, directory: str | Path | None = None):
         self.fingerprint = json.dumps(fingerprint, sort_keys=True, default=str)
         self.directory = Path(directory) if directory else None
-        self._memory: dict[str, ImageRecord] = {}
+        self._memory: dict[tuple[str, str], ImageRecord] = {}
         if self.directory:
             self.directory.mkdir(parents=True, exist_ok=True)
             stamp = self.directory / "fingerprint.json"
@@ -168,38 +168,58 @@ class RecordCache:
                     old.unlink()
                 stamp.write_text(self.fingerprint)
 
-    def _path(self, key: str) -> Path:
+    def _path(self, key: str, digest: str) -> Path:
         assert self.directory is not None
-        return self.directory / (hashlib.sha1(key.encode()).hexdigest() + ".npz")
+        return self.directory / f"{hashlib.sha1(key.encode()).hexdigest()}-{digest}.npz"
 
     def get(self, key: str, digest: str) -> ImageRecord | None:
-        rec = self._memory.get(key)
-        if rec is None and self.directory and self._path(key).exists():
+        rec = self._memory.get((key, digest))
+        if rec is None and self.directory and self._path(key, digest).exists():
+            path = self._path(key, digest)
             try:
-                with np.load(self._path(key)) as z:
-                    stored = str(z["digest"])
-                    rec = ImageRecord(stored, z["picks"], z["reference"], z["labeled"], z["labeled_reference"],
-                                      StoredDraws(self._path(key), stored) if "draws" in z else None)
+                with np.load(path) as z:
+                    rec = ImageRecord(digest, z["picks"], z["reference"], z["labeled"], z["labeled_reference"],
+                                      StoredDraws(path) if "draws" in z else None)
             except (OSError, ValueError, KeyError) as exc:  # a torn write: recompute
                 log.warning("ignoring unreadable cache entry for %s: %s", key, exc)
-                rec = None
-            if rec is not None:
-                self._memory[key] = rec
-        return rec if rec is not None and rec.digest == digest else None
+                return None
+            self._memory[(key, digest)] = rec
+        return rec
 
     def put(self, key: str, rec: ImageRecord) -> ImageRecord:
         """Keep the record; returns it as kept (with a directory, its draws left in the file)."""
         if self.directory:
-            arrays = {k: getattr(rec, k) for k in ("digest", "picks", "reference", "labeled", "labeled_reference")}
+            path = self._path(key, rec.digest)
+            arrays = {k: getattr(rec, k) for k in ("picks", "reference", "labeled", "labeled_reference")}
             if rec.draws is not None:
                 arrays["draws"] = read_draws(rec.draws)
-            tmp = self._path(key).with_suffix(".tmp.npz")
+            tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, **arrays)
-            tmp.replace(self._path(key))
+            tmp.replace(path)
             if rec.draws is not None:
-                rec = replace(rec, draws=StoredDraws(self._path(key), rec.digest))
-        self._memory[key] = rec
+                rec = replace(rec, draws=StoredDraws(path))
+        self._memory[(key, rec.digest)] = rec
         return rec
+
+    def retain(self, current: Iterable[tuple[str, str]]) -> int:
+        """Forget every record but those of `current` (key, digest) pairs, in memory and on disk: the
+        records of labeled sets that have changed since. Returns how many files were deleted."""
+        keep = set(current)
+        self._memory = {k: v for k, v in self._memory.items() if k in keep}
+        if not self.directory:
+            return 0
+        names = {self._path(key, digest).name for key, digest in keep}
+        stale = [f for f in self.directory.glob("*.npz") if f.name not in names]
+        for f in stale:
+            f.unlink(missing_ok=True)
+        return len(stale)
+
+
+def current_records(source: FeatureSource, labeled: Mapping[int, np.ndarray],
+                    queried: Mapping[int, np.ndarray]) -> list[tuple[str, str]]:
+    """The (key, digest) of every image's record for these labeled and queried pixels: what
+    `RecordCache.retain` keeps."""
+    return [(source.key(i), record_digest(labeled.get(i, ()), queried.get(i, ()))) for i in range(len(source))]
 
 
 @dataclass

@@ -42,7 +42,7 @@ from ml_backend.label_studio.query_tasks import is_query_task, publish_round, qu
 from ml_backend.label_studio.segmentations import push_segmentations
 from ml_backend.services import Services
 from model.head import train_head
-from model.selection import image_record, labeled_features, record_digest, run_round
+from model.selection import current_records, image_record, labeled_features, record_digest, run_round
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,14 @@ class RoundContext:
         return self.cache.get(self.source.key(i), record_digest(self.pixels.get(i, ()), self.queried.get(i, ()))) \
             is not None
 
+    def forget_stale_records(self) -> None:
+        """Delete the records of labeled sets that have changed: the round being planned needs only
+        the current ones, and the previous round's select job is done (a project's rounds run one at
+        a time)."""
+        stale = self.cache.retain(current_records(self.source, self.pixels, self.queried))
+        if stale:
+            log.info("project %s: %d records of earlier labeled sets deleted", self.project, stale)
+
 
 def plan_round(services: Services, runner, project: int, round_index: int, train: bool,
                started: float | None = None) -> None:
@@ -248,6 +256,7 @@ def plan_round(services: Services, runner, project: int, round_index: int, train
     if not ctx.tasks:
         services.progress.update(project, "waiting for tasks", message="no usable images")
         return
+    ctx.forget_stale_records()
     labeled = ctx.labeled if train else {}
     # the round's work: the labeled images the head trains on, the images whose records are missing
     # after that (training computes the labeled images' own), and selecting and publishing

@@ -37,7 +37,7 @@ from model.feature_cache import FeatureMapCache
 from model.features import REFERENCE_NOISE, DiffusionFeatureExtractor, ImageFeatureSource
 from model.head import SegmentationHead, TrainConfig, train_head
 from model.prediction import evaluate, segment
-from model.selection import RecordCache, RoundConfig, budget_for, run_round
+from model.selection import RecordCache, RoundConfig, budget_for, current_records, run_round
 
 log = logging.getLogger(__name__)
 
@@ -231,9 +231,10 @@ class Simulation:
                 stage_bar.n = done
                 stage_bar.refresh()
 
-            result = run_round(self.train_source, {i: np.array(sorted(px)) for i, px in labeled.items()}, head,
-                               self.round_config(current, seed), records, report, round_index=r,
-                               queried=queried_by_image(all_queries))
+            pixels, asked = {i: np.array(sorted(px)) for i, px in labeled.items()}, queried_by_image(all_queries)
+            records.retain(current_records(self.train_source, pixels, asked))  # labeled sets that changed
+            result = run_round(self.train_source, pixels, head, self.round_config(current, seed), records, report,
+                               round_index=r, queried=asked)
             stage_bar.close()
             t1 = time.perf_counter()
             queried += len(result.queries)

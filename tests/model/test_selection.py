@@ -5,7 +5,7 @@ import torch
 from model.datasets import IGNORE_INDEX, load_camvid
 from model.features import DiffusionFeatureExtractor, FeatureConfig, FeatureMaps, ImageFeatureSource
 from model.head import SegmentationHead, TrainConfig, train_head
-from model.selection import (RecordCache, RoundConfig, StoredDraws, budget_for, candidate_pixels, image_record,
+from model.selection import (RecordCache, RoundConfig, StoredDraws, budget_for, candidate_pixels, current_records,
                              record_digest, run_round)
 
 R = 64
@@ -253,10 +253,41 @@ def test_records_in_a_directory_leave_their_draws_in_the_files_and_score_alike(t
         assert kept[0].draws.read().shape == (6, 5, 24)
 
 
-def test_draws_of_a_record_rewritten_for_other_labels_are_not_read_as_its_own(tmp_path):
-    config = RoundConfig(budget=2, candidates=60, local_k=6)
+class TwinSource(FixedSource):
+    """Images 0 and 1 are one picture (one key, the same maps), as when a project imports an image
+    twice; the N = 10,000 benchmark's 10,000 tasks hold 367 CamVid images."""
+
+    def key(self, image):
+        return super().key(0 if image == 1 else image)
+
+    def maps(self, image, noises):
+        return super().maps(0 if image == 1 else image, noises)
+
+
+def test_two_tasks_of_one_image_labeled_differently_keep_their_own_records(tmp_path):
+    """One file per image and labeled set: with one per image, the second task's record replaced the
+    first's while the round still had to read the first's draws."""
+    torch.manual_seed(0)
+    head = SegmentationHead(24, 3).eval()
+    config = RoundConfig(budget=4, candidates=60, local_k=6, seed=2)
+    labeled = {0: np.array([5]), 1: np.array([9, 30])}  # the twins, each with its own labels
+    in_memory = run_round(TwinSource(), labeled, head, config, RecordCache({"t": 1}), round_index=1)
     cache = RecordCache({"t": 1}, tmp_path)
-    first, _ = image_record(FixedSource(), 0, (), config, True, cache)
-    image_record(FixedSource(), 0, [7], config, True, RecordCache({"t": 1}, tmp_path))  # another process
-    with pytest.raises(ValueError, match="rewritten for other labels"):
-        first.draws.read()
+    computed = run_round(TwinSource(), labeled, head, config, cache, round_index=1)
+    again = run_round(TwinSource(), labeled, head, config, RecordCache({"t": 1}, tmp_path), round_index=1)
+    assert in_memory.queries == computed.queries == again.queries and again.images_recomputed == 0
+    assert len(list(tmp_path.glob("*.npz"))) == 6  # 5 images, one of them twice
+
+
+def test_retain_keeps_the_current_records_and_deletes_the_rest(tmp_path):
+    config = RoundConfig(budget=2, candidates=60, local_k=6, acquisition=None)
+    source = FixedSource()
+    cache = RecordCache({"t": 1}, tmp_path)
+    run_round(source, {}, None, config, cache)
+    later = {2: np.array([7])}
+    run_round(source, later, None, config, cache, queried={3: np.array([11])})
+    assert len(list(tmp_path.glob("*.npz"))) == 8  # images 2 and 3 have a second labeled set
+    assert cache.retain(current_records(source, later, {3: np.array([11])})) == 2
+    reread = RecordCache({"t": 1}, tmp_path)
+    assert run_round(source, later, None, config, reread, queried={3: np.array([11])}).images_recomputed == 0
+    assert reread.get(source.key(2), record_digest(())) is None and cache.get(source.key(2), record_digest(())) is None
