@@ -21,3 +21,12 @@ def test_every_console_script_names_a_function():
     for name, target in scripts.items():
         module, _, function = target.partition(":")
         assert callable(getattr(importlib.import_module(module), function)), name
+
+
+def test_the_package_data_names_files_that_exist():
+    """The label config moved with its package once and the wheel went without it."""
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert data
+    for package, patterns in data.items():
+        for pattern in patterns:
+            assert list((REPO / package.replace(".", "/")).glob(pattern)), f"{package}: {pattern}"

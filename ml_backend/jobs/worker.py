@@ -1,4 +1,5 @@
-"""What an RQ worker runs: `rq worker --url $REDIS_URL active-learning` with the backend's
+"""What an RQ worker runs: `rq worker --url $REDIS_URL -w rq.worker.SimpleWorker active-learning` (jobs in
+the worker's process, which keeps the backbone loaded between them) with the backend's
 environment (the same MODEL_DIR, on shared storage, and the same settings as the server).
 
 Jobs of one project that change its rounds (everything but `records`) hold a Redis lock on the

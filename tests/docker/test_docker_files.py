@@ -39,6 +39,8 @@ def test_compose_services_ports_and_volumes():
                             service["environment"]["DATABASE_URL"])
         assert service["depends_on"]["postgres"] == {"condition": "service_healthy"}
     assert worker["command"][:2] == ["rq", "worker"] and worker["command"][-1] == QUEUE_NAME
+    # jobs in the worker's own process: the default worker forks a child per job, which loads the backbone again
+    assert worker["command"][worker["command"].index("-w") + 1] == "rq.worker.SimpleWorker"
     # a worker busy when Redis went away exits (docs/reliability.md): it and Redis come back by themselves
     assert worker["restart"] == c["services"]["redis"]["restart"] == "unless-stopped"
     assert worker["image"] == backend["image"] and backend["build"]["dockerfile"] == "docker/Dockerfile"

@@ -13,6 +13,7 @@ from label_studio_sdk.converter.brush import mask2rle
 from PIL import Image
 
 from model.datasets import CAMVID_CLASSES, IGNORE_INDEX, detect, load_camvid, load_dataset
+from ml_backend.label_studio.label_config import SHIPPED_CONFIG
 from tests.conftest import REPO
 
 V = IGNORE_INDEX
@@ -157,7 +158,7 @@ def test_a_label_studio_export_simulates_like_the_images_it_holds(tmp_path, camv
     from tests.ml_backend.servers import label_studio_server
 
     names = sorted(p.name for p in (camvid_root / "train").glob("*.png"))[:N_IMAGES]
-    config = (REPO / "ml_backend" / "label_config.xml").read_text()  # the backend's own: keypoints and brushes
+    config = SHIPPED_CONFIG.read_text()  # the backend's own: keypoints and brushes
     data_dir, export_dir = tmp_path / "label-studio", tmp_path / "export"
     data_dir.mkdir()
     with label_studio_server(data_dir) as ls:
