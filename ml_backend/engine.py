@@ -166,6 +166,13 @@ class Engine:
         which `python -m model segment` runs on exported heads too)."""
         return segment_image(self.extractor(), head, image)
 
+    def weights_status(self) -> dict:
+        """Whether the features come from pretrained weights, and which; while the checkpoint is
+        missing, the file the backbone expects, said to be missing (it is not pretrained yet)."""
+        weights, problem = self.weights(), self.checkpoint_problem()
+        return {"pretrained": weights.pretrained and problem is None,
+                "weights": weights.description if problem is None else f"not there yet: {weights.description}"}
+
     def status(self) -> dict:
         loaded = self._extractor is not None
         problem = self.checkpoint_problem()
@@ -173,11 +180,8 @@ class Engine:
         expander = {"name": self.settings.expander, "loaded": built is not None, "error": self.expander_error}
         if built is not None:
             expander.update(built.describe())
-        weights = self.weights()
         return {
-            "backbone": self.backbone.name, "pretrained": weights.pretrained and problem is None,
-            "weights": weights.description,
-            "loaded": loaded, "device": str(self.device),
+            "backbone": self.backbone.name, **self.weights_status(), "loaded": loaded, "device": str(self.device),
             "checkpoint": str(self.checkpoint_path()) if self.checkpoint_path() else None,
             "error": problem, "feature_dim": self._extractor.dim if loaded else None, "expander": expander,
         }

@@ -249,12 +249,9 @@ class ActiveLearningBackend:
         the work toward the next round, with the background jobs beside it."""
         problem = self.services.engine.checkpoint_problem()
         engine = self.services.engine
-        weights = engine.weights()
         out = {
             "status": "UP" if problem is None else "NOT_READY", "ready": problem is None,
-            "model_class": type(self).__name__,
-            "model": {"backbone": engine.backbone.name, "pretrained": weights.pretrained and problem is None,
-                      "weights": weights.description},
+            "model_class": type(self).__name__, "model": {"backbone": engine.backbone.name, **engine.weights_status()},
         }
         try:
             out.update({

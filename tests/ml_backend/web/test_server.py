@@ -190,9 +190,11 @@ def test_a_missing_checkpoint_is_not_ready_and_names_the_file_its_path_and_url(t
     assert health.status_code == 200  # Label Studio needs a 200 to connect
     assert health.json["status"] == "NOT_READY" and not health.json["ready"]
     assert health.json["model"]["pretrained"] is False and expected in health.json["todo"] and url in health.json["todo"]
+    assert health.json["model"]["weights"].startswith("not there yet: the released 256x256_diffusion_uncond.pt")
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "256x256_diffusion_uncond.pt").write_bytes(b"weights")  # the file at that path is enough
-    assert c.get("/health").json["ready"] and c.get("/health").json["model"]["pretrained"]
+    model = c.get("/health").json["model"]
+    assert c.get("/health").json["ready"] and model["pretrained"] and model["weights"].startswith("the released")
 
 
 def test_a_tiny_checkpoint_from_pretrain_is_loaded_and_reported_as_pretrained(tmp_path, monkeypatch):
