@@ -90,7 +90,7 @@ def forget_finished(store: Store, project: int) -> None:
 class Progress:
     def __init__(self, store: Store):
         self.store = store
-        self._logged: dict[tuple[int, int], tuple[str, int | None]] = {}  # (project, job) -> last (stage, count) seen
+        self._logged: dict[tuple[int, int], tuple] = {}  # (project, job) -> last (stage, count, tenth logged)
         self._lock = threading.Lock()
 
     def update(self, project: int, stage: str, done: int | None = None, total: int | None = None,
@@ -105,12 +105,13 @@ class Progress:
         mine = next(r for r in rows if r["job"] == job)
         summary = summarize([r for r in rows if _work(r) == _work(mine)], time.time())
         done, total = summary["done"], summary["total"]
+        tenth_now = done * 10 // total if total and done is not None else None
         with self._lock:  # a stage that repeats a count (a job's own steps in a work others count) logs it once
             last = self._logged.get((project, job))
             changed, moved = last is None or last[0] != stage, last is None or last[1] != done
-            self._logged[(project, job)] = (stage, done)
-        tenth = moved and total and done is not None and \
-            (done == total or (total >= 10 and done % max(1, total // 10) == 0))
+            passed = tenth_now is not None and (changed or last[2] is None or tenth_now > last[2])
+            self._logged[(project, job)] = (stage, done, tenth_now if passed or changed else last[2])
+        tenth = moved and passed  # a tenth of the count passed since the last line (updates may skip counts)
         if changed or tenth or message:
             count = f" {done}/{total}" if total else ""
             eta = f", ETA {summary['eta_s']:.0f} s" if summary["eta_s"] is not None else ""
@@ -119,9 +120,18 @@ class Progress:
     def reporter(self, project: int, prefix: str, work: tuple[str, int | None] | None = None,
                  share: bool = False):
         """A callback (stage, done, total) for model/ code: "<prefix> <stage>"; with `share`, `done`
-        is also this job's share of `work`."""
-        return lambda stage, done, total: self.update(project, f"{prefix} {stage}", done, total, work=work,
-                                                      work_done=done if share else None)
+        is also this job's share of `work`. It passes a count on at each hundredth of its total
+        (and the first and last): a round steps through 10,000 cached records in seconds, and each
+        update reads every job's progress (28 s of updates at 10,000 images and 1,250 jobs)."""
+        last: dict[str, tuple] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            step = (stage, done * 100 // total if total else done)
+            if done not in (0, total) and last.get("step") == step:
+                return
+            last["step"] = step
+            self.update(project, f"{prefix} {stage}", done, total, work=work, work_done=done if share else None)
+        return report
 
     def snapshot(self) -> dict:
         """project -> what annotators wait for (the newest work outside BACKGROUND_KINDS: counts added
