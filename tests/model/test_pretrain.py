@@ -188,8 +188,11 @@ def test_ctrl_c_says_which_step_is_kept_and_the_same_command_continues(data, tmp
     out = tmp_path / "run"
     command = [sys.executable, "-m", "model", "pretrain", "--data", str(data), "--backbone", "tiny", "--resolution",
                "32", "--batch-size", "1", "--steps", "100000", "--save-every", "2", "--ema", "0.5", "--out", str(out)]
+    # Ctrl-C's default action in the child even where the tests run as a background job (a shell
+    # starts those with SIGINT ignored, and the child would inherit that)
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not (out / STATE_FILE).exists() and time.monotonic() < deadline:
         time.sleep(0.2)
