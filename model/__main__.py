@@ -156,7 +156,7 @@ def pretrain(args: argparse.Namespace) -> None:
         except KeyboardInterrupt:
             path = None
     if path is None:  # after the bar's last line
-        saved = run.step // config.save_every * config.save_every
+        saved = run.saved_step
         kept = f"the state of step {saved} is in {run.state_path}" if saved else \
             f"no state was saved yet (every --save-every {config.save_every} steps)"
         print(f"interrupted at step {run.step}: {kept}; the same command continues from there", file=sys.stderr)

@@ -239,6 +239,7 @@ class Pretraining:
                 state = zero_init(GuidedDiffusionUNet(self.backbone.unet)).state_dict()
         self.model, self.ema = self._build(state), self._build(state)
         self.step, self.losses = 0, []
+        self.saved_step = 0  # the step of the state on disk: a Ctrl-C can come after a step, before its save
         self.rng = self.optimizer_state = None  # the global RNG is seeded from config.seed when training starts
 
     def _resume(self) -> None:
@@ -255,6 +256,7 @@ class Pretraining:
                              f"--out, or the same settings to resume it")
         self.model, self.ema = self._build(saved["model"]), self._build(saved["ema"])
         self.step, self.losses, self.rng = int(saved["step"]), list(saved["losses"]), saved["rng"]
+        self.saved_step = self.step
         if self.step > self.config.steps:
             raise ValueError(f"{self.state_path} is already at step {self.step}, past --steps {self.config.steps}: "
                              f"--steps {self.step} writes its checkpoint, a larger --steps trains on")
@@ -275,6 +277,7 @@ class Pretraining:
                       "optimizer": optimizer.state_dict(), "losses": self.losses, "rng": _rng_states(),
                       "step_seconds": self.step_seconds[-LOSS_WINDOW:]},
                      self.state_path)
+        self.saved_step = self.step
 
     @property
     def loss(self) -> float | None:

@@ -203,8 +203,27 @@ def test_ctrl_c_says_which_step_is_kept_and_the_same_command_continues(data, tmp
     step = int(interrupted.split("interrupted at step ")[1].split(":")[0])
     kept = torch.load(out / STATE_FILE, weights_only=True)["step"]
     assert interrupted == (f"interrupted at step {step}: the state of step {kept} is in {out / STATE_FILE}; "
-                           f"the same command continues from there") and kept == step // 2 * 2
+                           f"the same command continues from there") and kept in (step // 2 * 2, step // 2 * 2 - 2)
     assert not list(out.glob("*.pt.json")) and not (out / "tiny-pretrained-generated.pt").exists()
+
+
+def test_a_ctrl_c_while_a_state_is_written_keeps_the_one_before_and_says_so(images, tmp_path, monkeypatch):
+    """A CI run interrupted step 4 while its state was being written: the message said step 4 was
+    kept (computed from the step count), the file held step 2."""
+    import model.pretrain as pretrain
+
+    run = Pretraining(replace(CONFIG, steps=6, save_every=2), images, "generated", tmp_path / "run")
+    write = pretrain._atomic_save
+
+    def interrupted_at_step_4(obj, path):
+        if isinstance(obj, dict) and obj.get("step") == 4:
+            raise KeyboardInterrupt
+        write(obj, path)
+
+    monkeypatch.setattr(pretrain, "_atomic_save", interrupted_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run.run()
+    assert (run.step, run.saved_step, torch.load(run.state_path, weights_only=True)["step"]) == (4, 2, 2)
 
 
 def test_a_finished_run_rewrites_its_checkpoint_and_a_smaller_steps_is_refused(images, tmp_path):
