@@ -191,3 +191,6 @@ def test_answers_refused_on_a_full_disk_count_once_it_can_write_again(ls, camvid
         assert len(store.labels(project)) == points  # every answer, once
     finally:
         server.shutdown()
+        # the app's threads outlive the test: its reading back every 2 s went on syncing this project
+        # against the session's Label Studio until the session ended, logging into closed streams
+        app.config["backend"].reconcile.seconds = 3600
