@@ -73,7 +73,14 @@ class LabelStudio:
         return {"Authorization": f"Token {self.token}"}
 
     def api(self, method: str, path: str, **kw) -> requests.Response:
-        r = requests.request(method, self.url + path, headers=self.headers, timeout=60, **kw)
+        """A call as the test's person makes it, who tries again after Label Studio's 500: on SQLite
+        it answers 500 ("database is locked", written nothing) when the backend's writes hold the
+        lock, as one CI run saw on the second Connect Model of test_team_loop.py."""
+        for attempt in range(3):
+            r = requests.request(method, self.url + path, headers=self.headers, timeout=60, **kw)
+            if r.status_code != 500:
+                break
+            time.sleep(1 + attempt)
         if r.status_code >= 400:
             raise AssertionError(f"{method} {path}: {r.status_code} {r.text[:500]}")
         return r
