@@ -1,18 +1,22 @@
 """Backend settings: environment variables (documented in docs/configuration.md with their defaults), and per
 project the overrides Label Studio sends as the model's "Extra params".
 
-A project may set only what leaves the shared backbone, its features and the deployment alone
-(`PROJECT_SETTINGS`); both sources go through the same conversion (`_convert`) and the same checks
-(`Settings.validate`), so a value the environment would refuse is refused from a project too.
+Each setting is declared once, as a field; pydantic-settings reads it from the environment (empty means
+unset) and converts it. A project may set only what leaves the shared backbone, its features and the
+deployment alone (`PROJECT_SETTINGS`); both sources go through the same conversion and the same checks
+(`_check`), so a value the environment would refuse is refused from a project too.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ml_backend.web.echo import quote
 from model.acquisition import METHODS
@@ -34,169 +38,125 @@ PROJECT_SETTINGS = ("BUDGET", "BUDGET_FACTOR", "ACQUISITION", "COVERAGE", "CANDI
                     "EXPANDER", "SAM_TAU", "SUPERPIXEL_TAU", "REGION_PIXEL_CAP", "STOP_AGREEMENT", "STOP_ROUNDS")
 # Names Label Studio's generated backends use for the same two settings.
 ALIASES = {"LABEL_STUDIO_HOST": "LABEL_STUDIO_URL", "LABEL_STUDIO_ACCESS_TOKEN": "LABEL_STUDIO_API_KEY"}
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # Upper bounds, past which a setting would stop every round rather than shape it: numpy takes seeds
 # of 32 bits, a budget factor is clicks per image (the paper's is 0.1), every other count fits 31 bits.
 MAX_SEED = 2 ** 32 - 1
 MAX_BUDGET_FACTOR = 100.0
 MAX_COUNT = 2 ** 31 - 1
 MAX_DOWNLOAD_TIMEOUT = 3600.0
+# How pydantic's error types read in a message that names the setting and its value.
+ERROR_KINDS = {"int": "is not a valid int", "float": "is not a valid float", "bool": "is not a boolean (true/false)",
+               "string": "is not a string", "finite": "is not a finite number", "path": "is not a path"}
 
 
-def _env(name: str, default: str) -> str:
-    """The variable's value, or its alias's (LABEL_STUDIO_HOST for LABEL_STUDIO_URL, ...)."""
-    values = {n: os.environ.get(n) or "" for n in (name, *[a for a, target in ALIASES.items() if target == name])}
-    given = {n: v for n, v in values.items() if v}
-    if len(set(given.values())) > 1:
-        raise SettingsError(f"{' and '.join(given)} are both set, to different values; set one of them")
-    return next(iter(given.values()), default)
+def _no_boolean(value):
+    """pydantic takes true as 1; a count given as a boolean is a mistake."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "a boolean is not a count")
+    return value
 
 
-def _convert(name: str, raw, kind):
-    """One setting's value as `kind`, from the environment's text or from JSON (a number, a boolean,
-    a string); the error names the setting and the value. Text numbers take ASCII digits only (int()
-    and float() also read other scripts' digits, "١٢" as 12), and a float must be finite (JSON's
-    1e999 arrives as inf)."""
-    if kind is bool:
-        text = str(raw).lower() if not isinstance(raw, bool) else ("true" if raw else "false")
-        if text not in TRUE + FALSE:
-            raise SettingsError(f"{name}={quote(raw)} is not a boolean (true/false)")
-        return text in TRUE
-    if kind in (int, float):
-        invalid = SettingsError(f"{name}={quote(raw)} is not a valid {kind.__name__}")
-        if isinstance(raw, bool) or (isinstance(raw, str) and not raw.isascii()):
-            raise invalid
-        if kind is int and isinstance(raw, float) and not raw.is_integer():
-            raise invalid
-        try:
-            value = kind(raw)
-        except (TypeError, ValueError, OverflowError):
-            raise invalid from None
-        if kind is float and not math.isfinite(value):
-            raise SettingsError(f"{name}={quote(raw)} is not a finite number")
-        return value
-    if not isinstance(raw, str):
-        raise SettingsError(f"{name}={quote(raw)} is not a string")
-    return raw
+Count = Annotated[int, BeforeValidator(_no_boolean)]
 
 
-def _number(name: str, default, kind):
-    return _convert(name, _env(name, str(default)), kind)
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True, populate_by_name=True, allow_inf_nan=False,
+                                      extra="forbid")
 
-
-def _flag(name: str, default: bool) -> bool:
-    return _convert(name, _env(name, "true" if default else "false"), bool)
-
-
-@dataclass(frozen=True)
-class Settings:
-    label_studio_url: str = "http://localhost:8080"
-    label_studio_api_key: str = field(default="", repr=False)
+    label_studio_url: str = Field("http://localhost:8080",
+                                  validation_alias=AliasChoices("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST"))
+    label_studio_api_key: str = Field("", repr=False,
+                                      validation_alias=AliasChoices("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"))
     model_dir: Path = Path("model_dir")
     backbone: str = "imagenet256"
-    diffusion_checkpoint: Path | None = None
+    diffusion_checkpoint: Path | None = None  # unset: MODEL_DIR/checkpoints/<the backbone's file>
     device: str = "auto"
     feature_dtype: str = "auto"  # UNet precision: auto (fp16 on CUDA, bf16 on CPUs with native bf16), fp32, bf16, fp16
-    resolution: int = 256
+    resolution: Count = 256
     budget_factor: float = 0.1
-    budget: int = 0  # clicks per round; 0: budget_factor x images
-    local_k: int = 50
-    local_sketch_dim: int = 0  # 0: exact local herding
+    budget: Count = 0  # clicks per round; 0: budget_factor x images
+    local_k: Count = 50
+    local_sketch_dim: Count = 0  # 0: exact local herding
     keep_global: float = 0.5
-    global_exact_max: int = GLOBAL_EXACT_MAX  # pool points up to which global herding is exact; shards past it
-    candidates: int = 10_000
+    global_exact_max: Count = GLOBAL_EXACT_MAX  # pool points up to which global herding is exact; shards past it
+    candidates: Count = 10_000
     coverage: str = "herding"
     acquisition: str = "edald"
-    draws: int = 5
-    seed: int = 0
-    train_batch_size: int = 8
-    train_max_epochs: int = 50
+    draws: Count = 5
+    seed: Count = 0
+    train_batch_size: Count = 8
+    train_max_epochs: Count = 50
     auto_advance: bool = True
     suggest_classes: bool = False  # show the head's class beside each query point (region text, never its label)
-    records_batch: int = 8
+    records_batch: Count = 8
     expander: str = "superpixel"
     sam_checkpoint: Path | None = None
     sam_model_type: str = "vit_b"
     sam_tau: float = 0.85
     superpixel_tau: float = 0.5
-    region_pixel_cap: int = 256
+    region_pixel_cap: Count = 256
     stop_agreement: float = 0.9  # the stopping hint: point agreement at least this high ...
-    stop_rounds: int = 3  # ... for this many rounds in a row
+    stop_rounds: Count = 3  # ... for this many rounds in a row
     basic_auth_user: str = ""
-    basic_auth_pass: str = field(default="", repr=False)
-    redis_url: str = field(default="", repr=False)
-    database_url: str = field(default="", repr=False)  # PostgreSQL for the store; "": the SQLite file in model_dir
+    basic_auth_pass: str = Field("", repr=False)
+    redis_url: str = Field("", repr=False)
+    database_url: str = Field("", repr=False)  # PostgreSQL for the store; "": the SQLite file in model_dir
     download_timeout: float = 60.0  # seconds for a whole task file: connect, redirects, body
-    max_downloads: int = 4  # task files fetched at once, over all threads
-    max_request_mb: int = 16  # largest request body (413 above it)
+    max_downloads: Count = 4  # task files fetched at once, over all threads
+    max_request_mb: Count = 16  # largest request body (413 above it)
     reconcile_seconds: float = 120.0  # how often an open round is read back from Label Studio; 0: never
     host: str = "127.0.0.1"  # the Docker image sets HOST=0.0.0.0
-    port: int = 9090
-    workers: int = 1  # gunicorn worker processes (the Docker image); more than 1 needs REDIS_URL
-    threads: int = 8  # gunicorn threads per worker
+    port: Count = 9090
+    workers: Count = 1  # gunicorn worker processes (the Docker image); more than 1 needs REDIS_URL
+    threads: Count = 8  # gunicorn threads per worker
     log_level: str = "INFO"
 
     @classmethod
     def from_env(cls) -> Settings:
-        model_dir = Path(_env("MODEL_DIR", "model_dir")).expanduser()
-        backbone = _env("BACKBONE", "imagenet256")
-        if backbone not in BACKBONES:
-            raise SettingsError(f"BACKBONE={quote(backbone)}; choose one of {', '.join(BACKBONES)}")
-        default_ckpt = BACKBONES[backbone].checkpoint_file
-        ckpt = _env("DIFFUSION_CHECKPOINT", str(model_dir / "checkpoints" / default_ckpt) if default_ckpt else "")
-        sam_ckpt = _env("SAM_CHECKPOINT", "")
-        settings = cls(
-            label_studio_url=_env("LABEL_STUDIO_URL", "http://localhost:8080").rstrip("/"),
-            label_studio_api_key=_env("LABEL_STUDIO_API_KEY", ""),
-            model_dir=model_dir,
-            backbone=backbone,
-            diffusion_checkpoint=Path(ckpt).expanduser() if ckpt else None,
-            device=_env("DEVICE", "auto"),
-            feature_dtype=_env("FEATURE_DTYPE", "auto").lower(),
-            resolution=_number("RESOLUTION", 256, int),
-            budget_factor=_number("BUDGET_FACTOR", 0.1, float),
-            budget=_number("BUDGET", 0, int),
-            local_k=_number("LOCAL_K", 50, int),
-            local_sketch_dim=_number("LOCAL_SKETCH_DIM", 0, int),
-            keep_global=_number("KEEP_GLOBAL", 0.5, float),
-            global_exact_max=_number("GLOBAL_EXACT_MAX", GLOBAL_EXACT_MAX, int),
-            candidates=_number("CANDIDATES", 10_000, int),
-            coverage=_env("COVERAGE", "herding"),
-            acquisition=_env("ACQUISITION", "edald"),
-            draws=_number("DRAWS", 5, int),
-            seed=_number("SEED", 0, int),
-            train_batch_size=_number("TRAIN_BATCH_SIZE", 8, int),
-            train_max_epochs=_number("TRAIN_MAX_EPOCHS", 50, int),
-            auto_advance=_flag("AUTO_ADVANCE", True),
-            suggest_classes=_flag("SUGGEST_CLASSES", False),
-            records_batch=_number("RECORDS_BATCH", 8, int),
-            expander=_env("EXPANDER", "superpixel"),
-            sam_checkpoint=Path(sam_ckpt).expanduser() if sam_ckpt else None,
-            sam_model_type=_env("SAM_MODEL_TYPE", "vit_b"),
-            sam_tau=_number("SAM_TAU", 0.85, float),
-            superpixel_tau=_number("SUPERPIXEL_TAU", 0.5, float),
-            region_pixel_cap=_number("REGION_PIXEL_CAP", 256, int),
-            stop_agreement=_number("STOP_AGREEMENT", 0.9, float),
-            stop_rounds=_number("STOP_ROUNDS", 3, int),
-            basic_auth_user=_env("BASIC_AUTH_USER", ""),
-            basic_auth_pass=_env("BASIC_AUTH_PASS", ""),
-            redis_url=_env("REDIS_URL", ""),
-            database_url=_env("DATABASE_URL", ""),
-            download_timeout=_number("DOWNLOAD_TIMEOUT", 60.0, float),
-            max_downloads=_number("MAX_DOWNLOADS", 4, int),
-            max_request_mb=_number("MAX_REQUEST_MB", 16, int),
-            reconcile_seconds=_number("RECONCILE_SECONDS", 120.0, float),
-            host=_env("HOST", "127.0.0.1"),
-            port=_number("PORT", 9090, int),
-            workers=_number("WORKERS", 1, int),
-            threads=_number("THREADS", 8, int),
-            log_level=_env("LOG_LEVEL", "INFO").upper(),
-        )
-        settings.validate()
-        return settings
+        """The environment's settings; a bad value, or an alias set beside its name to something else,
+        is a SettingsError that names them."""
+        for alias, name in ALIASES.items():
+            given = {n: os.environ[n] for n in (name, alias) if os.environ.get(n)}
+            if len(set(given.values())) > 1:
+                raise SettingsError(f"{' and '.join(given)} are both set, to different values; set one of them")
+        return _checked(cls)
 
-    def validate(self) -> None:
+    @field_validator("label_studio_url")
+    @classmethod
+    def _without_trailing_slash(cls, url: str) -> str:
+        return url.rstrip("/")
+
+    @field_validator("feature_dtype")
+    @classmethod
+    def _lower(cls, text: str) -> str:
+        return text.lower()
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, text: str) -> str:
+        return text.upper()
+
+    @field_validator("model_dir", "diffusion_checkpoint", "sam_checkpoint")
+    @classmethod
+    def _home(cls, path: Path | None) -> Path | None:
+        return path.expanduser() if path is not None else None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_checkpoint(cls, data):
+        """The backbone's checkpoint under MODEL_DIR unless one is given (the tiny backbone has none)."""
+        if isinstance(data, dict) and not data.get("diffusion_checkpoint"):
+            backbone = BACKBONES.get(data.get("backbone", "imagenet256"))
+            if backbone is not None and backbone.checkpoint_file:
+                model_dir = Path(data.get("model_dir", "model_dir")).expanduser()
+                data = {**data, "diffusion_checkpoint": model_dir / "checkpoints" / backbone.checkpoint_file}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
         problems = []
+        if self.backbone not in BACKBONES:
+            problems.append(f"BACKBONE={quote(self.backbone)}; choose one of {', '.join(BACKBONES)}")
         if self.feature_dtype not in ("auto", *DTYPES):
             problems.append(f"FEATURE_DTYPE={quote(self.feature_dtype)}; choose auto, {', '.join(DTYPES)}")
         if self.acquisition not in METHODS:
@@ -215,8 +175,8 @@ class Settings:
                             "per round")
         if not 0 <= self.seed <= MAX_SEED:
             problems.append(f"SEED={quote(self.seed)} must lie in 0..{MAX_SEED} (numpy takes 32-bit seeds)")
-        too_large = [f"{f.name.upper()}={quote(getattr(self, f.name))}" for f in fields(self)
-                     if type(getattr(self, f.name)) is int and f.name != "seed" and getattr(self, f.name) > MAX_COUNT]
+        too_large = [f"{name.upper()}={quote(value)}" for name, value in self
+                     if type(value) is int and name != "seed" and value > MAX_COUNT]
         if too_large:
             problems.append(f"{', '.join(too_large)}: at most {MAX_COUNT}")
         if not 0 < self.keep_global <= 1:
@@ -257,7 +217,8 @@ class Settings:
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             problems.append("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if problems:
-            raise SettingsError("; ".join(problems))
+            raise ValueError("; ".join(problems))
+        return self
 
     def for_project(self, overrides: Mapping[str, object]) -> Settings:
         """These settings with a project's overrides (Label Studio's "Extra params": names as in the
@@ -265,20 +226,18 @@ class Settings:
         per-backend one or a bad value is a SettingsError that says which and why."""
         if not isinstance(overrides, Mapping):
             raise SettingsError(f"extra params must be a JSON object of settings, not {type(overrides).__name__}")
-        kinds = {f.name: type(f.default) for f in fields(self)}
         changes = {}
         for key, value in overrides.items():
             name = str(key).upper()
             if name in PROJECT_SETTINGS:
-                changes[name.lower()] = _convert(name, value, kinds[name.lower()])
-            elif name.lower() in kinds or name in ALIASES:
+                changes[name.lower()] = value
+            elif name.lower() in type(self).model_fields or name in ALIASES:
                 raise SettingsError(f"{key} is a per-backend setting (shared by every project: backbone and features, "
                                     f"device, paths, credentials, the job queue, the database); set it in the backend's "
                                     f"environment. A project may set {', '.join(PROJECT_SETTINGS)}")
             else:
                 raise SettingsError(f"unknown setting {quote(key)}; a project may set {', '.join(PROJECT_SETTINGS)}")
-        settings = replace(self, **changes)
-        settings.validate()
+        settings = _checked(type(self).model_validate, {**dict(self), **changes})
         if changes.get("expander") == "sam" and not (self.sam_checkpoint and self.sam_checkpoint.is_file()):
             # the environment's EXPANDER=sam reports a missing file in /metrics; a project's would break its rounds
             raise SettingsError("EXPANDER=sam needs a SAM checkpoint, which is per backend (SAM_CHECKPOINT), and this "
@@ -292,8 +251,24 @@ class Settings:
     def public(self) -> dict:
         """Settings safe to show in /health and logs (no secrets)."""
         hidden = {"label_studio_api_key", "basic_auth_pass", "redis_url", "database_url"}
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
+        out = {name: value for name, value in self if name not in hidden}
         out["label_studio_api_key_set"] = bool(self.label_studio_api_key)
         out["queue"] = "redis" if self.redis_url else "in-process"
         out["database"] = "postgresql" if self.database_url else "sqlite"
         return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
+
+
+def _checked(make, *args) -> Settings:
+    """make(*args), with pydantic's errors as one SettingsError whose parts name each setting and value."""
+    try:
+        return make(*args)
+    except ValidationError as error:
+        problems = []
+        for e in error.errors():
+            if e["type"] == "value_error":  # _check's own message names its settings
+                problems.append(str(e["ctx"]["error"]))
+                continue
+            name = str(e["loc"][0]).upper() if e["loc"] else "SETTINGS"
+            kind = ERROR_KINDS.get(e["type"].split("_")[0], f"is refused: {e['msg']}")
+            problems.append(f"{name}={quote(e['input'])} {kind}")
+        raise SettingsError("; ".join(problems)) from None

@@ -15,8 +15,10 @@ DOCKER = REPO / "docker"
 
 
 def settings_variables() -> set[str]:
-    source = (REPO / "ml_backend" / "config.py").read_text()
-    return set(re.findall(r'_(?:env|number|flag)\("([A-Z_]+)"', source))
+    """Every environment variable the settings read: each field's name and its aliases."""
+    from ml_backend.config import ALIASES, Settings
+
+    return {name.upper() for name in Settings.model_fields} | set(ALIASES)
 
 
 def compose():

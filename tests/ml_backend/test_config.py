@@ -1,5 +1,4 @@
 import re
-from dataclasses import replace
 
 import pytest
 
@@ -51,9 +50,9 @@ def test_an_absolute_budget_overrides_the_factor(tmp_path):
     settings = Settings(model_dir=tmp_path, backbone="tiny")
     engine = Engine(settings)
     assert engine.round_config(settings, 20).budget == 2  # 0.1 x 20
-    assert engine.round_config(replace(settings, budget=7), 20).budget == 7
-    assert engine.round_config(replace(settings, budget=7, resolution=32), 0).budget == 0
-    assert engine.round_config(replace(settings, global_exact_max=5_000), 20).global_exact_max == 5_000
+    assert engine.round_config(settings.model_copy(update=dict(budget=7)), 20).budget == 7
+    assert engine.round_config(settings.model_copy(update=dict(budget=7, resolution=32)), 0).budget == 0
+    assert engine.round_config(settings.model_copy(update=dict(global_exact_max=5_000)), 20).global_exact_max == 5_000
 
 
 @pytest.mark.parametrize("value", ["fp32", "BF16", "fp16", "auto", ""])

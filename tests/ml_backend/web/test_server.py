@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from dataclasses import replace
 
 import pytest
 
@@ -42,9 +41,9 @@ class RecordingRunner:
 
 def make_client(tmp_path, **overrides):
     # Label Studio at a closed loopback port: /setup's credentials check finds nobody there, fast
-    settings = replace(Settings(model_dir=tmp_path, backbone="tiny", resolution=64,
-                                label_studio_url=f"http://127.0.0.1:{free_port()}",
-                                label_studio_api_key="secret-key-123"), **overrides)
+    settings = Settings(**{"model_dir": tmp_path, "backbone": "tiny", "resolution": 64,
+                           "label_studio_url": f"http://127.0.0.1:{free_port()}", "label_studio_api_key": "secret-key-123",
+                           **overrides})
     services = Services.create(settings)
     runner = RecordingRunner()
     backend = ActiveLearningBackend(services, runner)
