@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 
 import numpy as np
 import torch
@@ -198,24 +199,29 @@ def labeled_since_last_head(store, project: int) -> bool:
 
 
 class RoundContext:
-    """What the steps of a round share: the usable tasks, their features, records and labels."""
+    """What the steps of a round share: the usable tasks, their features, records and labels. A records
+    job asks for its batch `only`: the labeled set of the others (their images decoded, their
+    expansions read) is not built again for each batch of the round."""
 
-    def __init__(self, services: Services, project: int):
+    def __init__(self, services: Services, project: int, only: Collection[int] | None = None):
         self.services, self.project = services, project
         store, engine = services.store, services.engine
         self.settings = s = services.settings_for(project)
         self.files = services.files(project)
         rows = store.tasks(project, "ready")
+        self.config = engine.round_config(s, len(rows))  # the budget counts every usable image
+        if only is not None:
+            rows = [row for row in rows if row["task"] in only]
         self.tasks = [row["task"] for row in rows]
         self.index = {t: i for i, t in enumerate(self.tasks)}
         # Keys by image content: candidates and records follow the image, whatever its task id.
         keys = [f"image-{row['digest'] or row['task']}" for row in rows]
         self.source = engine.source(lambda i: self.files.load_image(self.tasks[i]), keys)
         self.cache = engine.records(s, self.files.records)
-        self.config = engine.round_config(s, len(self.tasks))
         expansions = services.expansions(project, s) if s.expander != "none" else None
         rows = store.labels(project)
         self.labels_digest = labels_digest(rows)  # recorded with the head trained on them
+        rows = [row for row in rows if row["task"] in self.index]
         labeled = build_labeled_set(rows, self.files.load_image, expansions, s.region_pixel_cap)
         self.labeled = {self.index[t]: v for t, v in labeled.items() if t in self.index}
         self.pixels = {i: px for i, (px, _) in self.labeled.items()}  # image index -> labeled pixels
@@ -309,7 +315,7 @@ def compute_records(services: Services, project: int, tasks: list[int], round_in
                     work_total: int | None = None) -> None:
     """Per-image stage 1 (features, local herding, draw features) for a batch of the round's images,
     each image a unit of the round's work (`work_total` of it over all jobs)."""
-    ctx = RoundContext(services, project)
+    ctx = RoundContext(services, project, only=set(tasks))
     todo = [t for t in tasks if t in ctx.index]
     stage = f"round {round_index}: features and local herding"
     work = (round_work(round_index), work_total)
