@@ -20,7 +20,9 @@ import requests
 
 from tests.conftest import REPO
 
-LS_VENV = REPO / ".ls-venv"
+# Outside the clone, so that every clone (and a CI that keeps ~/.cache) installs it once; LABEL_STUDIO_VENV moves it.
+LS_VENV = Path(os.environ.get("LABEL_STUDIO_VENV") or
+               Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edald-backend" / "label-studio-venv")
 
 
 def free_port() -> int:
@@ -44,13 +46,13 @@ def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float, what: 
 
 
 def ensure_label_studio() -> Path:
-    """label-studio==1.23.2 in .ls-venv (git-ignored) with the dependencies pinned in
-    requirements-label-studio.txt, installed once per version of that file and reused by later runs."""
+    """label-studio==1.23.2 in LS_VENV with the dependencies pinned in requirements-label-studio.txt,
+    installed once per version of that file and reused by later runs of any clone."""
     exe = LS_VENV / "bin" / "label-studio"
     pins = REPO / "requirements-label-studio.txt"
     marker = LS_VENV / f".installed-{hashlib.sha256(pins.read_bytes()).hexdigest()[:16]}"
-    LS_VENV.parent.mkdir(exist_ok=True)
-    with open(REPO / ".ls-venv.lock", "w") as lock:
+    LS_VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(LS_VENV.parent / f"{LS_VENV.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not marker.exists():
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(LS_VENV)], check=True)
