@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+from tests.commands import model_command
 from tests.conftest import REPO
 
 
@@ -17,8 +18,8 @@ def test_info_prints_table_4_shapes_without_weights():
 
 
 def test_info_for_tiny_says_it_is_not_pretrained():
-    out = subprocess.run([sys.executable, "-m", "model", "info", "--backbone", "tiny", "--resolution", "64"],
-                         cwd=REPO, capture_output=True, text=True, check=True, timeout=120)
+    out = model_command("info", "--backbone", "tiny", "--resolution", "64")
+    assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert "NOT PRETRAINED" in info["warning"] and info["feature_dim"] == 768
     assert info["decoder_blocks"]["17"] == [32, 64, 64]

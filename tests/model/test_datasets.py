@@ -1,7 +1,6 @@
 import json
 import shutil
 import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -10,7 +9,7 @@ from PIL import Image
 
 from model.datasets import CAMVID_CLASSES, IGNORE_INDEX, detect, load_camvid, load_dataset
 from model.preprocessing import center_crop_image, center_crop_labels, remap_void, resize_image, resize_labels
-from tests.conftest import REPO
+from tests.commands import model_command
 from tests.model.experiments.test_simulate import rows
 from tests.model.experiments.test_simulate import run as simulate_smoke
 
@@ -224,9 +223,8 @@ def test_camvid_in_the_folder_layout_is_the_same_dataset(tmp_path, camvid_root):
 
 # through the command line ----------------------------------------------------------------------------
 
-def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "model", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return model_command(*args)
 
 
 def simulated(data, out, *args: str) -> list[dict]:
@@ -236,6 +234,7 @@ def simulated(data, out, *args: str) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.startswith("seconds_")} for row in rows(out)]
 
 
+@pytest.mark.slow
 def test_camvid_in_the_folder_layout_simulates_to_the_same_numbers(tmp_path, camvid_root):
     folder = camvid_as_folder(camvid_root, tmp_path / "camvid-folder", {"train": 8, "val": 4})
     args = ["--strategy", "two-stage-edald", "--rounds", "2", "--max-train-images", "8", "--max-eval-images", "4"]

@@ -1,7 +1,5 @@
 """A head exported as one file segments offline exactly as it did where it was trained."""
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from model.features import DiffusionFeatureExtractor, FeatureConfig
 from model.head import TrainConfig, train_head
 from model.head_export import ExportedHead, FeatureSetup
 from model.prediction import class_colors, segment_image
-from tests.conftest import REPO
+from tests.commands import model_command
 
 CLASSES = ("Sky", "Road", "Car")
 
@@ -50,8 +48,7 @@ def test_segment_writes_label_pngs_and_overlays_that_match_the_head(exported, tm
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (31, 45, 3), dtype=np.uint8)).save(images / "odd.jpg")
     (images / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "model", "segment", "--head", str(path), "--images", str(images),
-                          "--out", str(out), "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = model_command("segment", "--head", path, "--images", images, "--out", out, "--device", "cpu")
     assert run.returncode == 0, run.stderr
     colors = class_colors(3)
     for name, size in (("street", (480, 360)), ("odd", (45, 31))):
@@ -78,6 +75,5 @@ def test_segment_names_what_is_wrong(exported, tmp_path):
                                   (not_a_head, tmp_path / "empty", "is not a head exported"),
                                   (path, tmp_path / "empty", "no images"),
                                   (path, tmp_path / "nowhere", "is not a folder")]:
-        run = subprocess.run([sys.executable, "-m", "model", "segment", "--head", str(head), "--images", str(images),
-                              "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=300)
+        run = model_command("segment", "--head", head, "--images", images, "--out", tmp_path / "out")
         assert run.returncode == 2 and message in run.stderr, run.stderr

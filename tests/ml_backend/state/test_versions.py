@@ -3,8 +3,6 @@ pin leads to in Label Studio are tested against a real one (test_team_loop.py)."
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import re
@@ -22,6 +20,7 @@ from ml_backend.state.store import Label, Store
 from model.features import FeatureConfig
 from model.head import SegmentationHead
 from model.head_export import ExportedHead, FeatureSetup
+from tests.commands import run_main
 from tests.ml_backend.web.test_server import CONFIG, make_client
 
 
@@ -166,22 +165,14 @@ def test_pinning_the_head_of_the_answered_round_while_the_next_trains_opens_a_ro
 
 
 def cli(model_dir, *args, **env) -> subprocess.CompletedProcess:
-    """`python -m ml_backend heads ...` run by its main() in this process, with its own environment,
-    output and exit status (argparse's exits included); only its logging setup is skipped, which would
-    take pytest's handlers away. A subprocess proves no more here and imports torch for 3 s a call;
-    test_team_loop.py runs the command as a subprocess."""
+    """`python -m ml_backend heads ...` in this process (tests/commands.py), but for its logging setup,
+    which would take pytest's handlers away; test_team_loop.py runs the command as a subprocess."""
     from ml_backend import __main__ as entry
 
     full = {**os.environ, "MODEL_DIR": str(model_dir), "BACKBONE": "tiny", "RESOLUTION": "64", **env}
     full.pop("REDIS_URL", None)
-    out, err = io.StringIO(), io.StringIO()
-    with mock.patch.dict(os.environ, full, clear=True), mock.patch.object(entry, "configure_logging"), \
-            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = entry.main(["heads", *args])
-        except SystemExit as exit_:
-            code = exit_.code
-    return subprocess.CompletedProcess(["heads", *args], code, out.getvalue(), err.getvalue())
+    with mock.patch.object(entry, "configure_logging"):
+        return run_main(entry.main, ["heads", *args], full, clear_env=True)
 
 
 def test_the_command_line_lists_pins_and_exports_heads(tmp_path):

@@ -1,7 +1,5 @@
 import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,15 +8,14 @@ from PIL import Image
 from model.datasets import IGNORE_INDEX, load_camvid
 from model.features import DiffusionFeatureExtractor, FeatureConfig
 from model.experiments.simulate import Simulation, SimulationConfig, Strategy, _round_strategy, parse_strategy
-from tests.conftest import REPO
+from tests.commands import model_command
 
 SMOKE = ["--backbone", "tiny", "--resolution", "64", "--max-train-images", "16", "--max-eval-images", "8",
          "--budget-factor", "0.5", "--candidates", "400", "--local-k", "8", "--train-epochs", "20"]
 
 
 def run(args, tmp_path, data):
-    return subprocess.run([sys.executable, "-m", "model", "simulate", "--data", str(data),
-                           *SMOKE, "--out", str(tmp_path), *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+    return model_command("simulate", "--data", data, *SMOKE, "--out", tmp_path, *args)
 
 
 def rows(path):
@@ -26,6 +23,7 @@ def rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_writes_metrics_summary_and_pictures(tmp_path, camvid_root):
     out = run(["--strategy", "two-stage-edald", "random", "--rounds", "3", "--seeds", "0"], tmp_path, camvid_root)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -66,6 +64,7 @@ def test_queries_answered_as_void_are_never_asked_again(tmp_path, camvid_root, t
     assert len(queries) == 12 and len({(i, p) for _, i, p in queries}) == 12
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, camvid_root):
     first = run(["--strategy", "herding", "--rounds", "2", "--expand", "superpixel"], tmp_path, camvid_root)
     assert first.returncode == 0, first.stderr[-3000:]
