@@ -1,5 +1,5 @@
-"""Shared fixtures: the CamVid copy beside the checkout, a real Redis, a real PostgreSQL, and a
-random-weight tiny backbone.
+"""Shared fixtures: the CamVid copy beside the checkout, one real Label Studio for the session, a real
+Redis, a real PostgreSQL, and a random-weight tiny backbone.
 
 Tests that need CamVid read it from CAMVID_DIR (default ../shared/datasets/camvid beside the
 checkout) and are skipped, with how to get it, where it is absent; so are the tests that need
@@ -205,3 +205,28 @@ def tiny_unet():
     from model.backbones import load_unet
 
     return load_unet("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def ls(tmp_path_factory):
+    """One real Label Studio 1.23.2 for every test that needs it (it takes 20-30 s to start), in its
+    own data directory; each test makes its own projects."""
+    from tests.ml_backend.servers import label_studio_server
+
+    with label_studio_server(tmp_path_factory.mktemp("label-studio")) as server:
+        yield server
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Markers from what a test needs: `label_studio` (the session's Label Studio, or the defaults one),
+    `browser` (Chromium on Label Studio's pages). With pytest-xdist (pytest.ini: -n auto --dist
+    loadgroup) the Label Studio tests share one worker, so that one Label Studio serves them all while
+    the other workers run everything else."""
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if uses & {"ls", "default_ls"}:
+            item.add_marker(pytest.mark.label_studio)
+            item.add_marker(pytest.mark.xdist_group("label_studio"))
+        if "default_ls" in uses:
+            item.add_marker(pytest.mark.browser)

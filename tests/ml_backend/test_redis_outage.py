@@ -165,6 +165,7 @@ def test_a_redis_that_never_answers_gets_a_503_within_the_socket_timeout(tmp_pat
     assert runner.store.queued_job(3, "train") is not None
 
 
+@pytest.mark.slow
 def test_an_idle_rq_worker_outlives_the_outage_and_runs_what_the_server_queued_again(tmp_path, redis_server,
                                                                                      monkeypatch):
     """rq 3.0's worker retries its blocking dequeue while Redis is away (waiting 1, 2, 4 ... s, at

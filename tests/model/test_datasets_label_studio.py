@@ -14,6 +14,7 @@ from PIL import Image
 
 from model.datasets import CAMVID_CLASSES, IGNORE_INDEX, detect, load_camvid, load_dataset
 from ml_backend.label_studio.label_config import SHIPPED_CONFIG
+from tests.commands import model_command
 from tests.conftest import REPO
 
 V = IGNORE_INDEX
@@ -144,36 +145,31 @@ SIMULATE = ["--backbone", "tiny", "--resolution", "64", "--candidates", "400", "
 
 
 def simulate(data: Path, out: Path, *args: str) -> list[dict]:
-    run = subprocess.run([sys.executable, "-m", "model", "simulate", "--data", str(data), *SIMULATE, *args,
-                          "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    run = model_command("simulate", "--data", data, *SIMULATE, *args, "--out", out)
     assert run.returncode == 0, run.stderr[-3000:]
     with open(out / "metrics.csv", newline="") as f:
         return [{k: v for k, v in row.items() if not k.startswith("seconds_")} for row in csv.DictReader(f)]
 
 
-def test_a_label_studio_export_simulates_like_the_images_it_holds(tmp_path, camvid_root):
+def test_a_label_studio_export_simulates_like_the_images_it_holds(tmp_path, camvid_root, ls):
     """10 CamVid frames uploaded to a real Label Studio, their ground truth imported as brush
     annotations, the project exported as JSON and simulated: the same numbers as the CamVid adapter
     on the same frames, so RLE, image keys and class order all survive the trip."""
-    from tests.ml_backend.servers import label_studio_server
-
     names = sorted(p.name for p in (camvid_root / "train").glob("*.png"))[:N_IMAGES]
     config = SHIPPED_CONFIG.read_text()  # the backend's own: keypoints and brushes
-    data_dir, export_dir = tmp_path / "label-studio", tmp_path / "export"
-    data_dir.mkdir()
-    with label_studio_server(data_dir) as ls:
-        project = ls.api("POST", "/api/projects",
-                         json={"title": "CamVid ground truth", "label_config": config}).json()["id"]
-        files = [(f"file{i}", (n, open(camvid_root / "train" / n, "rb"), "image/png")) for i, n in enumerate(names)]
-        ls.api("POST", f"/api/projects/{project}/import", files=files)
-        for task in ls.api("GET", f"/api/tasks?project={project}&page_size=100").json()["tasks"]:
-            name = task["data"]["image"].rsplit("/", 1)[1].split("-", 1)[1]  # uploads are "<prefix>-<name>"
-            truth = np.asarray(Image.open(camvid_root / "trainannot" / name))
-            result = brush_regions(truth, CAMVID_CLASSES, "mask", "image")
-            ls.api("POST", f"/api/tasks/{task['id']}/annotations/", json={"result": result})
-        export = ls.api("GET", f"/api/projects/{project}/export?exportType=JSON").json()
+    export_dir = tmp_path / "export"
+    project = ls.api("POST", "/api/projects",
+                     json={"title": "CamVid ground truth", "label_config": config}).json()["id"]
+    files = [(f"file{i}", (n, open(camvid_root / "train" / n, "rb"), "image/png")) for i, n in enumerate(names)]
+    ls.api("POST", f"/api/projects/{project}/import", files=files)
+    for task in ls.api("GET", f"/api/tasks?project={project}&page_size=100").json()["tasks"]:
+        name = task["data"]["image"].rsplit("/", 1)[1].split("-", 1)[1]  # uploads are "<prefix>-<name>"
+        truth = np.asarray(Image.open(camvid_root / "trainannot" / name))
+        result = brush_regions(truth, CAMVID_CLASSES, "mask", "image")
+        ls.api("POST", f"/api/tasks/{task['id']}/annotations/", json={"result": result})
+    export = ls.api("GET", f"/api/projects/{project}/export?exportType=JSON").json()
     write_export(export_dir, export, config=config)
-    os.symlink(data_dir / "media" / "upload", export_dir / "upload")
+    os.symlink(ls.log.parent / "media" / "upload", export_dir / "upload")  # its data directory
 
     dataset = load_dataset(export_dir, "train")
     camvid = load_camvid(camvid_root, "train").head(N_IMAGES)

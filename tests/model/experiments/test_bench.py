@@ -14,12 +14,15 @@ from tests.conftest import REPO
 
 
 def _bench(*args: str, timeout: float = 900) -> list[dict]:
+    """A real process (not tests/commands.py): the benchmarks measure in child processes that print
+    to the process's own stdout."""
     out = subprocess.run([sys.executable, "-m", "model", "bench", *args], cwd=REPO, capture_output=True, text=True,
                          timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow
 def test_gpu_command_runs_its_steps_on_a_cpu(camvid_root):
     lines = _bench("gpu", "--data", str(camvid_root), "--tiny", "--device", "cpu", "--images", "2", "--no-compile",
                    "--iterations", "1")
@@ -69,6 +72,7 @@ def test_gpu_command_keeps_its_deadline_and_still_sums_up(camvid_root):
                                       "peak_gpu_memory_gb": None}
 
 
+@pytest.mark.slow
 def test_herding_benchmark_puts_sharded_and_bf16_beside_the_exact_greedy_and_the_matmul_limit():
     lines = _bench("herding", "--n", "600", "--dim", "32", "--keep", "10", "--covered", "20", "--per-image", "20",
                    "--sharded", "--exact-max", "300", "--shard-size", "200", "--bf16", "--limit")
