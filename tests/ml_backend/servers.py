@@ -125,7 +125,8 @@ class Backend:
     env: dict
 
 
-def start_backend(model_dir: Path, env: dict, port: int | None = None) -> Backend:
+def start_backend(model_dir: Path, env: dict, port: int | None = None, module: str = "ml_backend") -> Backend:
+    """`python -m <module>` (the backend, or a test's variant of it) on `port`, answering /health."""
     port = port or free_port()
     full = {**os.environ, "BACKBONE": "tiny", "RESOLUTION": "64", "CANDIDATES": "500", "LOCAL_K": "10",
             "MODEL_DIR": str(model_dir), "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "INFO",
@@ -133,7 +134,7 @@ def start_backend(model_dir: Path, env: dict, port: int | None = None) -> Backen
     model_dir.mkdir(parents=True, exist_ok=True)
     log = model_dir.parent / f"backend-{port}.log"
     with open(log, "a") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ml_backend"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                 env=full, start_new_session=True)
     backend = Backend(f"http://127.0.0.1:{port}", proc, log, full)
     wait_for(backend.url + "/health", proc, log, 120, "backend")

@@ -280,8 +280,9 @@ def test_kill_9_during_a_round_and_during_training_loses_nothing(ls, camvid_root
 
     model_dir = tmp_path / "model"
     env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token, "BUDGET_FACTOR": str(BUDGET_FACTOR),
-           "RESOLUTION": "128", "CANDIDATES": "2000", "EXPANDER": "none"}
-    backend = start_backend(model_dir, env)
+           "EXPANDER": "none"}
+    paused = "tests.ml_backend.paused_backend"  # a pause before each image's record and each training
+    backend = start_backend(model_dir, env, module=paused)
     port = int(backend.url.rsplit(":", 1)[1])
     try:
         project = ls.api("POST", "/api/projects",
@@ -294,7 +295,7 @@ def test_kill_9_during_a_round_and_during_training_loses_nothing(ls, camvid_root
         assert predictions(ls, project, f"p{project}-round-0") == []  # died before pushing
         assert any(j["status"] == "running" for j in read_store(model_dir).interrupted_jobs())
 
-        backend = start_backend(model_dir, env, port)  # same address: Label Studio keeps calling it
+        backend = start_backend(model_dir, env, port, module=paused)  # same address: Label Studio keeps calling it
         round0 = wait_until(lambda: (p := query_predictions(ls, project, f"p{project}-round-0")) and len(keypoints(p)) == B and p,
                             300, "round 0 after the restart")
         client = LabelStudio(base_url=ls.url, api_key=ls.token)
