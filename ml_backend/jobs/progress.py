@@ -59,12 +59,17 @@ def summarize(rows: list[dict], now: float) -> dict:
     else:
         done, total = newest["done"], newest["total"]
     started = min((r["started"] for r in rows if r["started"] is not None), default=None)
-    eta = None
-    if done and total and done < total and started is not None:
-        eta = round((now - started) * (total - done) / done, 1)
-    return {"stage": newest["stage"], "done": done, "total": total, "eta_s": eta, "message": newest["message"],
+    return {"stage": newest["stage"], "done": done, "total": total, "eta_s": _eta(done, total, started, now),
+            "message": newest["message"],
             "updated": newest["updated"], "active": any(r["job"] != OUTSIDE_JOBS and r["status"] not in FINISHED
                                                          for r in rows)}
+
+
+def _eta(done: int | None, total: int | None, started: float | None, now: float) -> float | None:
+    """Seconds left at the pace so far."""
+    if done and total and done < total and started is not None:
+        return round((now - started) * (total - done) / done, 1)
+    return None
 
 
 def forget_finished(store: Store, project: int) -> None:
@@ -101,10 +106,11 @@ class Progress:
         job = _current_job.get()
         name, size = work or (None, None)
         self.store.set_progress(project, job, stage, done, total, message, name, size, work_done)
-        rows = self.store.progress(project)
-        mine = next(r for r in rows if r["job"] == job)
-        summary = summarize([r for r in rows if _work(r) == _work(mine)], time.time())
-        done, total = summary["done"], summary["total"]
+        share = self.store.work_share(project, job)  # the count of the whole work, as summarize adds it up
+        if share["work"]:
+            done = share["shares_done"] if share["shares_done"] is not None else share["done"]
+            total = share["work_total"]
+        eta_s = _eta(done, total, share["work_started"], time.time())
         tenth_now = done * 10 // total if total and done is not None else None
         with self._lock:  # a stage that repeats a count (a job's own steps in a work others count) logs it once
             last = self._logged.get((project, job))
@@ -114,7 +120,7 @@ class Progress:
         tenth = moved and passed  # a tenth of the count passed since the last line (updates may skip counts)
         if changed or tenth or message:
             count = f" {done}/{total}" if total else ""
-            eta = f", ETA {summary['eta_s']:.0f} s" if summary["eta_s"] is not None else ""
+            eta = f", ETA {eta_s:.0f} s" if eta_s is not None else ""
             log.info("project %s: %s%s%s%s", project, stage, count, eta, f" ({message})" if message else "")
 
     def reporter(self, project: int, prefix: str, work: tuple[str, int | None] | None = None,

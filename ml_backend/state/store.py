@@ -468,6 +468,16 @@ class Store:
         return self._all("SELECT p.*, j.kind, j.status FROM progress p LEFT JOIN jobs j ON j.id=p.job "
                          f"{where}ORDER BY p.updated DESC, p.job DESC", () if project is None else (project,))
 
+    def work_share(self, project: int, job: int) -> dict:
+        """Job `job`'s progress row with what its work adds up to over all its jobs: `shares_done`, the
+        sum of their shares (None when none reports one), and `work_started`, the first one's start;
+        for a row outside any work, its own. One row, however many jobs share the work (1,250 records
+        jobs at 10,000 images): each progress update reads it."""
+        return self._one("SELECT p.*, s.shares_done, COALESCE(s.work_started, p.started) AS work_started FROM progress p "
+                         "LEFT JOIN (SELECT work, SUM(work_done) AS shares_done, MIN(started) AS work_started "
+                         "FROM progress WHERE project=? AND work IS NOT NULL GROUP BY work) s ON s.work=p.work "
+                         "WHERE p.project=? AND p.job=?", (project, project, job))
+
     def delete_progress(self, project: int, jobs: Iterable[int]) -> None:
         with self.database.transaction(project) as db:
             db.executemany("DELETE FROM progress WHERE project=? AND job=?", [(project, j) for j in jobs])

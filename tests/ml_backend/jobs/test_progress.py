@@ -210,3 +210,23 @@ def test_a_model_loop_reports_each_hundredth_and_every_tenth_is_logged(open_stor
     assert progress.snapshot()["7"]["done"] == 10_000
     logged = [r.getMessage() for r in caplog.records if "round 1: local" in r.getMessage()]
     assert [m.split()[5].rstrip(",") for m in logged] == ["1/10000"] + [f"{k * 1000}/10000" for k in range(1, 11)]
+
+
+def test_an_update_reads_its_works_count_in_one_row_whatever_its_jobs(open_store, caplog):
+    """30 records jobs share a round's work of 60 images: each update reads one summed row, not every
+    job's progress (1,250 rows an update at 10,000 images: 2.5 ms against 0.2 ms)."""
+    caplog.set_level(logging.INFO, "ml_backend.jobs.progress")
+    progress = Progress(open_store())
+    store = progress.store
+    jobs = [store.add_job(7, "records") for _ in range(30)]
+    for job in jobs[:-1]:
+        store.start_job(job)
+        with job_scope(job):
+            progress.update(7, STAGE, 2, 2, work=("round 3", 60), work_done=2)
+    store.start_job(jobs[-1])
+    store.progress = None  # every job's rows: not read by an update
+    with job_scope(jobs[-1]):
+        progress.update(7, STAGE, 1, 2, work=("round 3", 60), work_done=1)
+        progress.update(7, STAGE, 2, 2, work_done=2)
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"project 7: {STAGE}")]
+    assert logged[-1] == f"project 7: {STAGE} 60/60" and any(m.startswith(f"project 7: {STAGE} 59/60, ETA") for m in logged)
