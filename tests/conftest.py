@@ -17,6 +17,11 @@ from pathlib import Path
 
 import pytest
 
+# Workers share the cores with the backends and commands the tests start: one thread each (OpenMP's
+# threads spin while they wait; two per process on two cores took up to 13 s for one 64 px record).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = Path(os.environ.get("CAMVID_DIR") or REPO.parent / "shared" / "datasets" / "camvid").expanduser()
 REQUIRED = os.environ.get("REQUIRE_TEST_DATA", "").lower() in ("1", "true", "yes")
