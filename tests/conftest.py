@@ -226,20 +226,22 @@ def ls(tmp_path_factory):
 def pytest_collection_modifyitems(config, items):
     """Markers from what a test needs: `label_studio` (the session's Label Studio, or the defaults one),
     `browser` (Chromium on Label Studio's pages). With pytest-xdist (pytest.ini: -n auto --dist
-    loadgroup) the Label Studio tests share one worker, so that one Label Studio serves them all while
-    the other workers run everything else; a pytest whose node ids xdist cannot group is refused
-    (each worker would start a Label Studio of its own: the suite ran 13 minutes instead of 8)."""
+    loadgroup) the tests on the session's Label Studio share one worker, so that one Label Studio serves
+    them all, and the browser test, on its own Label Studio, may run on another; a pytest whose node ids
+    xdist cannot group is refused (each worker would start a Label Studio of its own: the suite ran 13
+    minutes instead of 8)."""
     for item in items:
         uses = set(getattr(item, "fixturenames", ()))
-        if uses & {"ls", "default_ls"}:
+        if "ls" in uses:
             item.add_marker(pytest.mark.label_studio)
             item.add_marker(pytest.mark.xdist_group("label_studio"))
         if "default_ls" in uses:
+            item.add_marker(pytest.mark.label_studio)
             item.add_marker(pytest.mark.browser)
     result = yield
     if getattr(config.option, "loadgroup", False):  # set in xdist's workers with --dist loadgroup
         ungrouped = [item.nodeid for item in items
-                     if item.get_closest_marker("label_studio") and not item.nodeid.endswith("@label_studio")]
+                     if "ls" in getattr(item, "fixturenames", ()) and not item.nodeid.endswith("@label_studio")]
         if ungrouped:
             raise pytest.UsageError(f"pytest-xdist did not group {len(ungrouped)} Label Studio tests on one worker "
                                     f"(e.g. {ungrouped[0]}): use the pytest of requirements-dev.txt")
