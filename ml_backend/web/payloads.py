@@ -31,8 +31,10 @@ def json_object(raw: bytes) -> dict:
     is a malformed body like any other."""
     try:
         data = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise RequestError("the request body must be JSON (Content-Type: application/json)") from None
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"the request body is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except (ValueError, RecursionError):  # bytes in no Unicode encoding; nesting past the parser's stack
+        raise RequestError("the request body is not JSON (not Unicode text, or nested too deeply)") from None
     if not isinstance(data, dict):
         raise RequestError("the request body must be a JSON object")
     return data

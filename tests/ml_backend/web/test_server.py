@@ -228,7 +228,9 @@ def test_a_tiny_checkpoint_from_pretrain_is_loaded_and_reported_as_pretrained(tm
 
 
 @pytest.mark.parametrize("path,body,fragment", [
-    ("/setup", "{not json", "JSON"),
+    ("/setup", "{not json", "not JSON (Expecting property name enclosed in double quotes at line 1 column 2)"),
+    ("/predict", "not json", "not JSON (Expecting value at line 1 column 1)"),
+    ("/webhook", b"\xff\xfe\x00", "not JSON (not Unicode text"),
     ("/setup", "[1, 2]", "object"),
     ("/setup", "{}", "project"),
     ("/predict", "{}", "tasks"),
