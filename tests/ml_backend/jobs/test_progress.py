@@ -7,10 +7,9 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
-
 from ml_backend.jobs.progress import Progress, forget_finished, job_scope
 from ml_backend.state.store import Label
+from tests.ml_backend.jobs.test_loop import ready_images
 from tests.ml_backend.web.test_server import CONFIG, make_client
 
 
@@ -78,12 +77,7 @@ def test_training_stages_are_named_once_and_records_are_planned_in_images(tmp_pa
     _, backend, runner = make_client(tmp_path, records_batch=2, candidates=200, local_k=5, expander="none")
     services = backend.services
     backend.setup("7.1", CONFIG)
-    files = services.files(7)
-    rng = np.random.default_rng(0)
-    for task in (1, 2, 3, 4):
-        services.store.upsert_tasks(7, [(task, f"/data/upload/7/{task}.png")])
-        files.save_image(task, rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
-        services.store.set_task_image(7, task, 64, 64, "ready", digest=f"d{task}")
+    ready_images(services, 7)
     services.store.apply_annotation(7, 1, 1, "2026-01-01T00:00:00Z", [],
                                     [Label(1, "a", 100, 2, "keypoint"), Label(1, "b", 900, 3, "keypoint")])
     stages = []
