@@ -223,7 +223,7 @@ class RoundContext:
         self.labels_digest = labels_digest(rows)  # recorded with the head trained on them
         rows = [row for row in rows if row["task"] in self.index]
         labeled = build_labeled_set(rows, self.files.load_image, expansions, s.region_pixel_cap)
-        self.labeled = {self.index[t]: v for t, v in labeled.items() if t in self.index}
+        self.labeled = {self.index[t]: v for t, v in labeled.items()}
         self.pixels = {i: px for i, (px, _) in self.labeled.items()}  # image index -> labeled pixels
         # image index -> every pixel queried in an earlier round, answered or not: never asked again
         self.queried = {self.index[t]: px for t, px in store.queried_pixels(project).items() if t in self.index}

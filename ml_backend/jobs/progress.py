@@ -128,7 +128,8 @@ class Progress:
         """A callback (stage, done, total) for model/ code: "<prefix> <stage>"; with `share`, `done`
         is also this job's share of `work`. It passes a count on at each hundredth of its total
         (and the first and last): a round steps through 10,000 cached records in seconds, and each
-        update reads every job's progress (28 s of updates at 10,000 images and 1,250 jobs)."""
+        update writes a row and reads one (28 s of updates at 10,000 images and 1,250 jobs when an
+        update read every job's row)."""
         last: dict[str, tuple] = {}
 
         def report(stage: str, done: int, total: int) -> None:
