@@ -146,9 +146,10 @@ class Settings(BaseSettings):
     def _default_checkpoint(cls, data):
         """The backbone's checkpoint under MODEL_DIR unless one is given (the tiny backbone has none)."""
         if isinstance(data, dict) and not data.get("diffusion_checkpoint"):
-            backbone = BACKBONES.get(data.get("backbone", "imagenet256"))
+            defaults = cls.model_fields
+            backbone = BACKBONES.get(data.get("backbone", defaults["backbone"].default))
             if backbone is not None and backbone.checkpoint_file:
-                model_dir = Path(data.get("model_dir", "model_dir")).expanduser()
+                model_dir = Path(data.get("model_dir", defaults["model_dir"].default)).expanduser()
                 data = {**data, "diffusion_checkpoint": model_dir / "checkpoints" / backbone.checkpoint_file}
         return data
 

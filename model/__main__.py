@@ -16,6 +16,8 @@ from model.expansion import SEGMENTATIONS
 from model.features import DTYPES, FeatureConfig
 from model.unet import GuidedDiffusionUNet, decoder_block_shapes
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.replace(",", " ").split())
@@ -392,7 +394,7 @@ def segment_folder(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

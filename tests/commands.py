@@ -12,7 +12,7 @@ import os
 import subprocess
 from unittest import mock
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from model.__main__ import LOG_FORMAT  # the backend's logs (ml_backend/logs.py) read the same
 
 
 def run_main(main, args, env: dict | None = None, clear_env: bool = False) -> subprocess.CompletedProcess:
