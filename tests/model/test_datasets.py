@@ -1,6 +1,5 @@
 import json
 import shutil
-import subprocess
 from dataclasses import replace
 
 import numpy as np
@@ -223,10 +222,6 @@ def test_camvid_in_the_folder_layout_is_the_same_dataset(tmp_path, camvid_root):
 
 # through the command line ----------------------------------------------------------------------------
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return model_command(*args)
-
-
 def simulated(data, out, *args: str) -> list[dict]:
     """metrics.csv of `simulate` with the smoke settings, timings left out."""
     run = simulate_smoke([*args], out, data)
@@ -247,18 +242,18 @@ def test_simulate_checks_every_label_map_before_any_feature(tmp_path):
     root = write_folder(tmp_path / "d", count=3)
     write_folder(root, "val", count=2)
     Image.fromarray(np.full((4, 6), 9, dtype=np.uint8)).save(root / "val" / "masks" / "img1.png")
-    out = cli("simulate", "--data", str(root), "--backbone", "tiny", "--resolution", "32", "--out", str(tmp_path / "o"))
+    out = model_command("simulate", "--data", str(root), "--backbone", "tiny", "--resolution", "32", "--out", str(tmp_path / "o"))
     assert out.returncode == 2 and "error: " in out.stderr and "img1.png: values 9 are neither a class" in out.stderr
     assert not (tmp_path / "o").exists()
-    out = cli("simulate", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    out = model_command("simulate", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
     assert out.returncode == 2 and "holds no known dataset layout" in out.stderr
-    out = cli("simulate", "--data", str(root), "--dataset", "kitti", "--out", str(tmp_path / "o"))
+    out = model_command("simulate", "--data", str(root), "--dataset", "kitti", "--out", str(tmp_path / "o"))
     assert out.returncode == 2 and "invalid choice: 'kitti'" in out.stderr
 
 
 def test_expansion_report_loads_any_layout(tmp_path, camvid_root):
     folder = camvid_as_folder(camvid_root, tmp_path / "f", {"val": 2})
-    out = cli("expansion", "--data", str(folder), "--split", "val", "--clicks", "6", "--resolution", "64",
+    out = model_command("expansion", "--data", str(folder), "--split", "val", "--clicks", "6", "--resolution", "64",
               "--taus", "0.5", "--out", str(tmp_path / "out"))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| 0.50 |" in (tmp_path / "out" / "expansion.md").read_text()
